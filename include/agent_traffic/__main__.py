@@ -1,0 +1,5 @@
+"""`python -m agent_traffic` is the same as the `agent-traffic` console script."""
+
+from agent_traffic.cli import main
+
+raise SystemExit(main())

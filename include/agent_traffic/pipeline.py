@@ -1,0 +1,225 @@
+"""The stages as task-sized functions, shared by the Airflow DAG and the command-line runner.
+
+Arguments and results are plain JSON-able values (keys, ids, counts), never data, so Airflow can
+pass them through XCom and map over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from agent_traffic.classify import Classifier
+from agent_traffic.catalog import load_catalog
+from agent_traffic.config import Config, load_config
+from agent_traffic.decompress import decompressed_blocks
+from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
+from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
+from agent_traffic.formats import LogFormat, detect_format, load_formats
+from agent_traffic.parse import ParseContext, ParseStats, parse_blocks
+from agent_traffic.stage import ObjectStager
+from agent_traffic.storage import Store, StoreOptions, filesystem
+
+log = logging.getLogger("agent_traffic")
+
+
+@dataclass
+class Runtime:
+    """Everything a task needs, built from the config file path (cheap, per task)."""
+
+    cfg: Config
+    options: StoreOptions
+    run_id: str
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.cfg.staging, self.options)
+
+    @cached_property
+    def formats(self) -> dict[str, LogFormat]:
+        return load_formats()
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        return Classifier(load_catalog(self.cfg.catalog_files))
+
+    @classmethod
+    def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
+        cfg = load_config(config_path)
+        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    if last < first:
+        raise ConfigError(f"the date range ends ({last}) before it starts ({first})")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# discover
+
+
+def discover_objects(
+    rt: Runtime, days: Sequence[date], *, sources: Iterable[str] | None = None, reprocess: bool = False
+) -> Discovery:
+    return discover(rt.cfg, rt.store, days, rt.options, sources=sources, reprocess=reprocess)
+
+
+# ---------------------------------------------------------------------------------------------
+# parse + classify + stage, one object
+
+
+CLASS_COLUMNS = ("agent", "provider", "category", "purpose", "scrunch_type", "is_ai", "is_bot")
+
+
+def classify_table(classifier: Classifier, events: pa.Table) -> pa.Table:
+    """Classify the distinct user agents once, then join the answer back onto every event."""
+    uas = events["user_agent"].unique().to_pylist()
+    found = classifier.classify_many(uas)
+    lookup = pa.table(
+        {"user_agent": pa.array(uas, pa.string())}
+        | {c: pa.array([getattr(found[u], c) for u in uas]) for c in CLASS_COLUMNS}
+    )
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("e", events)
+        con.register("c", lookup)
+        return con.sql("SELECT e.*, c.* EXCLUDE (user_agent) FROM e JOIN c USING (user_agent) "
+                       "ORDER BY line_number").to_arrow_table()
+    finally:
+        con.close()
+
+
+@dataclass
+class ObjectResult:
+    object_id: str
+    url: str
+    source: str
+    date: str
+    status: str  # staged | failed
+    format: str | None = None
+    format_reason: str | None = None
+    compression: str | None = None
+    reason: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    ai_by_provider: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _site_context(cfg: Config, source_site: str | None) -> tuple[str | None, str | None, str, dict[str, str]]:
+    if source_site:
+        s = cfg.site(source_site)
+        return s.name, s.domain, s.scheme, {}
+    hosts = {h.lower(): s.name for s in cfg.sites for h in s.all_hostnames}
+    return None, None, "https", hosts
+
+
+def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
+    """Parse, classify and stage one object version; commit its files, then its manifest."""
+    cfg = rt.cfg
+    src = next(s for s in cfg.sources if s.name == ref.source)
+    res = ObjectResult(ref.object_id, ref.url, ref.source, ref.date, FAILED)
+    stager = ObjectStager(rt.store, ref.object_id, ref.date)
+    stats = ParseStats()
+    ai: dict[str, int] = {}
+    try:
+        fs, path = filesystem(ref.url, rt.options)
+        with fs.open(path, "rb") as f:
+            res.compression, blocks = decompressed_blocks(f)
+            blocks = iter(blocks)
+            first = next(blocks, b"")
+            fmt, why = _choose_format(rt, src.format, first)
+            res.format, res.format_reason = fmt.id, why
+            site, host, scheme, host_sites = _site_context(cfg, src.site)
+            if site is None and "host" not in fmt.fields:
+                raise ConfigError(
+                    f"source {src.name!r}: format {fmt.id!r} has no host field, so set `site:` "
+                    "on the source to say which site these logs belong to"
+                )
+            ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites,
+                               cfg.parse.max_line_bytes)
+            for block in parse_blocks(_chain(first, blocks), ctx, cfg.parse.block_bytes):
+                stats.add(block.stats)
+                events = classify_table(rt.classifier, block.events) if block.events.num_rows else block.events
+                if events.num_rows:
+                    for p, n in _count_ai(events).items():
+                        ai[p] = ai.get(p, 0) + n
+                    stager.add(events, block.quarantine)
+                else:
+                    stager.add(_empty_classified(), block.quarantine)
+        files = stager.commit()
+    except (ObjectReadError, ConfigError, OSError, UnicodeError, duckdb.Error) as exc:
+        stager.abort()
+        res.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AgentTrafficError) else str(exc)
+        res.stats = stats.as_dict()
+        rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
+        log.warning("object %s failed: %s (the next run retries it)", ref.url, res.reason)
+        return res
+    res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
+    if ref.previous:
+        _drop_version(rt.store, ref.date, ref.previous, keep=set(files))
+    rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
+    return res
+
+
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _choose_format(rt: Runtime, name: str, head: bytes) -> tuple[LogFormat, str]:
+    if name != "auto":
+        if name not in rt.formats:
+            raise ConfigError(f"unknown format {name!r}; known: {sorted(rt.formats)} or 'auto'")
+        return rt.formats[name], "set in the config"
+    lines = head[:262144].decode("utf-8", errors="replace").split("\n")[:-1] or [head.decode("utf-8", "replace")]
+    return detect_format(lines, rt.formats)
+
+
+def _count_ai(events: pa.Table) -> dict[str, int]:
+    ai = events.filter(events["is_ai"])
+    if not ai.num_rows:
+        return {}
+    return {r["provider"]: r["count"] for r in ai.group_by("provider").aggregate([("provider", "count")])
+            .rename_columns(["provider", "count"]).to_pylist()}
+
+
+def _empty_classified() -> pa.Table:
+    from agent_traffic.schema import EVENT_SCHEMA
+
+    return EVENT_SCHEMA.empty_table()
+
+
+def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[str, Any]:
+    return {
+        **ref.as_dict(),
+        "status": res.status,
+        "format": res.format,
+        "format_reason": res.format_reason,
+        "compression": res.compression,
+        "reason": res.reason,
+        "stats": res.stats,
+        "ai_by_provider": res.ai_by_provider,
+        "files": files,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _drop_version(store: Store, day: str, old_id: str, keep: set[str]) -> None:
+    """A new version of an object replaces the old one: remove the old files and manifest."""
+    old = store.get_json_or_none(manifest_key(day, old_id))
+    for key in (old or {}).get("files", {}):
+        if key not in keep:
+            store.delete(key)
+    store.delete(manifest_key(day, old_id))

@@ -1,0 +1,115 @@
+"""When to retry a request, and how long to wait (Vector's policy, AWS full jitter).
+
+Retry 408, 429 and 5xx (except 501) and connection errors; honour Retry-After (seconds or an
+HTTP-date, capped); never retry any other 4xx. Waits are `uniform(0, min(cap, base * 2**n))`.
+A connection error after the body was sent may mean the vendor stored it: the retry is counted as
+a possible duplicate, since none of the vendors de-duplicates.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import requests
+
+from agent_traffic.config import DeliveryPolicy
+
+RETRY = "retry"
+SUCCESS = "success"
+FATAL = "fatal"  # this request will never succeed as is
+AUTH = "auth"  # the credential is wrong: stop sending to this destination
+
+
+def decide(status: int, success: frozenset[int]) -> str:
+    if status in success:
+        return SUCCESS
+    if status in (401, 403):
+        return AUTH
+    if status in (408, 429) or (500 <= status <= 599 and status != 501):
+        return RETRY
+    return FATAL
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform(0, min(cap, base * 2**attempt)), attempt counted from 0."""
+    return rng.uniform(0.0, min(cap, base * (2**attempt)))
+
+
+@dataclass
+class SendResult:
+    outcome: str  # SUCCESS | FATAL | AUTH | RETRY (attempts exhausted)
+    status: int | None
+    body: str
+    attempts: int
+    retries_by_cause: dict[str, int] = field(default_factory=dict)
+    possible_duplicates: int = 0  # retries after a connection error, when the body may have landed
+    waited_s: float = 0.0
+
+
+def send(
+    session: requests.Session,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    policy: DeliveryPolicy,
+    success: frozenset[int],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> SendResult:
+    """POST one body until it is accepted, rejected for good, or attempts run out."""
+    rng = rng or random.Random()
+    res = SendResult(outcome=RETRY, status=None, body="", attempts=0)
+    for attempt in range(policy.max_attempts):
+        res.attempts = attempt + 1
+        cause: str
+        wait: float | None = None
+        try:
+            resp = session.post(
+                url, data=body, headers=dict(headers), timeout=policy.timeout_s, allow_redirects=False
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            cause = "connection" if isinstance(exc, requests.ConnectionError) else "timeout"
+            res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
+            res.possible_duplicates += 1
+        else:
+            res.status, res.body = resp.status_code, resp.text[:2000]
+            verdict = decide(resp.status_code, success)
+            if verdict != RETRY:
+                res.outcome = verdict
+                return res
+            cause = str(resp.status_code)
+            if resp.status_code in (429, 503):
+                after = parse_retry_after(resp.headers.get("Retry-After"))
+                if after is not None:
+                    wait = min(after, policy.retry_after_cap_s)
+        if attempt + 1 >= policy.max_attempts or should_stop():
+            break
+        res.retries_by_cause[cause] = res.retries_by_cause.get(cause, 0) + 1
+        if wait is None:
+            wait = backoff(attempt, policy.backoff_base_s, policy.backoff_cap_s, rng)
+        res.waited_s += wait
+        sleep(wait)
+    res.outcome = RETRY
+    return res

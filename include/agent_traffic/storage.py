@@ -1,0 +1,186 @@
+"""Object storage through fsspec: local folders and any S3-compatible store, one interface.
+
+All pipeline state lives under the staging root, so tasks of one run may land on different
+workers. Writes are whole-object puts of finished files (a temporary name then a rename on local
+disk; a single PUT on S3, which is atomic), so a killed task never leaves a half file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import orjson
+
+from agent_traffic.config import ObjectStore
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Connection options for s3:// URLs; credentials stay out of repr()."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    key: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: ObjectStore, env: Mapping[str, str] = os.environ) -> StoreOptions:
+        return cls(
+            endpoint_url=cfg.endpoint_url or env.get("AWS_ENDPOINT_URL"),
+            region=cfg.region,
+            key=env.get(cfg.access_key_env),
+            secret=env.get(cfg.secret_key_env),
+        )
+
+    def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
+        if protocol not in ("s3", "s3a"):
+            return {}
+        kw: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+        if self.key:
+            kw["key"] = self.key
+        if self.secret:
+            kw["secret"] = self.secret
+        client: dict[str, Any] = {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        if client:
+            kw["client_kwargs"] = client
+        return kw
+
+
+def filesystem(url: str, options: StoreOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for a URL."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    return fsspec.core.url_to_fs(url, **(options or StoreOptions()).fsspec_kwargs(protocol))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    url: str
+    size: int
+    etag: str | None
+    mtime: float | None
+
+
+def _info(fs: fsspec.AbstractFileSystem, protocol: str, path: str, raw: Mapping[str, Any]) -> ObjectInfo:
+    etag = raw.get("ETag") or raw.get("etag")
+    mtime = raw.get("mtime") or raw.get("LastModified") or raw.get("created")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    url = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
+    return ObjectInfo(
+        url=url,
+        size=int(raw.get("size") or 0),
+        etag=str(etag).strip('"') if etag else None,
+        mtime=float(mtime) if mtime is not None else None,
+    )
+
+
+def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectInfo]:
+    """Objects matching a URL that is a glob (`*`, `?`, `[`) or a prefix (listed recursively)."""
+    fs, path = filesystem(url, options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    protocol = "file" if protocol in ("file", "local") else protocol
+    if any(c in path for c in "*?["):
+        found = fs.glob(path, detail=True)
+    else:
+        if not fs.exists(path):
+            return []
+        found = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    out = [
+        _info(fs, protocol, p, raw)
+        for p, raw in found.items()
+        if raw.get("type", "file") == "file" and not os.path.basename(p).startswith(".")
+    ]
+    return sorted(out, key=lambda o: o.url)
+
+
+class Store:
+    """The staging root: relative keys in, whole-object reads and atomic writes out."""
+
+    def __init__(self, root_url: str, options: StoreOptions | None = None) -> None:
+        self.root_url = root_url.rstrip("/")
+        self.options = options or StoreOptions()
+        self.fs, self.root = filesystem(self.root_url, self.options)
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if self.is_local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root_url!r})"
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key.lstrip('/')}"
+
+    def url(self, key: str) -> str:
+        return f"{self.root_url}/{key.lstrip('/')}"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Upload a finished local file (a single PUT, or a rename on local disk)."""
+        target = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.put_file(local_path, tmp)
+            os.replace(tmp, target)
+        else:
+            self.fs.put_file(local_path, target)
+
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def get_json(self, key: str) -> Any:
+        return orjson.loads(self.get_bytes(key))
+
+    def get_json_or_none(self, key: str) -> Any | None:
+        try:
+            return self.get_json(key)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys (relative to the root) of the finished files under a prefix, recursively."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return []
+        n = len(self.root) + 1
+        return sorted(
+            p[n:] for p in self.fs.find(base) if ".tmp-" not in os.path.basename(p)
+        )
+
+    def iter_json(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        for key in self.list(prefix):
+            if key.endswith(".json"):
+                yield key, self.get_json(key)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,100 @@
+"""Vector's delivery policy: what is retried, how long we wait, and what is never retried."""
+
+from __future__ import annotations
+
+import random
+from email.utils import formatdate
+
+import pytest
+import requests
+
+from agent_traffic.config import DeliveryPolicy
+from agent_traffic.retry import AUTH, FATAL, RETRY, SUCCESS, backoff, decide, parse_retry_after, send
+
+OK = frozenset({200})
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [(200, SUCCESS), (202, FATAL), (400, FATAL), (401, AUTH), (403, AUTH), (404, FATAL), (408, RETRY),
+     (413, FATAL), (422, FATAL), (429, RETRY), (500, RETRY), (501, FATAL), (502, RETRY), (503, RETRY)],
+)
+def test_decide(status: int, verdict: str) -> None:
+    assert decide(status, OK) == verdict
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    now = 1_800_000_000.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0  # in the past
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_full_jitter_stays_within_the_exponential_envelope() -> None:
+    rng = random.Random(1)
+    for attempt in range(12):
+        ceiling = min(10.0, 0.5 * 2**attempt)
+        waits = [backoff(attempt, 0.5, 10.0, rng) for _ in range(200)]
+        assert all(0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling * 0.8  # full jitter spreads over the whole range
+
+
+def _send(sandbox, api_key: str, policy: DeliveryPolicy, body: bytes | None = None):
+    sleeps: list[float] = []
+    url = f"{sandbox.url}/v1/sites/01JDEM0SANDB0X0000000000AA/platforms/custom/web-traffic"
+    event = (b'{"domain":"example.com","user_agent":"GPTBot/1.2","url":"https://example.com/",'
+             b'"path":"/","method":"GET","status_code":200,"timestamp":1700000000}')
+    with requests.Session() as s:
+        r = send(s, url, body or event, {"Content-Type": "application/json", "X-Api-Key": api_key},
+                 policy, OK, sleep=sleeps.append, rng=random.Random(3))
+    return r, sleeps
+
+
+def test_429_waits_for_retry_after_then_succeeds(sandbox, api_key: str) -> None:
+    sandbox.retry_after = 3
+    sandbox.inject("429", "429")
+    r, sleeps = _send(sandbox, api_key, DeliveryPolicy(max_attempts=5, retry_after_cap_s=120))
+    assert r.outcome == SUCCESS and r.attempts == 3
+    assert sleeps == [3.0, 3.0]
+    assert r.retries_by_cause == {"429": 2}
+    assert len(sandbox.accepted()) == 1
+
+
+def test_retry_after_is_capped(sandbox, api_key: str) -> None:
+    sandbox.retry_after = 3600
+    sandbox.inject("429")
+    r, sleeps = _send(sandbox, api_key, DeliveryPolicy(retry_after_cap_s=2.5))
+    assert r.outcome == SUCCESS and sleeps == [2.5]
+
+
+def test_5xx_and_resets_back_off_with_jitter(sandbox, api_key: str) -> None:
+    sandbox.inject("500", "503", "reset")
+    policy = DeliveryPolicy(max_attempts=6, backoff_base_s=1.0, backoff_cap_s=4.0)
+    r, sleeps = _send(sandbox, api_key, policy)
+    assert r.outcome == SUCCESS and r.attempts == 4
+    assert len(sleeps) == 3 and all(0 <= s <= min(4.0, 2**i) for i, s in enumerate(sleeps))
+    assert r.retries_by_cause == {"500": 1, "503": 1, "connection": 1}
+
+
+def test_reset_after_body_counts_a_possible_duplicate(sandbox, api_key: str) -> None:
+    sandbox.inject("reset_after_body")
+    r, _ = _send(sandbox, api_key, DeliveryPolicy())
+    assert r.outcome == SUCCESS and r.possible_duplicates == 1
+    assert len(sandbox.accepted()) == 2  # the vendor kept both: this is the documented duplicate
+
+
+def test_422_and_401_are_never_retried(sandbox, api_key: str) -> None:
+    r, sleeps = _send(sandbox, api_key, DeliveryPolicy(), body=b'{"domain": "example.com"}')
+    assert (r.outcome, r.status, r.attempts, sleeps) == (FATAL, 422, 1, [])
+    assert "user_agent" in r.body  # the vendor's answer is kept for the dead letter
+    r, sleeps = _send(sandbox, "wrong-" + api_key, DeliveryPolicy())
+    assert (r.outcome, r.status, r.attempts, sleeps) == (AUTH, 401, 1, [])
+
+
+def test_attempts_are_bounded(sandbox, api_key: str) -> None:
+    sandbox.inject(*["500"] * 10)
+    r, sleeps = _send(sandbox, api_key, DeliveryPolicy(max_attempts=3))
+    assert (r.outcome, r.status, r.attempts, len(sleeps)) == (RETRY, 500, 3, 2)
