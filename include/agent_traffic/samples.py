@@ -56,8 +56,14 @@ class Line:
     text: str
 
 
-def combined_lines(day: date, n: int, *, seed: int = 0, malformed_every: int = 997) -> Iterator[str]:
-    """n combined-format lines spread over the day (UTC), in time order."""
+def combined_lines(
+    day: date, n: int, *, seed: int = 0, malformed_every: int = 997, tag: str | None = None
+) -> Iterator[str]:
+    """n combined-format lines spread over the day (UTC), in time order.
+
+    With `tag`, every path carries `seq=<tag>-<i>` in its query, so a test can tell each
+    delivered event apart and count missing ones and duplicates.
+    """
     rng = random.Random(f"{seed}:{day.isoformat()}")
     uas, uw = zip(*USER_AGENTS, strict=True)
     sts, sw = zip(*STATUSES, strict=True)
@@ -72,7 +78,10 @@ def combined_lines(day: date, n: int, *, seed: int = 0, malformed_every: int = 9
         ua = rng.choices(uas, uw)[0]
         status = rng.choices(sts, sw)[0]
         size = 0 if status == 304 else rng.randint(200, 90_000)
-        yield (f'{ip} - - [{ts.strftime("%d/%b/%Y:%H:%M:%S +0000")}] "GET {rng.choice(PATHS)} HTTP/1.1" '
+        path = rng.choice(PATHS)
+        if tag is not None:
+            path += f"{'&' if '?' in path else '?'}seq={tag}-{i}"
+        yield (f'{ip} - - [{ts.strftime("%d/%b/%Y:%H:%M:%S +0000")}] "GET {path} HTTP/1.1" '
                f'{status} {size} "{rng.choice(REFERERS)}" "{ua}"')
 
 
@@ -80,11 +89,13 @@ def gzip_log(lines: Iterator[str] | list[str]) -> bytes:
     return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def write_day(root: Path, day: date, *, lines: int = 40_000, files: int = 4, seed: int = 0) -> list[Path]:
+def write_day(
+    root: Path, day: date, *, lines: int = 40_000, files: int = 4, seed: int = 0, tag: str | None = None
+) -> list[Path]:
     """Write one day of gzip logs as root/YYYY/MM/DD/access-N.log.gz; returns the paths."""
     folder = root / f"{day:%Y/%m/%d}"
     folder.mkdir(parents=True, exist_ok=True)
-    all_lines = list(combined_lines(day, lines, seed=seed))
+    all_lines = list(combined_lines(day, lines, seed=seed, tag=tag))
     per = -(-len(all_lines) // files)
     out = []
     for i in range(files):

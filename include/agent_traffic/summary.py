@@ -158,7 +158,7 @@ def render(summary: dict[str, Any]) -> str:
         out.append(f"          {_n(ln['invalid_utf8_repaired'])} line(s) had invalid UTF-8 (repaired, kept)")
     ai = summary["ai_events_by_provider"]
     out.append(f"AI events {_n(sum(ai.values()))}" + ("" if ai else " (none in the objects parsed now)"))
-    for prov, n in ai.items():
+    for prov, n in sorted(ai.items(), key=lambda kv: (-kv[1], kv[0])):
         out.append(f"          {prov:<20} {_n(n):>10}")
     out.append("")
     hdr = f"{'destination':<22} {'site':<20} {'staged':>9} {'not sent':>9} {'delivered':>10} {'failed':>7} {'pending':>8}"
