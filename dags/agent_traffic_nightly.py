@@ -10,7 +10,7 @@ destination in checkpointed chunks.
 * **Manual runs**: the trigger form takes a date range, sites, destinations, dry run and
   reprocess. A re-run of a date parses only new or changed objects and sends only chunks that
   were never acknowledged.
-* **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG`. Destination keys come from the
+* **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG` (default `config/agent-traffic.yaml`). Destination keys come from the
   Airflow Connection named in the config (`secret.airflow_conn_id`; its password is the key).
 * **Pools**: `agent_traffic_<vendor>` caps concurrent delivery tasks per vendor.
 
@@ -25,21 +25,19 @@ from pathlib import Path
 
 from airflow.sdk import BaseHook, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-CONFIG = os.environ.get(
-    "AGENT_TRAFFIC_CONFIG", str(Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml")
-)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
 VENDORS = ("scrunch",)
 MAX_PARSE_BATCHES = 64
 
 
 def _runtime():
     """The pipeline runtime for this task: config, object-store credentials, run id."""
-    from agent_traffic.pipeline import Runtime
     from agent_traffic.config import load_config
+    from agent_traffic.pipeline import Runtime
     from agent_traffic.storage import StoreOptions
 
     ctx = get_current_context()
-    cfg = load_config(CONFIG)
+    cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
     options = StoreOptions.from_config(cfg.object_store)
     if cfg.object_store.airflow_conn_id:
         conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)

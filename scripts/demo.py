@@ -112,8 +112,8 @@ def main() -> int:
         print(summary.stdout or summary.stderr)
         with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=5) as r:
             stats = json.load(r)
-        accepted = sum(1 for _ in open(DEMO / "sandbox" / "scrunch" / f"{SITE_ID}.ndjson")) if (
-            DEMO / "sandbox" / "scrunch" / f"{SITE_ID}.ndjson").exists() else 0
+        received = DEMO / "sandbox" / "scrunch" / f"{SITE_ID}.ndjson"
+        accepted = len(received.read_bytes().splitlines()) if received.exists() else 0
         step("local receiver")
         print(f"    events accepted in total: {accepted:,}  (.demo/sandbox/scrunch/{SITE_ID}.ndjson)")
         print(f"    requests by status: {json.dumps(stats.get('requests', stats))}")

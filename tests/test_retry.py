@@ -9,7 +9,16 @@ import pytest
 import requests
 
 from agent_traffic.config import DeliveryPolicy
-from agent_traffic.retry import AUTH, FATAL, RETRY, SUCCESS, backoff, decide, parse_retry_after, send
+from agent_traffic.retry import (
+    AUTH,
+    FATAL,
+    RETRY,
+    SUCCESS,
+    backoff,
+    decide,
+    parse_retry_after,
+    send,
+)
 
 OK = frozenset({200})
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from agent_traffic.sandbox import Sandbox, register_cli
 
 TIMEOUT = 5

@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from agent_traffic.config import Config, Destination
-from agent_traffic.plan import ChunkGroup, Chunk, acked_ids, decode_chunk, ledger_prefix
+from agent_traffic.plan import Chunk, ChunkGroup, acked_ids, decode_chunk, ledger_prefix
 from agent_traffic.retry import AUTH, SUCCESS, send
 from agent_traffic.secrets import Secret
 from agent_traffic.storage import Store

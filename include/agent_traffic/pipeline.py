@@ -16,8 +16,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from agent_traffic.classify import Classifier
 from agent_traffic.catalog import load_catalog
+from agent_traffic.classify import Classifier
 from agent_traffic.config import Config, load_config
 from agent_traffic.decompress import decompressed_blocks
 from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError

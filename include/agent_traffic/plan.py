@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, Destination, Site

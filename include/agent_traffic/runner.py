@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
+from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
 from agent_traffic.pipeline import Runtime, days_between, discover_objects, process_object
 from agent_traffic.plan import plan_deliveries
-from agent_traffic.deliver import deliver_group
 from agent_traffic.secrets import Secret, SecretResolver, env_resolver
 from agent_traffic.storage import Store
 from agent_traffic.summary import build_summary, ledger_status
@@ -40,8 +40,9 @@ def run(
     reprocess: bool = False,
     outbox: Store | None = None,
     resolver: SecretResolver | None = None,
-    progress: Callable[[str], None] = Progress(),
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    progress = progress or Progress()
     for name in sites:
         rt.cfg.site(name)
     known = {d.name for _, d in rt.cfg.destinations()}

@@ -8,6 +8,7 @@ and never adds duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -78,9 +79,7 @@ class ObjectStager:
 
     def abort(self) -> None:
         for w in self._writers.values():
-            try:
+            with contextlib.suppress(Exception):  # already failing; only cleaning up
                 w.close()
-            except Exception:  # noqa: BLE001 - already failing; cleaning up
-                pass
         self._writers.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)

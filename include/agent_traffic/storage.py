@@ -7,6 +7,7 @@ disk; a single PUT on S3, which is atomic), so a killed task never leaves a half
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -180,7 +181,5 @@ class Store:
                 yield key, self.get_json(key)
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
-        except FileNotFoundError:
-            pass
