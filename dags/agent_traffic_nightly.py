@@ -118,8 +118,7 @@ def agent_traffic_nightly():
         days = _days()
         d = discover_objects(rt, [date.fromisoformat(x) for x in days],
                              reprocess=bool((params or {}).get("reprocess")))
-        rt.store.put_json(f"_runs/{rt.run_id}.discovery.json",
-                          {"days": days, "seen": d.seen, "unchanged": d.unchanged})
+        rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", d.as_dict(days))
         n = min(MAX_PARSE_BATCHES, len(d.objects)) or 1
         batches: list[list[dict]] = [[] for _ in range(n)]
         loads = [0] * n
@@ -184,7 +183,7 @@ def agent_traffic_nightly():
 
         return deliver
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", retries=0)
     def report(staged: list, *delivered: list, params: dict | None = None) -> dict:
         """Write the run summary to the store, print the table; fail the run if anything failed."""
         from agent_traffic.summary import build_summary, ledger_status, render
@@ -192,7 +191,7 @@ def agent_traffic_nightly():
         rt = _runtime()
         p = params or {}
         days = _days()
-        disc = rt.store.get_json_or_none(f"_runs/{rt.run_id}.discovery.json") or {}
+        disc = rt.store.get_json_or_none(f"_runs/discovery/{rt.run_id}.json") or {}
         objects = [o for batch in (staged or []) if batch for o in batch]
         deliveries = [d for results in delivered for d in (results or []) if d]
         ledger = ledger_status(rt.cfg, rt.store, days, sites=p.get("sites") or None,

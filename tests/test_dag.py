@@ -75,11 +75,14 @@ def test_nightly_run_from_s3_to_the_receiver(
     from agent_traffic.storage import Store, StoreOptions
 
     store = Store("s3://staging/agent-traffic", StoreOptions(endpoint_url=s3_env, key="testing", secret="testing"))
-    summaries = [k for k in store.list("_runs/") if not k.endswith(".discovery.json")]
+    summaries = [k for k in store.list("_runs/") if k.count("/") == 1]
     summary = store.get_json(summaries[0])
     assert summary["ok"] and summary["dates"] == [str(DAY)]
     assert summary["lines"]["read"] == 4500 and summary["lines"]["balanced"]
     assert summary["objects"]["staged"] == 3
+    manifest = store.get_json(f"_runs/discovery/{summary['run_id']}.json")["objects"]
+    assert sorted(o["url"].rsplit("/", 1)[1] for o in manifest) == [f"access-{i}.log.gz" for i in range(3)]
+    assert all(o["size"] > 0 and o["etag"] for o in manifest)
     assert summary["destinations"][0]["delivered"] == len(seqs)
     assert store.list(f"events/site=example.com/provider=openai/date={DAY}/")
     out = capfd.readouterr()

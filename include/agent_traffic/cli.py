@@ -48,7 +48,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     store = Store(cfg.staging, StoreOptions.from_config(cfg.object_store))
-    runs = store.list("_runs/")
+    runs = [k for k in store.list("_runs/") if k.count("/") == 1]
     if not runs:
         print("no run has been recorded in this staging store yet", file=sys.stderr)
         return 1

@@ -61,9 +61,14 @@ def read_manifests(store: Store, day: str) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Discovery:
-    objects: list[ObjectRef]
+    objects: list[ObjectRef]  # to parse
     unchanged: int
     seen: int
+    listed: list[dict[str, Any]]  # every object seen: the run's manifest
+
+    def as_dict(self, days: Iterable[str]) -> dict[str, Any]:
+        return {"days": list(days), "seen": self.seen, "unchanged": self.unchanged,
+                "objects": self.listed}
 
 
 def discover(
@@ -78,6 +83,7 @@ def discover(
     """List every source for each date; return the object versions that still need parsing."""
     wanted = set(sources) if sources else None
     todo: list[ObjectRef] = []
+    listed: list[dict[str, Any]] = []
     seen = unchanged = 0
     for day in days:
         ds = day.isoformat()
@@ -93,7 +99,11 @@ def discover(
                 seen += 1
                 oid = object_id(info.url, version_tag(info))
                 rec = manifests.get(oid)
-                if rec and rec.get("status") == STAGED and not reprocess:
+                skip = bool(rec and rec.get("status") == STAGED and not reprocess)
+                listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
+                               "object_id": oid, "date": ds, "source": src.name,
+                               "action": "unchanged" if skip else "parse"})
+                if skip:
                     unchanged += 1
                     continue
                 prev = by_url.get(info.url)
@@ -109,4 +119,4 @@ def discover(
                         previous=prev["object_id"] if prev and prev["object_id"] != oid else None,
                     )
                 )
-    return Discovery(todo, unchanged, seen)
+    return Discovery(todo, unchanged, seen, listed)

@@ -280,13 +280,16 @@ def plan_deliveries(
 
 def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]]]) -> list[ChunkGroup]:
     """Cut pending chunks into groups; grow the group size so no vendor exceeds max_groups."""
-    per = cfg.delivery.chunks_per_group
-    by_vendor: Counter[str] = Counter()
     vendors = {d.name: d.vendor for _, d in cfg.destinations()}
-    for (dest, _, _), ids in pending.items():
-        by_vendor[vendors[dest]] += len(ids)
-    worst = max(by_vendor.values(), default=0)
-    while worst and -(-worst // per) > cfg.delivery.max_groups:
+
+    def most_groups(per: int) -> int:
+        n: Counter[str] = Counter()
+        for (dest, _, _), ids in pending.items():
+            n[vendors[dest]] += -(-len(ids) // per)
+        return max(n.values(), default=0)
+
+    per = cfg.delivery.chunks_per_group
+    while most_groups(per) > cfg.delivery.max_groups:
         per *= 2
     groups = []
     for (dest, site, day), ids in sorted(pending.items()):

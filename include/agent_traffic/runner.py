@@ -54,6 +54,7 @@ def run(
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
     disc = discover_objects(rt, days, reprocess=reprocess)
+    rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", disc.as_dict(ds))
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged")
     objects = []
@@ -104,7 +105,7 @@ def run(
                  f"~{left:,.0f}s left)")
     ledger = ledger_status(rt.cfg, rt.store, ds, sites=sites or None, destinations=destinations or None)
     summary = build_summary(
-        run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery={"seen": disc.seen, "unchanged": disc.unchanged},
+        run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
         objects=objects, deliveries=deliveries, ledger=ledger, dry_run=dry_run, secret_errors=secret_errors,
     )
     if outbox is not None:
