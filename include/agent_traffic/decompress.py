@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bz2
 import zlib
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 from agent_traffic.errors import ObjectReadError
 
@@ -39,14 +39,15 @@ def _chunks(f: BinaryIO, first: bytes) -> Iterator[bytes]:
         yield chunk
 
 
-def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    d = zlib.decompressobj(wbits=47)  # 32+15: gzip or zlib header, auto-detected
+def _members(chunks: Iterator[bytes], new: Callable[[], Any], magic: bytes, kind: str) -> Iterator[bytes]:
+    """Decompress concatenated members/streams (gzip and bzip2 both allow them)."""
+    d = new()
     fed = padding = False
     for chunk in chunks:
         data = chunk
-        if padding:
+        if padding:  # only zero bytes may follow the zero padding after the last member
             if data.strip(b"\x00"):
-                raise ObjectReadError("bytes after the last gzip member are not gzip")
+                raise ObjectReadError(f"bytes after the last {kind} member are not {kind}")
             continue
         while data:
             fed = True
@@ -55,30 +56,13 @@ def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
                 yield out
             if not d.eof:
                 break
-            data, d, fed = d.unused_data, zlib.decompressobj(wbits=47), False
-            if data and not data.startswith(GZIP_MAGIC):
+            data, d, fed = d.unused_data, new(), False
+            if data and not data.startswith(magic):
                 if data.strip(b"\x00"):
-                    raise ObjectReadError("bytes after the last gzip member are not gzip")
+                    raise ObjectReadError(f"bytes after the last {kind} member are not {kind}")
                 data, padding = b"", True
     if fed and not d.eof:
-        raise ObjectReadError("truncated gzip stream: the object ends inside a member")
-
-
-def _bzip2(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    d = bz2.BZ2Decompressor()
-    fed = False
-    for chunk in chunks:
-        data = chunk
-        while data:
-            fed = True
-            out = d.decompress(data)
-            if out:
-                yield out
-            if not d.eof:
-                break
-            data, d, fed = d.unused_data, bz2.BZ2Decompressor(), False
-    if fed and not d.eof:
-        raise ObjectReadError("truncated bzip2 stream: the object ends inside a stream")
+        raise ObjectReadError(f"truncated {kind} stream: the object ends inside a member")
 
 
 def _zstd(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -101,10 +85,10 @@ def decompressed_blocks(f: BinaryIO) -> tuple[str, Iterator[bytes]]:
     head = f.read(READ_SIZE)
     kind = sniff_compression(head)
     chunks = _chunks(f, head)
-    if kind == "gzip":
-        return kind, _wrap(_gzip(chunks), "gzip")
+    if kind == "gzip":  # wbits 32+15: a gzip or zlib header, detected per member
+        return kind, _wrap(_members(chunks, lambda: zlib.decompressobj(wbits=47), GZIP_MAGIC, kind), kind)
     if kind == "bzip2":
-        return kind, _wrap(_bzip2(chunks), "bzip2")
+        return kind, _wrap(_members(chunks, bz2.BZ2Decompressor, BZIP2_MAGIC, kind), kind)
     if kind == "zstd":
         return kind, _zstd(chunks)
     return kind, chunks
