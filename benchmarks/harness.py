@@ -1,0 +1,73 @@
+"""Run a command several times; report median wall time and the child's own peak memory.
+
+Each measurement is a separate process and its peak RSS comes from `os.wait4` on that process, so
+memory is the pipeline's, not the harness's. Machines are shared and noisy: compare ratios of
+commands run side by side, on the same input, and read medians.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".bench"  # generated inputs; git-ignored
+
+
+@dataclass
+class Measurement:
+    label: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.peak_rss_mb)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "median_s": round(self.median_s, 4),
+                "runs_s": [round(s, 4) for s in self.seconds], "peak_rss_mb": round(self.peak_mb, 1)}
+
+
+def run_once(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
+             shell_stdin: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one child process."""
+    stdin = open(shell_stdin, "rb") if shell_stdin else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, stdin=stdin,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if shell_stdin:
+            stdin.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}: {err[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def measure(label: str, argv: list[str], repeat: int, **kw: Any) -> Measurement:
+    m = Measurement(label)
+    for _ in range(repeat):
+        s, mb = run_once(argv, **kw)
+        m.seconds.append(s)
+        m.peak_rss_mb.append(mb)
+    return m
+
+
+def python_child(code: str) -> list[str]:
+    """argv running `code` in a fresh interpreter of this venv."""
+    return [sys.executable, "-c", code]
