@@ -122,6 +122,17 @@ class ParsePolicy(_Model):
     block_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
 
+class QualityPolicy(_Model):
+    """Thresholds of the Great Expectations suites (see validate.py)."""
+
+    allowed_lateness_hours: float = Field(36, ge=0, description="event times may stray this far from the date")
+    methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+                                "TRACE", "PROPFIND")
+    max_failed_row_ratio: float = Field(0.01, ge=0, le=1, description="above this, the partition is held")
+    quarantine_ratio_warn: float = Field(0.01, ge=0, le=1)
+    quarantine_ratio_fail: float = Field(0.05, ge=0, le=1)
+
+
 class Config(_Model):
     version: Literal[1] = 1
     staging: str = Field(description="staging root: a local folder or s3://bucket/prefix")
@@ -130,6 +141,7 @@ class Config(_Model):
     sites: tuple[Site, ...] = Field(min_length=1)
     delivery: DeliveryPolicy = DeliveryPolicy()
     parse: ParsePolicy = ParsePolicy()
+    quality: QualityPolicy = QualityPolicy()
     catalog_files: tuple[str, ...] = ()
 
     @model_validator(mode="after")

@@ -1,0 +1,393 @@
+"""Data quality with Great Expectations (GX Core 1.x, called directly; not the Airflow provider).
+
+Three suites, each run where its data is small:
+- `events_rows`: row-level expectations on each newly staged file, read in bounded record batches
+  (memory does not grow with the object). Rows that fail move to quarantine with the expectation
+  as their reason; they are never dropped in silence.
+- `partition`: per (date, site), on aggregates computed by DuckDB over every staged file of the
+  partition: event ids unique.
+- `run_counts`: per source, on this run's parse counts: quarantine ratio under the thresholds, and
+  rows staged for a source that had objects.
+
+A partition whose suites fail is held: the planner sends nothing for it and the summary says which
+expectation failed on how many rows. Warnings are recorded and do not hold delivery. Results go to
+`_quality/date=<D>/<run_id>.json`, the partition's verdict to `_quality/date=<D>/site=<S>/status.json`,
+and GX's data docs to `_quality/date=<D>/docs/`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from agent_traffic.config import Config
+from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
+from agent_traffic.storage import Store
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+ROW_COLUMNS = ["event_id", "ts", "site", "method", "path", "status", "url", "user_agent", "source_object",
+               "line_number"]
+BATCH_ROWS = 250_000
+
+
+def status_key(day: str, site: str) -> str:
+    return f"_quality/date={day}/site={site}/status.json"
+
+
+def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """site -> status record, for the partitions of a date whose suites failed."""
+    out = {}
+    for site in sites:
+        rec = store.get_json_or_none(status_key(day, site))
+        if rec and rec.get("status") == FAIL:
+            out[site] = rec
+    return out
+
+
+@dataclass
+class Finding:
+    """One expectation's outcome, as kept in the results and shown in messages."""
+
+    suite: str
+    expectation: str
+    column: str | None
+    success: bool
+    severity: str  # FAIL or WARN when unsuccessful
+    unexpected: int = 0
+    checked: int = 0
+    scope: str = ""  # site, source or file
+
+    def message(self) -> str:
+        what = f"{self.expectation}({self.column})" if self.column else self.expectation
+        return f"{self.suite}: {what} failed on {self.unexpected:,} of {self.checked:,} row(s) [{self.scope}]"
+
+
+@dataclass
+class QualityResult:
+    day: str
+    run_id: str
+    findings: list[Finding] = field(default_factory=list)
+    rows_quarantined: Counter[str] = field(default_factory=Counter)  # reason -> rows
+    statuses: dict[str, str] = field(default_factory=dict)  # site -> pass | warn | fail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "date": self.day,
+            "run_id": self.run_id,
+            "statuses": self.statuses,
+            "rows_quarantined": dict(self.rows_quarantined),
+            "findings": [f.__dict__ | {"message": f.message()} for f in self.findings if not f.success],
+            "expectations_checked": len(self.findings),
+        }
+
+
+class Validator:
+    """Builds the GX suites once per process (importing GX takes seconds) and runs them."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.policy = cfg.quality
+
+    @cached_property
+    def _gx(self) -> Any:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        return gx, ctx
+
+    def _definition(self, name: str, expectations: list[Any]) -> Any:
+        gx, ctx = self._gx
+        try:
+            return ctx.validation_definitions.get(name)
+        except Exception:  # noqa: BLE001 - GX raises its own not-found types
+            pass
+        ds = ctx.data_sources.add_or_update_pandas(f"{name}_source")
+        bd = ds.add_dataframe_asset(name).add_batch_definition_whole_dataframe("batch")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=name))
+        for e in expectations:
+            suite.add_expectation(e)
+        return ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
+
+    def row_definition(self, day: str) -> Any:
+        import great_expectations.expectations as gxe
+
+        lateness = timedelta(hours=self.policy.allowed_lateness_hours)
+        start = datetime.fromisoformat(day).replace(tzinfo=None) - lateness
+        end = datetime.fromisoformat(day).replace(tzinfo=None) + timedelta(days=1) + lateness
+        required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
+                    for c in ("event_id", "ts", "site", "method", "path", "status", "url", "user_agent")]
+        return self._definition(f"events_rows_{day}", required + [
+            gxe.ExpectColumnValuesToBeBetween(column="status", min_value=100, max_value=599, meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToMatchRegex(column="path", regex=r"^/", meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToBeInSet(column="method", value_set=list(self.policy.methods),
+                                            meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToBeInSet(column="site", value_set=[s.name for s in self.cfg.sites],
+                                            meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToBeBetween(column="ts_naive", min_value=start, max_value=end,
+                                              meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToBeUnique(column="event_id", meta={"severity": FAIL}),
+        ])
+
+    def partition_definition(self) -> Any:
+        import great_expectations.expectations as gxe
+
+        return self._definition("partition", [
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_event_ids",
+                                                meta={"severity": FAIL}),
+        ])
+
+    def run_definition(self) -> Any:
+        import great_expectations.expectations as gxe
+
+        p = self.policy
+        return self._definition("run_counts", [
+            gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_fail,
+                                              meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_warn,
+                                              meta={"severity": WARN}),
+            gxe.ExpectColumnValuesToBeBetween(column="rows_if_objects", min_value=1, meta={"severity": FAIL}),
+        ])
+
+    # -----------------------------------------------------------------------------------------
+
+    def check_rows(self, day: str, table: pa.Table) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+        """Row-level suite on one batch (with a `_key` column naming each row's file).
+
+        Returns (expectation, column, severity, [(event_id, file key), ...] failing) per expectation.
+        """
+        import pandas as pd
+
+        df = table.to_pandas()
+        df["ts_naive"] = pd.to_datetime(df["ts"], utc=True).dt.tz_localize(None)
+        res = self.row_definition(day).run(
+            batch_parameters={"dataframe": df},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
+                           "return_unexpected_index_query": False},
+        )
+        out = []
+        for r in res.results:
+            cfg = r.expectation_config
+            failing = [(str(i["event_id"]), str(i["_key"])) for i in r.result.get("unexpected_index_list") or []]
+            out.append((cfg.type, cfg.kwargs.get("column"), cfg.meta["severity"], failing))
+        return out
+
+    def check_frame(self, definition: Any, rows: list[dict[str, Any]], suite: str, scope_col: str) -> list[Finding]:
+        import pandas as pd
+
+        if not rows:
+            return []
+        df = pd.DataFrame(rows)
+        res = definition.run(batch_parameters={"dataframe": df},
+                             result_format={"result_format": "COMPLETE",
+                                            "unexpected_index_column_names": [scope_col],
+                                            "return_unexpected_index_query": False})
+        out = []
+        for r in res.results:
+            cfg = r.expectation_config
+            failed = r.result.get("unexpected_index_list") or []
+            scopes = sorted({str(i[scope_col]) for i in failed}) or [", ".join(str(x) for x in df[scope_col])]
+            for scope in scopes:
+                n = next((int(row.get("rows", 0)) for row in rows if str(row[scope_col]) == scope), 0)
+                out.append(Finding(suite, cfg.type, cfg.kwargs.get("column") or cfg.kwargs.get("column_A"),
+                                   not failed, cfg.meta["severity"], n if failed else 0, n, scope))
+        return out
+
+
+def _rewrite_without(store: Store, key: str, bad: set[str]) -> pa.Table:
+    """Drop failing rows from a staged file (rewritten whole); returns the rows removed."""
+    t = pq.read_table(store.path(key), filesystem=store.fs)
+    mask = pc.is_in(t["event_id"], value_set=pa.array(sorted(bad), pa.string()))
+    removed = t.filter(mask)
+    kept = t.filter(pc.invert(mask))
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "part.parquet"
+        pq.write_table(kept.cast(EVENT_SCHEMA), p, compression="zstd")
+        store.put_file(key, str(p))
+    return removed
+
+
+def _quarantine_rows(store: Store, day: str, object_id: str, removed: pa.Table, reasons: dict[str, str]) -> None:
+    rows = removed.to_pylist()
+    table = pa.table({
+        "object_id": [object_id] * len(rows),
+        "source_object": [r["source_object"] for r in rows],
+        "line_number": [r["line_number"] for r in rows],
+        "reason": [reasons[r["event_id"]] for r in rows],
+        # the original line parsed, so its canonical event stands in for the raw bytes
+        "raw": [orjson.dumps(r, default=str) for r in rows],
+    }, schema=QUARANTINE_SCHEMA)
+    key = f"quarantine/date={day}/part-{object_id}-quality.parquet"
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "q.parquet"
+        if store.exists(key):
+            table = pa.concat_tables([pq.read_table(store.path(key), filesystem=store.fs), table])
+        pq.write_table(table, p, compression="zstd")
+        store.put_file(key, str(p))
+
+
+def validate_date(
+    cfg: Config, store: Store, day: str, objects: Sequence[dict[str, Any]], *, run_id: str,
+    validator: Validator | None = None,
+) -> QualityResult:
+    """Run the suites for one date after this run staged `objects` (ObjectResult dicts) there."""
+    v = validator or Validator(cfg)
+    result = QualityResult(day, run_id)
+    staged = [o for o in objects if o["status"] == "staged" and o["date"] == day]
+    owner = {k: o["object_id"] for o in staged for k in o["files"] if k.startswith("events/")}
+    row_total: Counter[str] = Counter()
+    per_site: dict[tuple[str, str, str | None], Finding] = {}
+    bad: dict[str, dict[str, str]] = defaultdict(dict)  # file key -> {event_id: reason}
+    for batch in _row_batches(store, sorted(owner)):
+        sites_in = Counter(_site(k) for k in batch["_key"].to_pylist())
+        row_total.update(sites_in)
+        for etype, col, severity, failing in v.check_rows(day, batch):
+            for site, n in sites_in.items():  # one finding per site and expectation, over batches
+                agg = per_site.setdefault((site, etype, col), Finding(
+                    "events_rows", etype, col, True, severity, scope=f"site={site}"))
+                agg.checked += n
+            for event_id, key in failing:
+                agg = per_site[(_site(key), etype, col)]
+                agg.success, agg.unexpected = False, agg.unexpected + 1
+                bad[key].setdefault(event_id, f"failed expectation {etype}({col})")
+    result.findings.extend(per_site.values())
+    row_fail: Counter[str] = Counter()
+    for key, reasons in bad.items():
+        removed = _rewrite_without(store, key, set(reasons))
+        _quarantine_rows(store, day, owner[key], removed, reasons)
+        row_fail[_site(key)] += removed.num_rows
+        result.rows_quarantined.update(reasons.values())
+    sites = sorted({k.split("/")[1].removeprefix("site=") for o in staged for k in o["files"]
+                    if k.startswith("events/")} | {s for o in staged for s in _sites_of(cfg, o["source"])})
+    part_rows = _partition_counts(store, day, sites)
+    result.findings += v.check_frame(v.partition_definition(), part_rows, "partition", "site")
+    result.findings += v.check_frame(v.run_definition(), _source_counts(staged), "run_counts", "source")
+    _decide(cfg, result, sites, row_fail, row_total)
+    store.put_json(f"_quality/date={day}/{run_id}.json", result.as_dict())
+    for site in sites:
+        store.put_json(status_key(day, site), {
+            "status": result.statuses[site], "run_id": run_id,
+            "failures": [f.message() for f in result.findings if not f.success and f.severity == FAIL
+                         and _concerns(cfg, f, site)],
+            "warnings": [f.message() for f in result.findings if not f.success and f.severity == WARN
+                         and _concerns(cfg, f, site)],
+        })
+    return result
+
+
+def _site(key: str) -> str:
+    return key.split("/")[1].removeprefix("site=")
+
+
+def _row_batches(store: Store, keys: Sequence[str]) -> Iterator[pa.Table]:
+    """Rows of many files in batches of about BATCH_ROWS, each row tagged with its file key."""
+    buf: list[pa.Table] = []
+    n = 0
+    for key in keys:
+        for b in pq.ParquetFile(store.path(key), filesystem=store.fs).iter_batches(
+                batch_size=BATCH_ROWS, columns=ROW_COLUMNS):
+            buf.append(pa.Table.from_batches([b]).append_column("_key", pa.array([key] * b.num_rows)))
+            n += b.num_rows
+            if n >= BATCH_ROWS:
+                yield pa.concat_tables(buf)
+                buf, n = [], 0
+    if buf:
+        yield pa.concat_tables(buf)
+
+
+def _sites_of(cfg: Config, source: str) -> list[str]:
+    src = next((s for s in cfg.sources if s.name == source), None)
+    if src is None:
+        return []
+    return [src.site] if src.site else [s.name for s in cfg.sites]
+
+
+def _concerns(cfg: Config, f: Finding, site: str) -> bool:
+    if f.suite == "run_counts":
+        return site in _sites_of(cfg, f.scope)
+    if f.suite == "partition":
+        return f.scope == site
+    return f.scope == f"site={site}"
+
+
+def _partition_counts(store: Store, day: str, sites: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    con = duckdb.connect(":memory:")
+    if not store.is_local:
+        con.register_filesystem(store.fs)
+    try:
+        for site in sites:
+            keys = [k for k in store.list(f"events/site={site}/") if f"/date={day}/" in k]
+            if not keys:
+                continue
+            urls = [store.path(k) if store.is_local else store.url(k) for k in keys]
+            n, d = con.execute("SELECT count(*), count(DISTINCT event_id) FROM read_parquet(?)", [urls]).fetchone()
+            rows.append({"site": site, "rows": n, "distinct_event_ids": d})
+    finally:
+        con.close()
+    return rows
+
+
+def _source_counts(staged: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    agg: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in staged:
+        s = o.get("stats") or {}
+        a = agg[o["source"]]
+        a["objects"] += 1
+        a["lines"] += s.get("lines_read", 0)
+        a["parsed"] += s.get("parsed", 0)
+        a["quarantined"] += s.get("quarantined", 0)
+    return [
+        {"source": src, "rows": a["parsed"], "objects": a["objects"],
+         "quarantine_ratio": a["quarantined"] / max(a["parsed"] + a["quarantined"], 1),
+         "rows_if_objects": a["parsed"] if a["objects"] else 1}
+        for src, a in sorted(agg.items())
+    ]
+
+
+def _decide(cfg: Config, result: QualityResult, sites: Sequence[str], row_fail: Counter[str],
+            row_total: Counter[str]) -> None:
+    for site in sites:
+        failed = [f for f in result.findings if not f.success and _concerns(cfg, f, site)]
+        ratio = row_fail[site] / max(row_total[site], 1)
+        hard = [f for f in failed if f.severity == FAIL and f.suite != "events_rows"]
+        if hard or ratio > cfg.quality.max_failed_row_ratio:
+            result.statuses[site] = FAIL
+        elif failed:
+            result.statuses[site] = WARN  # rows quarantined below the ratio, or a warning expectation
+        else:
+            result.statuses[site] = PASS
+
+
+def build_docs(validator: Validator, store: Store, day: str) -> str | None:
+    """Render GX data docs for the validations run in this process; upload under _quality/."""
+    gx, ctx = validator._gx
+    with tempfile.TemporaryDirectory() as d:
+        ctx.add_data_docs_site(site_name="staging", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": d},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        try:
+            ctx.build_data_docs(site_names=["staging"])
+        finally:
+            ctx.delete_data_docs_site("staging")
+        for p in Path(d).rglob("*"):
+            if p.is_file() and p.suffix in (".html", ".css"):
+                store.put_file(f"_quality/date={day}/docs/{p.relative_to(d)}", str(p))
+    return store.url(f"_quality/date={day}/docs/index.html")

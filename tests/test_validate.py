@@ -1,0 +1,96 @@
+"""Great Expectations suites on real staged data: pass, quarantine failing rows, hold a partition."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from agent_traffic.pipeline import Runtime, discover_objects, process_object
+from agent_traffic.samples import combined_lines, gzip_log
+from agent_traffic.validate import FAIL, PASS, WARN, Validator, build_docs, held_partitions, validate_date
+from tests.conftest import write_config
+
+DAY = date(2026, 11, 21)
+
+
+@pytest.fixture(scope="module")
+def validator_cache() -> dict:
+    return {}
+
+
+def stage(tmp_path: Path, files: dict[str, list[str]], cache: dict):
+    folder = tmp_path / "logs" / f"{DAY:%Y/%m/%d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in files.items():
+        (folder / name).write_bytes(gzip_log(lines))
+    cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(tmp_path / "logs") + "/{date:%Y/%m/%d}/*.gz", base_url="http://127.0.0.1:9")
+    rt = Runtime.load(str(cfg), "run-1")
+    objects = [process_object(rt, ref).as_dict() for ref in discover_objects(rt, [DAY]).objects]
+    if "v" not in cache:  # GX takes seconds to import and set up: share one validator
+        cache["v"] = Validator(rt.cfg)
+    cache["v"].cfg = rt.cfg
+    return rt, objects, cache["v"]
+
+
+def test_clean_day_passes(tmp_path: Path, validator_cache: dict) -> None:
+    rt, objects, v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 2000, malformed_every=0))}, validator_cache)
+    res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
+    assert res.statuses == {"example.com": PASS}
+    assert not [f for f in res.findings if not f.success]
+    assert held_partitions(rt.store, str(DAY), ["example.com"]) == {}
+    rec = rt.store.get_json(f"_quality/date={DAY}/run-1.json")
+    assert rec["statuses"] == {"example.com": PASS} and rec["expectations_checked"] > 10
+    docs = build_docs(v, rt.store, str(DAY))
+    assert docs.endswith("index.html") and rt.store.exists(f"_quality/date={DAY}/docs/index.html")
+
+
+def test_rows_outside_the_date_are_quarantined_with_the_expectation(tmp_path: Path, validator_cache: dict) -> None:
+    lines = list(combined_lines(DAY, 2000, malformed_every=0))
+    stray = list(combined_lines(DAY - timedelta(days=30), 10, malformed_every=0, tag="stray"))
+    rt, objects, v = stage(tmp_path, {"a.gz": lines + stray}, validator_cache)
+    res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
+    # 10 of 2,010 rows fail: under the 1% ratio, so quarantined with a warning, not held
+    assert res.statuses == {"example.com": WARN}
+    assert sum(res.rows_quarantined.values()) == 10
+    reasons = duckdb.sql(
+        f"SELECT reason, count(*) FROM read_parquet('{tmp_path}/staging/quarantine/**/*quality.parquet') GROUP BY 1"
+    ).fetchall()
+    assert reasons == [("failed expectation expect_column_values_to_be_between(ts_naive)", 10)]
+    left = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/staging/events/**/*.parquet') "
+                      "WHERE url LIKE '%seq=stray%'").fetchall()[0][0]
+    assert left == 0  # moved to quarantine, not dropped and not left in staging
+
+
+def test_many_failing_rows_hold_the_partition(tmp_path: Path, validator_cache: dict) -> None:
+    lines = list(combined_lines(DAY, 500, malformed_every=0))
+    stray = list(combined_lines(DAY + timedelta(days=400), 100, malformed_every=0))
+    rt, objects, v = stage(tmp_path, {"a.gz": lines + stray}, validator_cache)
+    res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
+    assert res.statuses == {"example.com": FAIL}
+    held = held_partitions(rt.store, str(DAY), ["example.com"])
+    assert held["example.com"]["status"] == FAIL
+
+
+def test_high_quarantine_ratio_fails_the_run_suite(tmp_path: Path, validator_cache: dict) -> None:
+    lines = list(combined_lines(DAY, 300, malformed_every=0)) + ["garbage"] * 30
+    rt, objects, v = stage(tmp_path, {"a.gz": lines}, validator_cache)
+    res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
+    assert res.statuses == {"example.com": FAIL}
+    status = rt.store.get_json(f"_quality/date={DAY}/site=example.com/status.json")
+    assert any("run_counts: expect_column_values_to_be_between(quarantine_ratio) failed" in m
+               for m in status["failures"]), status
+
+
+def test_duplicate_event_ids_in_a_partition_fail(tmp_path: Path, validator_cache: dict) -> None:
+    rt, objects, v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 400, malformed_every=0))}, validator_cache)
+    key = next(k for k in objects[0]["files"] if k.startswith("events/"))
+    src = Path(rt.store.path(key))
+    shutil.copy(src, src.with_name("part-stale-copy.parquet"))  # a stale file left by hand
+    res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
+    assert res.statuses == {"example.com": FAIL}
+    assert any(f.suite == "partition" and not f.success for f in res.findings)
