@@ -11,7 +11,15 @@ import pytest
 
 from agent_traffic.pipeline import Runtime, discover_objects, process_object
 from agent_traffic.samples import combined_lines, gzip_log
-from agent_traffic.validate import FAIL, PASS, WARN, Validator, build_docs, held_partitions, validate_date
+from agent_traffic.validate import (
+    FAIL,
+    PASS,
+    WARN,
+    Validator,
+    build_docs,
+    held_partitions,
+    validate_date,
+)
 from tests.conftest import write_config
 
 DAY = date(2026, 11, 21)
