@@ -147,6 +147,31 @@ class Store:
         else:
             self.fs.put_file(local_path, target)
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it does not exist; False if it does. Atomic on local disk
+        (O_EXCL) and on S3-compatible stores (a conditional PUT, `If-None-Match: *`), so two
+        workers racing for the same lease cannot both win."""
+        target = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        if "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
+            bucket, _, path = target.partition("/")
+            try:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data, IfNoneMatch="*")
+            except FileExistsError:
+                return False
+            return True
+        raise NotImplementedError(
+            f"{self.root_url}: this store has no atomic create; use a local folder or an S3-compatible store"
+        )
+
     def put_json(self, key: str, obj: Any) -> None:
         self.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 

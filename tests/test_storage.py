@@ -1,0 +1,67 @@
+"""The staging store on local disk and on an S3 protocol server: atomic writes, listing, leases."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent_traffic.storage import Store, StoreOptions, list_objects
+from tests.conftest import make_bucket, put_object
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path: Path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "staging"))
+    endpoint = request.getfixturevalue("s3_env")
+    make_bucket(endpoint, "store-tests")
+    return Store(f"s3://store-tests/{tmp_path.name}", StoreOptions(endpoint_url=endpoint, key="testing",
+                                                                   secret="testing"))
+
+
+def test_put_get_list_delete(store: Store) -> None:
+    store.put_json("a/b/one.json", {"x": 1})
+    store.put_bytes("a/two.bin", b"\x00\x01")
+    assert store.get_json("a/b/one.json") == {"x": 1}
+    assert store.list("a/") == ["a/b/one.json", "a/two.bin"]
+    assert store.get_json_or_none("a/missing.json") is None
+    store.delete("a/two.bin")
+    store.delete("a/two.bin")  # deleting twice is fine
+    assert store.list("a/") == ["a/b/one.json"]
+
+
+def test_create_exclusive_has_one_winner(store: Store) -> None:
+    assert store.create_exclusive("leases/x.0", b"first")
+    assert not store.create_exclusive("leases/x.0", b"second")
+    assert store.get_bytes("leases/x.0") == b"first"
+    wins: list[int] = []
+
+    def race(i: int) -> None:
+        if store.create_exclusive("leases/y.0", str(i).encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and store.get_bytes("leases/y.0") == str(wins[0]).encode()
+
+
+def test_list_objects_glob_and_prefix(s3_env: str, tmp_path: Path) -> None:
+    make_bucket(s3_env, "listing")
+    for key in ("logs/2026/11/21/a.gz", "logs/2026/11/21/b.gz", "logs/2026/11/22/c.gz"):
+        put_object(s3_env, "listing", key, b"x" * 3)
+    opts = StoreOptions(endpoint_url=s3_env, key="testing", secret="testing")
+    got = list_objects("s3://listing/logs/2026/11/21/*.gz", opts)
+    assert [o.url for o in got] == ["s3://listing/logs/2026/11/21/a.gz", "s3://listing/logs/2026/11/21/b.gz"]
+    assert all(o.size == 3 and o.etag for o in got)
+    assert len(list_objects("s3://listing/logs/2026/", opts)) == 3
+    assert list_objects("s3://listing/nothing/here/", opts) == []
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.log").write_text("1")
+    (tmp_path / "d" / ".hidden").write_text("1")
+    local = list_objects(str(tmp_path / "d") + "/", None)
+    assert [Path(o.url.removeprefix("file://")).name for o in local] == ["x.log"] and local[0].mtime
