@@ -20,6 +20,7 @@ demo: $(STAMP)   ## sample logs -> Airflow (SQLite) nightly run -> local receive
 
 test: $(STAMP)   ## the whole test suite (CI runs this)
 	$(BIN)/ruff check .
+	sh scripts/ensure-chromium.sh   # the report's browser test; installs Debian's chromium as root
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

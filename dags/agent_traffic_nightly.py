@@ -12,7 +12,9 @@ destination in checkpointed chunks.
   were never acknowledged.
 * **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG` (default `config/agent-traffic.yaml`). Destination keys come from the
   Airflow Connection named in the config (`secret.airflow_conn_id`; its password is the key).
-* **Pools**: `agent_traffic_<vendor>` caps concurrent delivery tasks per vendor.
+* **Pools**: `agent_traffic_<vendor>` (scrunch, hitkeep, knownagents) caps concurrent delivery
+  tasks per vendor. HitKeep limits requests per client IP and the client's limiter lives in the
+  task's process, so at most one HitKeep delivery task runs at a time per DAG run.
 
 Tasks pass keys and counts through XCom, never data; checkpoints live in the staging store.
 """
@@ -26,7 +28,9 @@ from pathlib import Path
 from airflow.sdk import BaseHook, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
-VENDORS = ("scrunch",)
+VENDORS = ("scrunch", "hitkeep", "knownagents")
+#: Mapped delivery tasks of one vendor running at once per DAG run (default 4).
+MAX_ACTIVE_DELIVERIES = {"hitkeep": 1}
 MAX_PARSE_BATCHES = 64
 
 
@@ -41,13 +45,7 @@ def _runtime():
     options = StoreOptions.from_config(cfg.object_store)
     if cfg.object_store.airflow_conn_id:
         conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-        extra = conn.extra_dejson
-        options = StoreOptions(
-            endpoint_url=extra.get("endpoint_url") or options.endpoint_url,
-            region=extra.get("region_name") or options.region,
-            key=conn.login or options.key,
-            secret=conn.password or options.secret,
-        )
+        options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
     run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in ctx["run_id"])
     return Runtime(cfg, options, run_id)
 
@@ -147,6 +145,7 @@ def agent_traffic_nightly():
         @task(task_id=f"plan_{vendor}")
         def plan(staged: list, params: dict | None = None) -> list[dict]:
             """Cut staged events into deterministic chunks; returns the unacknowledged groups."""
+            from agent_traffic.extract import planned_dates
             from agent_traffic.plan import plan_deliveries
 
             rt = _runtime()
@@ -155,8 +154,18 @@ def agent_traffic_nightly():
                       and (not p.get("destinations") or d.name in p["destinations"])]
             if not wanted:
                 return []
-            result = plan_deliveries(rt.cfg, rt.store, _days(), sites=p.get("sites") or None,
-                                     destinations=wanted)
+            # with the sources' lookback dates: late objects are staged under their own date
+            result = plan_deliveries(rt.cfg, rt.store, planned_dates(rt.cfg, _days()),
+                                     sites=p.get("sites") or None, destinations=wanted)
+            from collections import Counter
+
+            per: dict[tuple[str, str, str], Counter] = {}
+            for pl in result.plans:
+                c = per.setdefault((pl.destination, pl.site, pl.date), Counter())
+                c.update({"staged": pl.events_total, "in chunks": pl.selected, "too old": pl.too_old,
+                          **pl.not_selected, **pl.not_eligible})
+            for (dest, site, day), c in sorted(per.items()):
+                print(f"{dest} {site} {day}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n))
             print(f"{len(result.groups)} group(s), {sum(g.events for g in result.groups)} events to send")
             return [g.as_dict() for g in result.groups]
 
@@ -164,7 +173,7 @@ def agent_traffic_nightly():
 
     def deliver_task(vendor: str):
         @task(task_id=f"deliver_{vendor}", pool=f"agent_traffic_{vendor}", retries=3,
-              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=4)
+              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=MAX_ACTIVE_DELIVERIES.get(vendor, 4))
         def deliver(group: dict, params: dict | None = None) -> dict:
             """Send one chunk group; ack or dead-letter each chunk in the staging store."""
             from agent_traffic.deliver import deliver_group
@@ -177,8 +186,7 @@ def agent_traffic_nightly():
             secret = None if dry else _secret(dest)
             r = deliver_group(rt.cfg, rt.store, g, secret, run_id=rt.run_id, dry_run=dry,
                               outbox=_outbox(rt) if dry else None)
-            print(f"{g.destination} {g.site} {g.date}: {r.delivered_events} delivered, "
-                  f"{r.failed_events} failed, {r.pending_events} pending, {r.requests} request(s)")
+            print(r.line())
             return r.as_dict()
 
         return deliver
@@ -186,6 +194,7 @@ def agent_traffic_nightly():
     @task(trigger_rule="all_done", retries=0)
     def report(staged: list, *delivered: list, params: dict | None = None) -> dict:
         """Write the run summary to the store, print the table; fail the run if anything failed."""
+        from agent_traffic.extract import planned_dates
         from agent_traffic.summary import build_summary, ledger_status, render
 
         rt = _runtime()
@@ -194,7 +203,7 @@ def agent_traffic_nightly():
         disc = rt.store.get_json_or_none(f"_runs/discovery/{rt.run_id}.json") or {}
         objects = [o for batch in (staged or []) if batch for o in batch]
         deliveries = [d for results in delivered for d in (results or []) if d]
-        ledger = ledger_status(rt.cfg, rt.store, days, sites=p.get("sites") or None,
+        ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=p.get("sites") or None,
                                destinations=p.get("destinations") or None)
         summary = build_summary(run_id=rt.run_id, cfg=rt.cfg, days=days, discovery=disc,
                                 objects=objects, deliveries=deliveries, ledger=ledger,
@@ -205,9 +214,22 @@ def agent_traffic_nightly():
             raise RuntimeError("the run had problems: " + "; ".join(summary["problems"]))
         return {"ok": True, "run_id": rt.run_id}
 
+    @task(trigger_rule="all_done", retries=1)
+    def write_report() -> list[str]:
+        """Write each date's HTML report to the staging store, whatever the run's outcome."""
+        from agent_traffic.report import write_daily_report
+
+        rt = _runtime()
+        keys = [write_daily_report(rt.store, day) for day in _days()]
+        print("\n".join(f"report: {rt.store.url(k)}" for k in keys))
+        return keys
+
     staged = parse_and_stage.expand(batch=discover())
     sent = [deliver_task(v).expand(group=plan_task(v)(staged)) for v in VENDORS]
     report(staged, *sent)
+    # Beside `report`, not after it: a leaf with trigger_rule all_done that succeeds would mark
+    # the run successful even when `report` failed it.
+    [staged, *sent] >> write_report()
 
 
 def _outbox(rt):

@@ -1,11 +1,12 @@
 """`make demo`: one day of sample logs -> a real Airflow run on SQLite -> the local receiver.
 
-1. writes a day of gzip access logs to .demo/logs (the "object store", a local folder);
-2. starts the local receiver (`agent-traffic sandbox`) with a fresh random key;
-3. migrates an Airflow home in .demo/airflow (SQLite) and creates the delivery pool;
-4. runs the nightly DAG for that day with `airflow dags test` (the key reaches the task through an
-   Airflow Connection in the environment, as in production);
-5. prints the run summary and what the receiver accepted.
+1. writes a day of gzip access logs for two sites to .demo/logs (the "object store", a folder);
+2. starts the local receiver (`agent-traffic sandbox`), which answers like Scrunch, HitKeep and
+   Known Agents, with a fresh random key per destination;
+3. migrates an Airflow home in .demo/airflow (SQLite) and creates a delivery pool per vendor;
+4. runs the nightly DAG for that day with `airflow dags test` (each key reaches its task through
+   an Airflow Connection in the environment, as in production);
+5. prints the run summary and what the receiver accepted per vendor.
 
 DEMO_DATE=YYYY-MM-DD picks the day (default: yesterday, UTC). Run it twice: the second run finds
 nothing new to parse and nothing left to send.
@@ -29,7 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
 BIN = Path(sys.executable).parent
 CONFIG = REPO / "config" / "demo.yaml"
-SITE_ID = "01JDEM0SANDB0X0000000000AA"
+#: destination -> (Airflow Connection id, what the receiver stored it under)
+DESTINATIONS = {
+    "scrunch-example": ("scrunch_example", "scrunch/01JDEM0SANDB0X0000000000AA.ndjson"),
+    "knownagents-example": ("knownagents_example", "known_agents/default.ndjson"),
+    "hitkeep-blog": ("hitkeep_blog", "hitkeep/3f1c2a9e-4b6d-4e8f-9a0b-1c2d3e4f5a6b.ndjson"),
+    "scrunch-blog": ("scrunch_blog", "scrunch/01JDEM0SANDB0X0000000000AB.ndjson"),
+}
+POOLS = {"scrunch": 4, "hitkeep": 1, "knownagents": 4}  # HitKeep: one task at a time (its rate limit)
 
 
 def free_port() -> int:
@@ -60,14 +68,20 @@ def main() -> int:
 
     day = date.fromisoformat(os.environ["DEMO_DATE"]) if os.environ.get("DEMO_DATE") else (
         datetime.now(UTC).date() - timedelta(days=1))
-    logs = DEMO / "logs" / "example.com"
-    step(f"sample logs for {day} -> {logs}")
-    paths = write_day(logs, day, lines=int(os.environ.get("DEMO_LINES", "40000")), files=4)
+    step(f"sample logs for {day} -> {DEMO / 'logs'}")
+    paths = []
+    # HitKeep takes 10 requests/s, one event each: the blog is small so the demo stays short.
+    for site, lines, files, seed in (("example.com", int(os.environ.get("DEMO_LINES", "40000")), 4, 0),
+                                     ("blog.example.org", 1000, 1, 1)):
+        folder = DEMO / "logs" / site / f"{day:%Y/%m/%d}"
+        # Written once: rewritten objects would be new versions, parsed and sent again.
+        paths += sorted(folder.glob("*.gz")) or write_day(DEMO / "logs" / site, day, lines=lines, files=files,
+                                                          seed=seed)
     print(f"    {len(paths)} gzip objects, {sum(p.stat().st_size for p in paths):,} bytes")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    key = "demo-" + secrets.token_urlsafe(24)
+    keys = {d: f"demo-{d}-" + secrets.token_urlsafe(18) for d in DESTINATIONS}
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(DEMO / "airflow"),
@@ -78,11 +92,12 @@ def main() -> int:
         "GX_ANALYTICS_ENABLED": "false",
         "AGENT_TRAFFIC_CONFIG": str(CONFIG),
         "SANDBOX_URL": url,
-        "AIRFLOW_CONN_SCRUNCH_EXAMPLE": json.dumps({"conn_type": "generic", "password": key}),
-        "AGENT_TRAFFIC_SANDBOX_KEYS": key,
+        **{f"AIRFLOW_CONN_{conn.upper()}": json.dumps({"conn_type": "generic", "password": keys[d]})
+           for d, (conn, _) in DESTINATIONS.items()},
+        "AGENT_TRAFFIC_SANDBOX_KEYS": ",".join(keys.values()),
         "NO_PROXY": "127.0.0.1,localhost",
     }
-    step(f"local receiver (Scrunch protocol) on {url}")
+    step(f"local receiver (Scrunch, HitKeep and Known Agents protocols) on {url}")
     (DEMO / "sandbox").mkdir(parents=True, exist_ok=True)
     receiver = subprocess.Popen(
         [str(BIN / "agent-traffic"), "sandbox", "--port", str(port), "--data-dir", str(DEMO / "sandbox")],
@@ -90,12 +105,15 @@ def main() -> int:
     )
     try:
         wait_healthy(url, receiver)
-        step("Airflow on SQLite: db migrate, pool")
+        step("Airflow on SQLite: db migrate, a delivery pool per vendor")
         (DEMO / "airflow").mkdir(parents=True, exist_ok=True)
         run = lambda *a: subprocess.run([str(BIN / "airflow"), *a], env=env, check=True,  # noqa: E731
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         run("db", "migrate")
-        run("pools", "set", "agent_traffic_scrunch", "4", "Scrunch deliveries")
+        pools = DEMO / "airflow" / "pools.json"
+        pools.write_text(json.dumps({f"agent_traffic_{v}": {"slots": n, "description": f"{v} deliveries",
+                                                            "include_deferred": False} for v, n in POOLS.items()}))
+        run("pools", "import", str(pools))
         logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
         step(f"airflow dags test agent_traffic_nightly {logical.isoformat()}  (data interval = {day})")
         t0 = time.monotonic()
@@ -112,11 +130,12 @@ def main() -> int:
         print(summary.stdout or summary.stderr)
         with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=5) as r:
             stats = json.load(r)
-        received = DEMO / "sandbox" / "scrunch" / f"{SITE_ID}.ndjson"
-        accepted = len(received.read_bytes().splitlines()) if received.exists() else 0
-        step("local receiver")
-        print(f"    events accepted in total: {accepted:,}  (.demo/sandbox/scrunch/{SITE_ID}.ndjson)")
-        print(f"    requests by status: {json.dumps(stats.get('requests', stats))}")
+        step("local receiver: events accepted (all runs), and requests by vendor and status")
+        for dest, (_, stored) in DESTINATIONS.items():
+            received = DEMO / "sandbox" / stored
+            accepted = len(received.read_bytes().splitlines()) if received.exists() else 0
+            print(f"    {dest:<22} {accepted:>7,}  .demo/sandbox/{stored}")
+        print(f"    requests: {json.dumps(stats.get('requests', stats))}")
         print("\nStaged Parquet: .demo/staging/events/site=*/provider=*/date=*/  "
               "(try: .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"SELECT provider, agent, "
               "count(*) FROM read_parquet('.demo/staging/events/**/*.parquet', hive_partitioning=true) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -78,7 +79,11 @@ def put_object(endpoint: str, bucket: str, key: str, data: bytes) -> None:
 
 def write_config(path: Path, *, staging: str, source_url: str, base_url: str, fmt: str = "auto",
                  select: str = "ai", delivery: dict | None = None, site_id: str = "01JDEM0SANDB0X0000000000AA",
-                 extra_dest: dict | None = None, object_store: dict | None = None) -> Path:
+                 extra_dest: dict | None = None, object_store: dict | None = None,
+                 more_destinations: list[dict] | None = None, sites: list[dict] | None = None,
+                 sources: list[dict] | None = None) -> Path:
+    """A config on the sample logs; `more_destinations` join the first site's Scrunch one, and
+    `sites`/`sources` are added as given (each with its own destinations)."""
     dest = {
         "name": "scrunch-example",
         "vendor": "scrunch",
@@ -91,8 +96,8 @@ def write_config(path: Path, *, staging: str, source_url: str, base_url: str, fm
     cfg = {
         "version": 1,
         "staging": staging,
-        "sources": [{"name": "web", "url": source_url, "format": fmt, "site": "example.com"}],
-        "sites": [{"name": "example.com", "destinations": [dest]}],
+        "sources": [{"name": "web", "url": source_url, "format": fmt, "site": "example.com"}, *(sources or [])],
+        "sites": [{"name": "example.com", "destinations": [dest, *(more_destinations or [])]}, *(sites or [])],
         "delivery": {"max_attempts": 4, "backoff_base_s": 0.01, "backoff_cap_s": 0.05,
                      "retry_after_cap_s": 0.1, "timeout_s": 5, **(delivery or {})},
     }
@@ -110,6 +115,9 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    subprocess.run([airflow, "pools", "set", "agent_traffic_scrunch", "4", "Scrunch deliveries"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    pools = home / "pools.json"  # one `airflow` start for all three vendors' pools
+    pools.write_text(json.dumps({f"agent_traffic_{v}": {"slots": n, "description": f"{v} deliveries",
+                                                        "include_deferred": False}
+                                 for v, n in (("scrunch", 4), ("hitkeep", 1), ("knownagents", 4))}))
+    subprocess.run([airflow, "pools", "import", str(pools)], env=env, check=True, capture_output=True, timeout=120)
     return home

@@ -330,3 +330,67 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert "bad.yaml: the top level must be a mapping" in _error(tmp_path, "- just a list\n")
     with pytest.raises(CatalogError, match="missing.yaml: cannot read"):
         load_catalog([tmp_path / "missing.yaml"])
+
+
+# -- IP-range lists and the referrer table ------------------------------------------------------
+
+
+def test_range_lists_and_referrers_are_catalog_data(tmp_path: Path) -> None:
+    catalog = load_catalog()
+    gptbot = catalog.get("GPTBot")
+    assert gptbot is not None and gptbot.ip_ranges == ("openai-gptbot",)
+    assert catalog.ip_ranges["openai-gptbot"].url == "https://openai.com/gptbot.json"
+    assert catalog.ip_ranges["openai-gptbot"].complete is True
+    assert {catalog.get(n).ip_ranges for n in ("ClaudeBot", "Claude-User", "Claude-SearchBot")} == {
+        ("anthropic-bots",)}
+    assert catalog.get("Google-Extended").ip_ranges == ()  # robots-only: nothing to verify
+    assert catalog.referrers["openai"][0] == "chatgpt.com"
+
+    user = _write(tmp_path / "mine.yaml", {
+        "version": 1,
+        "providers": {"acme": {"name": "ACME"}},
+        "ip_ranges": {
+            "openai-gptbot": {"url": "https://mirror.example/gptbot.json"},  # override one field
+            "commoncrawl-ccbot": {"disabled": True},
+            "acme-bots": {"url": "https://acme.example/bots.json", "provider": "acme", "complete": False},
+        },
+        "referrers": {"acme": ["assistant.acme.example"], "openai": ["chatgpt.com"]},
+        "agents": [{"name": "AcmeBot", "tokens": ["AcmeBot"], "provider": "acme", "category": "AI Assistant",
+                    "purpose": "user_retrieval", "ai": True, "ip_ranges": ["acme-bots"]}],
+    })
+    merged = load_catalog([user])
+    assert merged.ip_ranges["openai-gptbot"].url == "https://mirror.example/gptbot.json"
+    assert merged.ip_ranges["openai-gptbot"].provider == "openai"
+    assert "commoncrawl-ccbot" not in merged.ip_ranges and merged.get("CCBot").ip_ranges == ()
+    assert merged.ip_ranges["acme-bots"].complete is False and merged.get("AcmeBot").ip_ranges == ("acme-bots",)
+    assert merged.referrers["acme"] == ("assistant.acme.example",)
+    assert merged.referrers["openai"] == ("chatgpt.com",)  # a file's list replaces the earlier one
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"agents": [{"name": "GPTBot", "ip_ranges": ["openai-gtpbot"]}]},
+         "agents[0] (GPTBot).ip_ranges: 'openai-gtpbot' is not an ip_ranges id"),
+        ({"agents": [{"name": "Google-Extended", "ip_ranges": ["google-common-crawlers"]}]},
+         "agents[0] (Google-Extended).ip_ranges: a robots-only token never sends requests"),
+        ({"ip_ranges": {"x-bots": {"url": "https://x.example/b.json"}}},
+         "ip_ranges.x-bots.provider: required field is missing"),
+        ({"ip_ranges": {"x-bots": {"url": "https://x.example/b.json", "provider": "nobody"}}},
+         "ip_ranges.x-bots.provider: 'nobody' is not a provider slug"),
+        ({"referrers": {"anthropic": ["chatgpt.com"]}},
+         "referrers.anthropic: 'chatgpt.com' already belongs to 'openai'"),
+        ({"referrers": {"nobody": ["x.example"]}}, "referrers.nobody: 'nobody' is not a provider slug"),
+    ],
+)
+def test_range_and_referrer_errors_name_the_field(tmp_path: Path, doc: dict[str, Any], expected: str) -> None:
+    assert f"bad.yaml: {expected}" in _error(tmp_path, {"version": 1, **doc})
+
+
+def test_range_and_referrer_shapes_are_schema_checked(tmp_path: Path, validator: str) -> None:
+    msg = _error(tmp_path, {"version": 1, "referrers": {"openai": ["ChatGPT.com"]}})
+    assert "bad.yaml: referrers.openai[0]: 'ChatGPT.com' does not match" in msg
+    msg = _error(tmp_path, {"version": 1, "ip_ranges": {"openai-gptbot": {"url": "ftp://x"}}})
+    assert "bad.yaml: ip_ranges.openai-gptbot.url: 'ftp://x' does not match" in msg
+    msg = _error(tmp_path, {"version": 1, "ip_ranges": {"openai-gptbot": {"uri": "https://x"}}})
+    assert "bad.yaml: ip_ranges.openai-gptbot.uri: unknown field" in msg

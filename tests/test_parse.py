@@ -156,3 +156,46 @@ def test_unknown_host_is_quarantined_with_reason() -> None:
 def test_detect_format(lines: list[str], expected: str) -> None:
     fmt, why = detect_format(lines * 3, FORMATS)
     assert fmt.id == expected and expected in why
+
+
+def test_pieces_cut_anywhere_even_inside_a_character() -> None:
+    line = '1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET /caf\u00e9 HTTP/1.1" 200 1 "-" "B\u00fccherwurm/2"'
+    data = ("\r\n".join([line] * 50)).encode()  # CRLF, and no newline after the last line
+    for pieces in (1, 7, len(data)):
+        stats, ev, q = run(data, ctx(), block_bytes=1024, pieces=pieces)
+        assert (stats.lines_read, stats.parsed, q) == (50, 50, [])
+        assert {e["path"] for e in ev} == {"/caf\u00e9"} and [e["line_number"] for e in ev] == list(range(1, 51))
+
+
+def test_a_read_error_surfaces_after_the_lines_before_it() -> None:
+    from agent_traffic.errors import ObjectReadError
+
+    def pieces():
+        yield b'1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "a"\n' * 10
+        raise ObjectReadError("truncated gzip stream: the object ends inside a member")
+
+    with pytest.raises(ObjectReadError, match="truncated"):
+        list(parse_blocks(pieces(), ctx(), 1 << 20))
+
+
+def test_stopping_early_stops_the_reader_thread() -> None:
+    import threading
+
+    def endless():
+        while True:
+            yield b'1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "a"\n' * 100
+
+    before = threading.active_count()
+    it = parse_blocks(endless(), ctx(), 4096)
+    assert next(it).stats.parsed > 0
+    it.close()
+    assert threading.active_count() == before
+
+
+def test_big_blocks_keep_line_order() -> None:
+    data = b"".join(
+        f'1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET /n/{i} HTTP/1.1" 200 {i} "-" "a"\n'.encode()
+        for i in range(1, 60_001)
+    )
+    stats, ev, _ = run(data, ctx(), block_bytes=64 << 20)
+    assert stats.parsed == 60_000 and [e["bytes"] for e in ev] == list(range(1, 60_001))

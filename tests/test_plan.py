@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -9,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
-from agent_traffic.plan import Chunk, build_chunks, decode_chunk, encode_chunk
+from agent_traffic.plan import Chunk, decode_chunk, encode_chunk, line_ranges, lines_in
+from agent_traffic.plan import build_chunks as _build
 
 SITE = Site(name="example.com")
 
@@ -38,6 +40,10 @@ def events(n: int, ua_len: int = 60, start_line: int = 1) -> pa.Table:
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows)
+
+
+def build_chunks(table: pa.Table, site: Site, d: Destination, oid: str, skipped: Counter | None = None) -> list[Chunk]:
+    return list(_build(table, site, d, oid, Counter() if skipped is None else skipped))
 
 
 def lines_of(chunk: Chunk) -> list[dict]:
@@ -108,6 +114,77 @@ def test_chunk_file_round_trip() -> None:
     assert decode_chunk(encode_chunk(chunk)) == chunk
 
 
-def test_an_event_larger_than_the_limit_is_an_error_that_says_where() -> None:
-    with pytest.raises(ValueError, match=r"s3://logs/a.gz line 1 serializes to \d+ bytes"):
-        build_chunks(events(1, ua_len=5000), SITE, dest(max_batch_bytes=2000), "obj1")
+def test_an_event_larger_than_the_limit_is_counted_not_eligible_never_a_crash() -> None:
+    table = pa.concat_tables([events(3), events(1, ua_len=5000, start_line=4), events(2, start_line=5)],
+                             promote_options="permissive")
+    skipped: Counter[str] = Counter()
+    chunks = build_chunks(table, SITE, dest(max_batch_bytes=2000), "obj1", skipped)
+    assert skipped == {"larger than Scrunch's 1,999-byte request limit": 1}
+    assert sum(c.events for c in chunks) == 5
+    assert 4 not in {n for c in chunks for n in lines_in(c.lines)}
+
+
+def test_chunks_carry_their_lines_and_oldest_event() -> None:
+    chunks = build_chunks(events(250), SITE, dest(max_batch_events=100), "obj1")
+    assert [c.lines for c in chunks] == [((1, 100),), ((101, 200),), ((201, 250),)]
+    t0 = datetime(2026, 11, 21, tzinfo=UTC).timestamp()
+    assert [c.oldest_ts for c in chunks] == [t0, t0 + 100, t0 + 200]
+    assert "lines" not in chunks[0].meta() and "body" not in chunks[0].meta()
+
+
+def test_line_ranges_round_trip() -> None:
+    lines = [1, 2, 3, 7, 9, 10]
+    assert line_ranges(lines) == ((1, 3), (7, 7), (9, 10))
+    assert list(lines_in(line_ranges(lines))) == lines
+    assert line_ranges([]) == ()
+
+
+def _staged(tmp_path, n: int):
+    """A store holding one object's staged events, and its manifest record."""
+    import pyarrow.parquet as pq
+
+    from agent_traffic.storage import Store
+
+    store = Store(str(tmp_path / "staging"))
+    key = "events/site=example.com/provider=openai/date=2026-11-21/part-obj1.parquet"
+    table = events(n).append_column("is_ai", pa.array([True] * n)).append_column("is_bot", pa.array([True] * n))
+    (tmp_path / "staging" / key).parent.mkdir(parents=True)
+    pq.write_table(table, tmp_path / "staging" / key)
+    return store, {"date": "2026-11-21", "object_id": "obj1", "url": "s3://logs/a.gz", "files": {key: n}}
+
+
+def test_a_changed_setting_plans_again_but_never_resends_what_was_acknowledged(tmp_path) -> None:
+    from agent_traffic.plan import ledger_prefix, plan_object
+
+    store, manifest = _staged(tmp_path, 250)
+    prefix = ledger_prefix("scrunch-example", "example.com", "2026-11-21")
+    first = plan_object(store, SITE, dest(max_batch_events=100), manifest)
+    assert [c["events"] for c in first.chunks] == [100, 100, 50]
+    acked = first.chunks[1]  # the vendor took the middle chunk; an ack records its lines
+    chunk = decode_chunk(store.get_bytes(f"{prefix}/chunks/{acked['chunk_id']}.chunk"))
+    store.put_json(f"{prefix}/acks/{acked['chunk_id']}.json", {"chunk_id": acked["chunk_id"], "lines": chunk.lines})
+    second = plan_object(store, SITE, dest(max_batch_events=40), manifest)
+    assert second.chunks[0] == acked and second.balanced  # kept as it was, counted once
+    new_lines = [n for c in second.chunks[1:]
+                 for n in lines_in(decode_chunk(store.get_bytes(f"{prefix}/chunks/{c['chunk_id']}.chunk")).lines)]
+    assert sorted(new_lines) == [*range(1, 101), *range(201, 251)]  # every other event, once
+    assert all(c["events"] <= 40 for c in second.chunks[1:])
+    old_files = {c["chunk_id"] for c in first.chunks} - {acked["chunk_id"]}
+    assert not any(store.exists(f"{prefix}/chunks/{cid}.chunk") for cid in old_files - {c["chunk_id"] for c in second.chunks})
+
+
+def test_too_old_depends_on_now_and_the_vendor(tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from agent_traffic.plan import plan_object
+
+    store, manifest = _staged(tmp_path, 100)  # one event per second from 2026-11-21 00:00
+    ka = Destination(name="ka", vendor="knownagents", secret=SecretRef(env="K"), max_age_hours=24)
+    now = datetime(2026, 11, 22, 0, 0, 50, tzinfo=UTC)  # the first 50 events are over 24 h old
+    plan = plan_object(store, SITE, ka, manifest, now=now)
+    assert plan.too_old == 50 and plan.selected == 50 and plan.balanced
+    assert plan.too_old_before == "2026-11-21T00:00:50+00:00"
+    opted = Destination(name="ka2", vendor="knownagents", secret=SecretRef(env="K"), max_age_hours=24,
+                        send_older_events=True)
+    assert plan_object(store, SITE, opted, manifest, now=now).too_old == 0
+    assert plan_object(store, SITE, dest(name="sc"), manifest, now=now).too_old == 0  # Scrunch backfills

@@ -10,9 +10,9 @@ import requests
 
 from agent_traffic.config import DeliveryPolicy
 from agent_traffic.retry import (
-    AUTH,
     FATAL,
     RETRY,
+    STOP,
     SUCCESS,
     backoff,
     decide,
@@ -25,7 +25,7 @@ OK = frozenset({200})
 
 @pytest.mark.parametrize(
     ("status", "verdict"),
-    [(200, SUCCESS), (202, FATAL), (400, FATAL), (401, AUTH), (403, AUTH), (404, FATAL), (408, RETRY),
+    [(200, SUCCESS), (202, FATAL), (400, FATAL), (401, STOP), (403, STOP), (404, STOP), (408, RETRY),
      (413, FATAL), (422, FATAL), (429, RETRY), (500, RETRY), (501, FATAL), (502, RETRY), (503, RETRY)],
 )
 def test_decide(status: int, verdict: str) -> None:
@@ -100,10 +100,40 @@ def test_422_and_401_are_never_retried(sandbox, api_key: str) -> None:
     assert (r.outcome, r.status, r.attempts, sleeps) == (FATAL, 422, 1, [])
     assert "user_agent" in r.body  # the vendor's answer is kept for the dead letter
     r, sleeps = _send(sandbox, "wrong-" + api_key, DeliveryPolicy())
-    assert (r.outcome, r.status, r.attempts, sleeps) == (AUTH, 401, 1, [])
+    assert (r.outcome, r.status, r.attempts, sleeps) == (STOP, 401, 1, [])
 
 
 def test_attempts_are_bounded(sandbox, api_key: str) -> None:
     sandbox.inject(*["500"] * 10)
     r, sleeps = _send(sandbox, api_key, DeliveryPolicy(max_attempts=3))
     assert (r.outcome, r.status, r.attempts, len(sleeps)) == (RETRY, 500, 3, 2)
+
+
+def test_a_429_without_retry_after_backs_off_with_jitter(sandbox, api_key: str) -> None:
+    """HitKeep's and Known Agents' 429 say nothing about when to come back."""
+    sandbox.retry_after = None
+    sandbox.inject("429", "429")
+    r, sleeps = _send(sandbox, api_key, DeliveryPolicy(max_attempts=5, backoff_base_s=1.0, backoff_cap_s=8.0))
+    assert r.outcome == SUCCESS and r.retries_by_cause == {"429": 2}
+    assert len(sleeps) == 2 and 0 <= sleeps[0] <= 1.0 and 0 <= sleeps[1] <= 2.0
+
+
+def test_the_limiter_runs_before_every_attempt_retries_included(sandbox, api_key: str) -> None:
+    calls: list[int] = []
+    sandbox.inject("500")
+    url = f"{sandbox.url}/v1/sites/01JDEM0SANDB0X0000000000AA/platforms/custom/web-traffic"
+    event = (b'{"domain":"example.com","user_agent":"GPTBot/1.2","url":"https://example.com/",'
+             b'"path":"/","method":"GET","status_code":200,"timestamp":1700000000}')
+    with requests.Session() as s:
+        r = send(s, url, event, {"Content-Type": "application/json", "X-Api-Key": api_key},
+                 DeliveryPolicy(), OK, sleep=lambda _s: None, before_attempt=lambda: calls.append(1) or 0.25)
+    assert r.outcome == SUCCESS and len(calls) == r.attempts == 2 and r.throttled_s == 0.5
+
+
+def test_a_request_that_cannot_be_built_stops_and_never_quotes_the_key() -> None:
+    secret = "s3cr3t-" + "k" * 20
+    with requests.Session() as s:
+        r = send(s, "http://127.0.0.1:9/x", b"{}", {"Authorization": f"Bearer {secret}\n"},
+                 DeliveryPolicy(), OK, sleep=lambda _s: None)
+    assert r.outcome == STOP and r.attempts == 1 and r.status is None
+    assert "InvalidHeader" in r.body and secret not in r.body

@@ -3,7 +3,9 @@
 The catalog is data (`data/agents.yaml`), not code, so users can add or correct agents without a
 release: `load_catalog(extra_paths)` reads the packaged file, then each user file in order. A user
 entry whose `name` already exists overrides only the fields it sets; a new name adds an agent;
-`disabled: true` removes one. Every file is checked against `data/agents.schema.json` (with the
+`disabled: true` removes one. The same files name the operators' published IP-range lists
+(`ip_ranges`, used by `verify.py`) and the hostnames of each provider's AI assistants
+(`referrers`, used by `enrich.py`). Every file is checked against `data/agents.schema.json` (with the
 `jsonschema` package when it is importable, else a small built-in validator for the same schema)
 and errors name the file, the agent and the field, e.g.
 ``my.yaml: agents[0] (GPTBot).purpose: 'trainig' is not one of [...]``.
@@ -37,6 +39,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "Provider",
+    "RangeList",
     "load_catalog",
     "wrap_pattern",
 ]
@@ -105,6 +108,17 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class RangeList:
+    """An operator's published IP-range file; `complete` means an IP outside it is a contradiction."""
+
+    id: str
+    url: str
+    provider: str
+    complete: bool = True
+    docs: str | None = None
+
+
+@dataclass(frozen=True)
 class Agent:
     """One catalog entry after all files are merged."""
 
@@ -120,6 +134,7 @@ class Agent:
     robots_only: bool = False
     priority: int = 0
     docs: str | None = None
+    ip_ranges: tuple[str, ...] = ()
     source: str = _PACKAGED_LABEL
 
     @property
@@ -136,6 +151,8 @@ class Catalog:
     providers: Mapping[str, Provider]
     sources: tuple[str, ...] = ()
     disabled: frozenset[str] = field(default_factory=frozenset)
+    ip_ranges: Mapping[str, RangeList] = field(default_factory=dict)
+    referrers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -373,6 +390,9 @@ class _Builder:
         self.providers: dict[str, Provider] = {}
         self.entries: dict[str, _Entry] = {}  # casefolded name -> entry, in catalog order
         self.disabled: dict[str, str] = {}
+        self.ranges: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (label, merged fields)
+        self.disabled_ranges: set[str] = set()
+        self.referrers: dict[str, tuple[str, list[str]]] = {}  # provider -> (label, hostnames)
         self.sources: list[str] = []
         self.seq = 0
 
@@ -397,6 +417,16 @@ class _Builder:
         self.sources.append(label)
         for slug, p in (doc.get("providers") or {}).items():
             self.providers[slug] = Provider(slug=slug, name=p["name"], url=p.get("url"))
+        for rid, fields in (doc.get("ip_ranges") or {}).items():
+            if fields.get("disabled"):
+                self.ranges.pop(rid, None)
+                self.disabled_ranges.add(rid)
+                continue
+            self.disabled_ranges.discard(rid)
+            old = self.ranges.get(rid, ("", {}))[1]
+            self.ranges[rid] = (label, {**old, **{k: v for k, v in fields.items() if k != "disabled"}})
+        for slug, hosts in (doc.get("referrers") or {}).items():
+            self.referrers[slug] = (label, list(hosts))
         errors: list[str] = []
         first_seen: dict[str, int] = {}
         for i, raw in enumerate(doc.get("agents") or []):
@@ -461,9 +491,12 @@ class _Builder:
                     robots_only=d.get("robots_only", False),
                     priority=d.get("priority", 0),
                     docs=d.get("docs"),
+                    ip_ranges=tuple(r for r in d.get("ip_ranges", ()) if r not in self.disabled_ranges),
                     source=entry.label,
                 )
             )
+        ranges = self._range_lists(errors)
+        referrers = self._referrer_table(errors)
         if errors:
             raise CatalogError(errors)
         return Catalog(
@@ -471,7 +504,36 @@ class _Builder:
             providers=MappingProxyType(dict(self.providers)),
             sources=tuple(self.sources),
             disabled=frozenset(self.disabled.values()),
+            ip_ranges=MappingProxyType(ranges),
+            referrers=MappingProxyType(referrers),
         )
+
+    def _range_lists(self, errors: list[str]) -> dict[str, RangeList]:
+        out: dict[str, RangeList] = {}
+        for rid, (label, f) in self.ranges.items():
+            at = f"{label}: ip_ranges.{rid}"
+            missing = [k for k in ("url", "provider") if k not in f]
+            errors += [f"{at}.{k}: required field is missing" for k in missing]
+            if missing:
+                continue
+            if f["provider"] not in self.providers:
+                errors.append(f"{at}.provider: {f['provider']!r} is not a provider slug")
+            out[rid] = RangeList(rid, f["url"], f["provider"], f.get("complete", True), f.get("docs"))
+        return out
+
+    def _referrer_table(self, errors: list[str]) -> dict[str, tuple[str, ...]]:
+        owner: dict[str, str] = {}
+        out: dict[str, tuple[str, ...]] = {}
+        for slug, (label, hosts) in self.referrers.items():
+            if slug not in self.providers:
+                errors.append(f"{label}: referrers.{slug}: {slug!r} is not a provider slug")
+            for host in hosts:
+                prev = owner.setdefault(host, slug)
+                if prev != slug:
+                    errors.append(f"{label}: referrers.{slug}: {host!r} already belongs to {prev!r}")
+            if hosts:
+                out[slug] = tuple(hosts)
+        return out
 
     def _semantic_errors(self, d: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         """Rules the schema cannot express; each yields (field, message)."""
@@ -487,6 +549,11 @@ class _Builder:
             yield "purpose", f"{d['purpose']!r} needs ai: true (non-AI agents use 'none')"
         if d.get("pattern"):
             yield from (("pattern", m) for m in _pattern_errors(d["pattern"]))
+        for rid in d.get("ip_ranges", ()):
+            if rid not in self.ranges and rid not in self.disabled_ranges:
+                yield "ip_ranges", f"{rid!r} is not an ip_ranges id (known: {', '.join(sorted(self.ranges))})"
+        if d.get("ip_ranges") and d.get("robots_only"):
+            yield "ip_ranges", "a robots-only token never sends requests, so it has nothing to verify"
 
 
 def _pattern_errors(pattern: str) -> Iterator[str]:

@@ -7,8 +7,12 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_traffic.errors import AgentTrafficError
+
+if TYPE_CHECKING:
+    from agent_traffic.storage import Store
 
 
 def _date(s: str) -> date:
@@ -59,6 +63,67 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+def _staging(config_path: str) -> Store:
+    from agent_traffic.config import load_config
+    from agent_traffic.storage import Store, StoreOptions
+
+    cfg = load_config(config_path)
+    return Store(cfg.staging, StoreOptions.from_config(cfg.object_store))
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from agent_traffic.query import TABLES, connect, run_sql, shell
+
+    if args.last and not args.first:
+        print("agent-traffic: --to needs --from (the first date of the range)", file=sys.stderr)
+        return 2
+    con = connect(_staging(args.config), args.first, args.last)
+    if args.sql is None and sys.stdin.isatty():
+        shell(con)
+        return 0
+    try:
+        run_sql(con, args.sql if args.sql is not None else sys.stdin.read(), args.format)
+    except duckdb.Error as exc:
+        print(f"agent-traffic: the query failed: {exc}\n(the views are: {', '.join(TABLES)})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from agent_traffic.report import build_report
+
+    first, last = args.first, args.last or args.first
+    page = build_report(_staging(args.config), first, last)
+    out = Path(args.out or f"agent-traffic-report_{first}" + (f"_{last}" if last != first else "") + ".html")
+    out.write_text(page, encoding="utf-8")
+    print(f"report    {out.resolve()}  ({first} to {last}, UTC days)")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import io
+
+    from agent_traffic.annotate import Annotator
+
+    range_store, catalog_files, max_age = None, list(args.catalog), 30
+    if args.config:
+        from agent_traffic.config import load_config
+        from agent_traffic.ranges import range_store as store_for
+        from agent_traffic.storage import StoreOptions
+
+        cfg = load_config(args.config)
+        range_store = store_for(cfg, StoreOptions.from_config(cfg.object_store))
+        catalog_files = [*cfg.catalog_files, *catalog_files]
+        max_age = cfg.ip_ranges.max_age_days
+    annotator = Annotator.build(catalog_files, range_store=range_store, max_age_days=max_age)
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
+    for line in stdin:
+        print(json.dumps(annotator.describe_line(line, args.date)), flush=args.flush)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agent-traffic", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--run-id")
     s.set_defaults(func=_cmd_summary)
+
+    q = sub.add_parser("query", help="DuckDB over staging: events, quarantine, manifests, deliveries, runs, quality")
+    q.add_argument("--config", required=True)
+    q.add_argument("--from", dest="first", type=_date, help="only these UTC dates: first, YYYY-MM-DD")
+    q.add_argument("--to", dest="last", type=_date, help="last date, inclusive (default: --from)")
+    q.add_argument("--sql", help="run this SQL, print the result and exit (default: an interactive "
+                                 "shell, or the SQL read from stdin when it is not a terminal)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="how to print results (json: one object per line)")
+    q.set_defaults(func=_cmd_query)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report (charts) for a date range")
+    rp.add_argument("--config", required=True)
+    rp.add_argument("--from", dest="first", required=True, type=_date, help="first UTC date, YYYY-MM-DD")
+    rp.add_argument("--to", dest="last", type=_date, help="last UTC date, inclusive (default: --from)")
+    rp.add_argument("--out", help="the HTML file to write (default: agent-traffic-report_<from>[_<to>].html)")
+    rp.set_defaults(func=_cmd_report)
+
+    c = sub.add_parser("classify", help="what is this user agent? one per line on stdin (`<ua>` or `<ua>\\t<ip>`), "
+                       "one JSON object per line out")
+    c.add_argument("--config", help="use this config's catalog files and stored IP-range snapshots")
+    c.add_argument("--catalog", action="append", default=[], help="an extra catalog file (repeatable)")
+    c.add_argument("--date", type=_date, help="day of the requests, for list freshness (default: today, UTC)")
+    c.add_argument("--flush", action="store_true", help="flush after every line (interactive pipes)")
+    c.set_defaults(func=_cmd_classify)
 
     from agent_traffic.sandbox import register_cli
 

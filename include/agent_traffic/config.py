@@ -21,10 +21,39 @@ from agent_traffic.errors import ConfigError
 
 VENDOR_BASE_URLS = {
     "scrunch": "https://webhooks.scrunchai.com",
+    "knownagents": "https://api.knownagents.com",
+}  # HitKeep is self-hosted: its destinations must give `base_url`
+
+VendorName = Literal["scrunch", "hitkeep", "knownagents"]
+#: ai: AI agents; ai_and_referred: plus human visits referred by an AI assistant (`referred_by`);
+#: automated: every bot; all: every request.
+Selection = Literal["ai", "ai_and_referred", "automated", "all"]
+IpPolicy = Literal["send", "truncate", "omit"]
+
+#: Vendors that stamp the time they receive a row (they take no event timestamp): events older
+#: than a destination's `max_age_hours` would show as today's traffic, so they are not sent
+#: unless the destination sets `send_older_events`.
+RECEIVE_TIME_VENDORS = frozenset({"hitkeep", "knownagents"})
+
+#: Defaults a destination gets from its vendor when it does not set them. IP: Scrunch and Known
+#: Agents use the client IP to verify agents; HitKeep has no IP field and never gets one,
+#: whatever `ip_policy` says. Batches: Scrunch's 1 MB NDJSON; HitKeep takes one object per
+#: request under 64 KiB; Known Agents publishes no limit (VERIFY), so batches stay modest.
+VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scrunch": {"ip_policy": "send", "max_batch_bytes": 1_000_000, "max_batch_events": 5000},
+    "hitkeep": {"ip_policy": "omit", "max_batch_bytes": 65_535, "max_batch_events": 1},
+    "knownagents": {"ip_policy": "send", "max_batch_bytes": 512_000, "max_batch_events": 100},
 }
 
-Selection = Literal["ai", "automated", "all"]
-IpPolicy = Literal["send", "truncate", "omit"]
+#: Settings that mean something for one kind of vendor only: setting them elsewhere is a mistake.
+_VENDOR_ONLY: dict[str, tuple[frozenset[str], str]] = {
+    "max_age_hours": (RECEIVE_TIME_VENDORS, "Scrunch keeps each event's own timestamp"),
+    "send_older_events": (RECEIVE_TIME_VENDORS, "Scrunch keeps each event's own timestamp"),
+    "rate_limit_per_s": (frozenset({"hitkeep"}), "only HitKeep rate-limits its clients"),
+    "rate_limit_burst": (frozenset({"hitkeep"}), "only HitKeep rate-limits its clients"),
+    "eligible_user_agents": (frozenset({"hitkeep"}), "only HitKeep refuses agents it does not know"),
+    "send_sdk_fields": (frozenset({"knownagents"}), "only Known Agents has SDK-only fields"),
+}
 
 
 class _Model(BaseModel):
@@ -46,14 +75,52 @@ class SecretRef(_Model):
 
 class Destination(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    vendor: Literal["scrunch"]
-    site_id: str = Field(min_length=1)
+    vendor: VendorName
+    site_id: str | None = Field(
+        None, min_length=1, description="Scrunch: Site ID (ULID); HitKeep: site UUID; Known Agents: none"
+    )
     base_url: str | None = None
     secret: SecretRef
     select: Selection = "ai"
-    ip_policy: IpPolicy = "send"
+    ip_policy: IpPolicy = "send"  # the vendor's default when not set (VENDOR_DEFAULTS)
     max_batch_bytes: int = Field(1_000_000, gt=1000, le=1_000_000)
     max_batch_events: int = Field(5000, gt=0, le=100_000)
+    max_age_hours: float = Field(48.0, gt=0, description="receive-time vendors: older events are not sent")
+    send_older_events: bool = Field(False, description="send events older than max_age_hours anyway")
+    rate_limit_per_s: float = Field(10.0, gt=0, le=10_000, description="HitKeep: requests/s per instance")
+    rate_limit_burst: int = Field(20, ge=1, le=10_000, description="HitKeep: burst per instance")
+    eligible_user_agents: tuple[str, ...] | None = Field(
+        None, description="HitKeep: lowercase substrings its classifier accepts (default: HitKeep 2.8.1's)"
+    )
+    send_sdk_fields: bool = Field(
+        False, description="Known Agents: also send `created` and `response_headers` (VERIFY)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vendor_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("vendor") not in VENDOR_DEFAULTS:
+            return data
+        vendor = data["vendor"]
+        for key, (vendors, why) in _VENDOR_ONLY.items():
+            if key in data and vendor not in vendors:
+                raise ValueError(f"`{key}` does not apply to {vendor} ({why}); remove it")
+        return {**VENDOR_DEFAULTS[vendor], **data}
+
+    @model_validator(mode="after")
+    def _vendor_rules(self) -> Destination:
+        if self.vendor == "knownagents" and self.site_id is not None:
+            raise ValueError("Known Agents has no site id (the access token names the project); remove `site_id`")
+        if self.vendor != "knownagents" and self.site_id is None:
+            what = "Site ID (a ULID)" if self.vendor == "scrunch" else "site UUID"
+            raise ValueError(f"`site_id` is required: the {self.vendor} {what}")
+        if self.vendor == "hitkeep":
+            if not self.base_url:
+                raise ValueError("HitKeep is self-hosted: set `base_url` to your instance, e.g. https://hitkeep.example.com")
+            if self.max_batch_events != 1 or self.max_batch_bytes > 65_535:
+                raise ValueError("HitKeep takes one event per request under 64 KiB: "
+                                 "max_batch_events must be 1 and max_batch_bytes at most 65535")
+        return self
 
     @property
     def endpoint_base(self) -> str:
@@ -80,6 +147,10 @@ class Source(_Model):
     url: str = Field(description="object-store URL pattern; {date:%Y-%m-%d} is the logical date")
     format: str = "auto"
     site: str | None = Field(None, description="site for logs that carry no host field")
+    lookback_days: int = Field(1, ge=0, le=31, description="also list the N days before each date for "
+                               "late objects (CloudFront files arrive up to 24 h late)")
+    columns: dict[str, str] | None = Field(None, description="this source's own field mapping for a json, "
+                                           "csv or w3c format: column or JSON path -> raw field (Fastly)")
 
     @field_validator("url")
     @classmethod
@@ -133,6 +204,29 @@ class QualityPolicy(_Model):
     quarantine_ratio_fail: float = Field(0.05, ge=0, le=1)
 
 
+class RangePolicy(_Model):
+    """IP verification: where the operators' range lists come from and when they are fresh enough.
+
+    The catalog names each list and its URL (`ip_ranges` in agents.yaml); `urls` points a list
+    id at another URL (a mirror) or, with null, stops fetching it.
+    """
+
+    urls: dict[str, str | None] = Field(default_factory=dict, description="list id -> URL, or null: do not fetch")
+    store: str | None = Field(None, description="snapshot folder or s3:// prefix (default: <staging>/_ranges)")
+    max_age_days: int = Field(30, ge=1, le=3650, description="a list older than this (vs. the request's day) "
+                              "never makes a request `spoofed`, only `unverifiable`")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="per range-file download")
+    keep: int = Field(90, ge=1, le=10_000, description="dated snapshots kept per list")
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        for list_id, url in v.items():
+            if url is not None and not re.match(r"^https?://\S+$", url):
+                raise ValueError(f"{list_id}: {url!r} is not an http(s) URL (use null to stop fetching it)")
+        return v
+
+
 class Config(_Model):
     version: Literal[1] = 1
     staging: str = Field(description="staging root: a local folder or s3://bucket/prefix")
@@ -143,6 +237,40 @@ class Config(_Model):
     parse: ParsePolicy = ParsePolicy()
     quality: QualityPolicy = QualityPolicy()
     catalog_files: tuple[str, ...] = ()
+    ip_ranges: RangePolicy = RangePolicy()
+    formats: tuple[dict[str, Any], ...] = Field((), description="your log formats, same fields as formats.yaml")
+
+    @field_validator("formats")
+    @classmethod
+    def _valid_formats(cls, v: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        from agent_traffic.formats import validate_definitions
+
+        validate_definitions(v)
+        return v
+
+    @model_validator(mode="after")
+    def _known_formats(self) -> Config:
+        from agent_traffic.formats import load_formats
+
+        if all(s.format == "auto" and s.columns is None for s in self.sources):
+            return self
+        try:
+            known = load_formats(self.formats)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        for i, src in enumerate(self.sources):
+            if src.format != "auto" and src.format not in known:
+                raise ValueError(f"sources[{i}].format: {src.format!r} is not a known format; use auto or one of "
+                                 f"{sorted(known)}, or define it under `formats:`")
+            if src.columns is not None:
+                if src.format == "auto":
+                    raise ValueError(f"sources[{i}].columns: set `format:` to the format these columns map "
+                                     "(e.g. fastly_json); auto cannot know your field names")
+                try:
+                    known[src.format].with_columns(src.columns, f"sources[{i}].columns")
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
@@ -240,6 +368,9 @@ def parse_config(data: Any, *, base_dir: Path, source: str = "<config>") -> Conf
                 str((base_dir / f).resolve()) if isinstance(f, str) else f
                 for f in data["catalog_files"]
             ]
+        ranges = data.get("ip_ranges")
+        if isinstance(ranges, dict) and isinstance(ranges.get("store"), str):
+            data["ip_ranges"] = {**ranges, "store": _resolve_local(ranges["store"], base_dir)}
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None

@@ -4,14 +4,18 @@ The unit of idempotency for parsing is one object version (URL + ETag, or size a
 store has no ETag). Its manifest record under `_manifests/date=<D>/<object_id>.json` is written
 last, after its files, so it is the commit marker: an object without a `staged` record is parsed
 (again) by the next run; one with a record is skipped unless the run asks to reprocess.
+
+Late objects: each source also lists its `lookback_days` dates before the run's dates (CloudFront
+files arrive up to 24 h late, filed under the hour they happened). A late object is staged under
+its own date, and `planned_dates` tells planning and reporting to cover those dates too.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from datetime import date
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 from agent_traffic.config import Config
@@ -59,16 +63,34 @@ def read_manifests(store: Store, day: str) -> dict[str, dict[str, Any]]:
     return {rec["object_id"]: rec for _, rec in store.iter_json(f"_manifests/date={day}/")}
 
 
+def lookback_dates(cfg: Config, days: Iterable[date], sources: Iterable[str] | None = None) -> list[date]:
+    """The dates before the run's dates that sources look back on for late objects."""
+    wanted = set(sources) if sources else None
+    run = set(days)
+    out = {d - timedelta(days=k) for src in cfg.sources if wanted is None or src.name in wanted
+           for d in run for k in range(1, src.lookback_days + 1)}
+    return sorted(out - run)
+
+
+def planned_dates(cfg: Config, days: Iterable[date | str]) -> list[str]:
+    """The run's dates and their lookback dates: a late object is staged under its own date, so
+    deliveries must be planned (and reported) for those dates too."""
+    run = {d if isinstance(d, date) else date.fromisoformat(d) for d in days}
+    return sorted(d.isoformat() for d in run | set(lookback_dates(cfg, run)))
+
+
 @dataclass
 class Discovery:
     objects: list[ObjectRef]  # to parse
     unchanged: int
     seen: int
     listed: list[dict[str, Any]]  # every object seen: the run's manifest
+    lookback: list[str] = field(default_factory=list)  # dates listed only to find late objects
+    late: int = 0  # objects to parse found on lookback dates
 
     def as_dict(self, days: Iterable[str]) -> dict[str, Any]:
-        return {"days": list(days), "seen": self.seen, "unchanged": self.unchanged,
-                "objects": self.listed}
+        return {"days": list(days), "lookback_dates": self.lookback, "seen": self.seen,
+                "unchanged": self.unchanged, "late": self.late, "objects": self.listed}
 
 
 def discover(
@@ -80,32 +102,44 @@ def discover(
     sources: Iterable[str] | None = None,
     reprocess: bool = False,
 ) -> Discovery:
-    """List every source for each date; return the object versions that still need parsing."""
+    """List every source for each date, and its lookback dates (`lookback_days`) for late objects;
+    return the object versions that still need parsing.
+
+    An object version staged under any listed date is unchanged, so a prefix that two dates share
+    never stages one object twice; `reprocess` re-parses the run's dates, never lookback dates.
+    """
     wanted = set(sources) if sources else None
+    run_days = sorted(set(days))
+    lookback = lookback_dates(cfg, run_days, wanted)
+    manifests = {d.isoformat(): read_manifests(store, d.isoformat()) for d in [*lookback, *run_days]}
+    staged_ids = {oid for recs in manifests.values() for oid, rec in recs.items() if rec.get("status") == STAGED}
     todo: list[ObjectRef] = []
     listed: list[dict[str, Any]] = []
-    seen = unchanged = 0
-    for day in days:
-        ds = day.isoformat()
-        manifests = read_manifests(store, ds)
-        by_url: dict[str, dict[str, Any]] = {}
-        for rec in manifests.values():
-            if rec.get("status") == STAGED:
-                by_url[rec["url"]] = rec
-        for src in cfg.sources:
-            if wanted is not None and src.name not in wanted:
-                continue
+    seen = unchanged = late = 0
+    for src in cfg.sources:
+        if wanted is not None and src.name not in wanted:
+            continue
+        seen_urls: set[str] = set()
+        src_days = sorted({d - timedelta(days=k) for d in run_days for k in range(src.lookback_days + 1)},
+                          key=lambda d: (d not in run_days, d))  # the run's dates first
+        for day in src_days:
+            ds = day.isoformat()
+            is_late = day not in run_days
+            by_url = {rec["url"]: rec for rec in manifests[ds].values() if rec.get("status") == STAGED}
             for info in list_objects(src.url_for(day), options):
+                if info.url in seen_urls:
+                    continue  # listed under another date of this run (a shared prefix)
+                seen_urls.add(info.url)
                 seen += 1
                 oid = object_id(info.url, version_tag(info))
-                rec = manifests.get(oid)
-                skip = bool(rec and rec.get("status") == STAGED and not reprocess)
+                skip = oid in staged_ids and (is_late or not reprocess)
                 listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
-                               "object_id": oid, "date": ds, "source": src.name,
+                               "object_id": oid, "date": ds, "source": src.name, "lookback": is_late,
                                "action": "unchanged" if skip else "parse"})
                 if skip:
                     unchanged += 1
                     continue
+                late += is_late
                 prev = by_url.get(info.url)
                 todo.append(
                     ObjectRef(
@@ -119,4 +153,4 @@ def discover(
                         previous=prev["object_id"] if prev and prev["object_id"] != oid else None,
                     )
                 )
-    return Discovery(todo, unchanged, seen, listed)
+    return Discovery(todo, unchanged, seen, listed, [d.isoformat() for d in lookback], late)

@@ -16,14 +16,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from agent_traffic.catalog import load_catalog
-from agent_traffic.classify import Classifier
-from agent_traffic.config import Config, load_config
-from agent_traffic.decompress import decompressed_blocks
+from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
+from agent_traffic.config import Config, Source, load_config
+from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
 from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
 from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
 from agent_traffic.formats import LogFormat, detect_format, load_formats
-from agent_traffic.parse import ParseContext, ParseStats, parse_blocks
+from agent_traffic.parse import ParseContext, ParseStats, parse_blocks, sample_lines, sample_match
+from agent_traffic.ranges import range_store
 from agent_traffic.stage import ObjectStager
 from agent_traffic.storage import Store, StoreOptions, filesystem
 
@@ -44,11 +44,13 @@ class Runtime:
 
     @cached_property
     def formats(self) -> dict[str, LogFormat]:
-        return load_formats()
+        return load_formats(self.cfg.formats)
 
     @cached_property
-    def classifier(self) -> Classifier:
-        return Classifier(load_catalog(self.cfg.catalog_files))
+    def classifier(self) -> Annotator:
+        """Classifier, IP verifier (newest range snapshots) and enrichment, built once per task."""
+        return Annotator.build(self.cfg.catalog_files, range_store=range_store(self.cfg, self.options),
+                               max_age_days=self.cfg.ip_ranges.max_age_days)
 
     @classmethod
     def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
@@ -76,25 +78,12 @@ def discover_objects(
 # parse + classify + stage, one object
 
 
-CLASS_COLUMNS = ("agent", "provider", "category", "purpose", "scrunch_type", "is_ai", "is_bot")
+CLASS_COLUMNS = ANNOTATION_COLUMNS
 
 
-def classify_table(classifier: Classifier, events: pa.Table) -> pa.Table:
-    """Classify the distinct user agents once, then join the answer back onto every event."""
-    uas = events["user_agent"].unique().to_pylist()
-    found = classifier.classify_many(uas)
-    lookup = pa.table(
-        {"user_agent": pa.array(uas, pa.string())}
-        | {c: pa.array([getattr(found[u], c) for u in uas]) for c in CLASS_COLUMNS}
-    )
-    con = duckdb.connect(":memory:")
-    try:
-        con.register("e", events)
-        con.register("c", lookup)
-        return con.sql("SELECT e.*, c.* EXCLUDE (user_agent) FROM e JOIN c USING (user_agent) "
-                       "ORDER BY line_number").to_arrow_table()
-    finally:
-        con.close()
+def classify_table(annotator: Annotator, events: pa.Table) -> pa.Table:
+    """Classify, verify and enrich: each distinct key answered once, joined back in DuckDB."""
+    return annotator.annotate(events)
 
 
 @dataclass
@@ -136,19 +125,18 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         fs, path = filesystem(ref.url, rt.options)
         with fs.open(path, "rb") as f:
             res.compression, blocks = decompressed_blocks(f)
-            blocks = iter(blocks)
-            first = next(blocks, b"")
-            fmt, why = _choose_format(rt, src.format, first)
+            first, blocks = peek(blocks, SNIFF_BYTES)
+            fmt, why = _choose_format(rt, src, first)
             res.format, res.format_reason = fmt.id, why
             site, host, scheme, host_sites = _site_context(cfg, src.site)
-            if site is None and "host" not in fmt.fields:
+            if site is None and not fmt.yields_host:
                 raise ConfigError(
                     f"source {src.name!r}: format {fmt.id!r} has no host field, so set `site:` "
                     "on the source to say which site these logs belong to"
                 )
             ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites,
                                cfg.parse.max_line_bytes)
-            for block in parse_blocks(_chain(first, blocks), ctx, cfg.parse.block_bytes):
+            for block in parse_blocks(blocks, ctx, cfg.parse.block_bytes):
                 stats.add(block.stats)
                 events = classify_table(rt.classifier, block.events) if block.events.num_rows else block.events
                 if events.num_rows:
@@ -172,19 +160,24 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
     return res
 
 
-def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
-    if first:
-        yield first
-    yield from rest
-
-
-def _choose_format(rt: Runtime, name: str, head: bytes) -> tuple[LogFormat, str]:
-    if name != "auto":
-        if name not in rt.formats:
-            raise ConfigError(f"unknown format {name!r}; known: {sorted(rt.formats)} or 'auto'")
-        return rt.formats[name], "set in the config"
-    lines = head[:262144].decode("utf-8", errors="replace").split("\n")[:-1] or [head.decode("utf-8", "replace")]
-    return detect_format(lines, rt.formats)
+def _choose_format(rt: Runtime, src: Source, head: bytes) -> tuple[LogFormat, str]:
+    """The source's format (checked against the object's first lines), or the detected one."""
+    if src.format == "auto":
+        return detect_format(sample_lines(head), rt.formats)
+    if src.format not in rt.formats:
+        raise ConfigError(f"unknown format {src.format!r}; known: {sorted(rt.formats)} or 'auto'")
+    fmt = rt.formats[src.format]
+    if src.columns is not None:
+        fmt = fmt.with_columns(src.columns, f"source {src.name!r} columns")
+    lines, matching = sample_match(head, fmt)
+    if lines and not matching:
+        try:
+            guess = f"they look like {detect_format(sample_lines(head), rt.formats)[0].id!r}"
+        except ConfigError:
+            guess = "no known format matches them"
+        raise ConfigError(f"none of the first {lines} line(s) match format {fmt.id!r} set on source "
+                          f"{src.name!r}; {guess}: set `format:` to the right one, or auto")
+    return fmt, f"set on the source; {matching} of the first {lines} non-blank lines match"
 
 
 def _count_ai(events: pa.Table) -> dict[str, int]:

@@ -1,16 +1,24 @@
 """Plan deliveries: staged events -> deterministic chunks, written as a load package.
 
-Per (destination, site, object version) the selected events are serialized in line order and cut
-by the vendor's limits, so every run rebuilds byte-identical chunks; a late object adds chunks of
-its own and never moves the boundaries of acknowledged ones. Chunk id = hash of destination, site,
-object id, index and body, so changed content gets a new id and an ack never covers other bytes.
+Per (destination, site, object version) every staged event gets exactly one outcome: not selected
+(the destination's `select`), not eligible (the vendor cannot take it: an agent HitKeep does not
+know, an event over the request size limit), too old (receive-time vendors, older than the
+destination's max age), or a place in a chunk. The chosen events are serialized in line order and
+cut by the vendor's limits, so a resumed run rebuilds byte-identical chunks. Chunk id = hash of
+destination, site, object id, line span and body, so an ack never covers other bytes.
+
+The plan is written once per object version and configuration (its fingerprint). When the
+configuration changes (a new batch size, `send_older_events` switched on), the object is planned
+again, but chunks already acknowledged are kept as they are and their lines are left out of the
+new chunks: a delivered event is never sent again because a setting changed.
 
 Chunk files live under the ledger until acknowledged (dlt's load packages are the model):
 ```
-_delivery/<dest>/site=<site>/date=<D>/plans/<object_id>.json   what was selected and why not
-_delivery/<dest>/site=<site>/date=<D>/chunks/<chunk_id>.chunk  meta line + request body
-_delivery/<dest>/site=<site>/date=<D>/acks/<chunk_id>.json     written after the vendor's 2xx
-_delivery/<dest>/site=<site>/date=<D>/dead/<chunk_id>.json     status, vendor body, attempts
+_delivery/<dest>/site=<site>/date=<D>/plans/<object_id>.json    outcomes and chunk list
+_delivery/<dest>/site=<site>/date=<D>/chunks/<chunk_id>.chunk   meta line + request body
+_delivery/<dest>/site=<site>/date=<D>/acks/<chunk_id>.json      after the vendor's 2xx (with lines)
+_delivery/<dest>/site=<site>/date=<D>/dead/<chunk_id>.json      status, vendor body, attempts
+_delivery/<dest>/site=<site>/date=<D>/too_old/<chunk_id>.json   expired before it could be sent
 ```
 """
 
@@ -18,12 +26,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, Destination, Site
@@ -31,11 +41,30 @@ from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.storage import Store
 from agent_traffic.vendors import vendor
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+ROWS_PER_BATCH = 8192  # rows turned into Python objects at a time while serializing
+
+Ranges = tuple[tuple[int, int], ...]
 
 
 def ledger_prefix(dest: str, site: str, day: str) -> str:
     return f"_delivery/{dest}/site={site}/date={day}"
+
+
+def line_ranges(lines: Iterable[int]) -> Ranges:
+    """Ascending line numbers as inclusive runs: [1,2,3,7] -> ((1,3),(7,7))."""
+    out: list[list[int]] = []
+    for n in lines:
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return tuple((a, b) for a, b in out)
+
+
+def lines_in(ranges: Iterable[Sequence[int]]) -> Iterator[int]:
+    for a, b in ranges:
+        yield from range(a, b + 1)
 
 
 @dataclass(frozen=True)
@@ -46,86 +75,140 @@ class Chunk:
     events: int
     first_line: int
     last_line: int
+    oldest_ts: float  # Unix seconds of the oldest event: the age check at send time
     content_type: str
     body: bytes
+    lines: Ranges = ()  # every line in the chunk; kept in the chunk file and its ack, not the plan
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("body")
+        d.pop("lines")
         d["body_bytes"] = len(self.body)
         return d
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
-    return orjson.dumps(chunk.meta()) + b"\n" + chunk.body
+    return orjson.dumps({**chunk.meta(), "lines": chunk.lines}) + b"\n" + chunk.body
 
 
 def decode_chunk(data: bytes) -> Chunk:
     head, _, body = data.partition(b"\n")
     meta = orjson.loads(head)
     meta.pop("body_bytes", None)
-    return Chunk(body=body, **meta)
+    lines = tuple((a, b) for a, b in meta.pop("lines", ()))
+    return Chunk(body=body, lines=lines, **meta)
+
+
+SELECT_REASONS = {
+    "ai": "not an AI agent",
+    "ai_and_referred": "neither an AI agent nor referred by an AI assistant",
+    "automated": "not automated traffic",
+}
 
 
 def select_mask(table: pa.Table, selection: str) -> pa.ChunkedArray | None:
-    """Rows a destination receives: ai (default), automated (every bot), all."""
+    """Rows a destination receives: ai (default), ai_and_referred, automated (every bot), all.
+
+    `referred_by` (the AI assistant a human visit came from) may be absent from older staged
+    files: absent means no visit was referred.
+    """
     if selection == "ai":
-        return table["is_ai"]
+        return pc.fill_null(table["is_ai"], False)
+    if selection == "ai_and_referred":
+        ai = pc.fill_null(table["is_ai"], False)
+        if "referred_by" not in table.column_names:
+            return ai
+        referred = pc.fill_null(pc.not_equal(table["referred_by"], ""), False)
+        return pc.or_(ai, referred)
     if selection == "automated":
-        return table["is_bot"]
+        return pc.fill_null(table["is_bot"], False)
     return None
 
 
 def not_selected_reason(selection: str) -> str:
-    return {"ai": "not an AI agent", "automated": "not automated traffic"}.get(selection, "")
+    return SELECT_REASONS.get(selection, "")
+
+
+def age_cutoff(dest: Destination, now: datetime) -> datetime | None:
+    """Events before this are too old for the destination; None when age does not matter."""
+    if not vendor(dest.vendor).stamps_receive_time or dest.send_older_events:
+        return None
+    return now - timedelta(hours=dest.max_age_hours)
+
+
+#: The staged columns the planner and the vendors read; the others (ids, classification detail)
+#: are never decoded, which is most of the cost of turning rows into requests.
+PLAN_COLUMNS = ("ts", "host", "method", "path", "query", "url", "status", "bytes", "duration_ms", "client_ip",
+                "user_agent", "referer", "content_type", "line_number", "agent", "is_ai", "is_bot", "referred_by")
 
 
 def read_object_events(store: Store, keys: Sequence[str]) -> pa.Table | None:
-    tables = [pq.read_table(store.path(k), filesystem=store.fs) for k in keys]
+    """One object's staged events for a site, in line order (the files are its per-provider parts)."""
+    tables = []
+    for k in keys:
+        with store.fs.open(store.path(k), "rb") as f:
+            pf = pq.ParquetFile(f)
+            present = set(pf.schema_arrow.names)
+            tables.append(pf.read(columns=[c for c in PLAN_COLUMNS if c in present]))
     if not tables:
         return None
-    t = pa.concat_tables(tables)
+    t = pa.concat_tables(tables, promote_options="default")
     return t.sort_by("line_number")
 
 
-def build_chunks(table: pa.Table, site: Site, dest: Destination, object_id: str) -> list[Chunk]:
-    """Serialize in line order and cut by the vendor's byte and event limits."""
+def build_chunks(
+    table: pa.Table, site: Site, dest: Destination, object_id: str, not_eligible: Counter[str],
+    *, start_index: int = 0,
+) -> Iterator[Chunk]:
+    """Serialize in line order and cut by the vendor's byte and event limits, one chunk at a time.
+
+    An event that alone exceeds the vendor's request size cannot be sent at all: it is counted in
+    `not_eligible` with the limit, never dropped silently and never a crash.
+    """
     v = vendor(dest.vendor)
+    ts = table["ts"]
     max_bytes, max_events = v.limits(dest)
-    rows = table.to_pylist()
-    chunks: list[Chunk] = []
+    too_big = f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"
     cur: list[bytes] = []
     cur_lines: list[int] = []
+    oldest = float("inf")
     size = 0
+    index = start_index
 
-    def flush() -> None:
+    def flush() -> Chunk:
         body, ctype = v.body(cur)
         digest = hashlib.sha256(body).hexdigest()
-        idx = len(chunks)
-        cid = hashlib.sha256(f"{dest.name}|{site.name}|{object_id}|{idx}|{digest}".encode()).hexdigest()[:24]
-        chunks.append(Chunk(cid, idx, object_id, len(cur), cur_lines[0], cur_lines[-1], ctype, body))
+        key = f"{dest.name}|{site.name}|{object_id}|{cur_lines[0]}|{cur_lines[-1]}|{len(cur)}|{digest}"
+        cid = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return Chunk(cid, index, object_id, len(cur), cur_lines[0], cur_lines[-1], oldest, ctype, body,
+                     line_ranges(cur_lines))
 
-    for row in rows:
-        line = orjson.dumps(v.event(row, site, dest))
-        if len(line) + 1 > max_bytes:
-            raise ValueError(
-                f"event at {row['source_object']} line {row['line_number']} serializes to "
-                f"{len(line)} bytes, over {dest.vendor}'s {max_bytes}-byte limit"
-            )
-        if cur and (size + len(line) + 1 > max_bytes or len(cur) >= max_events):
-            flush()
-            cur, cur_lines, size = [], [], 0
-        cur.append(line)
-        cur_lines.append(row["line_number"])
-        size += len(line) + 1
+    # Only the columns the vendor reads become Python objects; the time travels as `ts_us`
+    # (microseconds since the epoch, UTC), since a datetime per row costs more than the rest.
+    table = table.select([c for c in dict.fromkeys((*v.columns, "line_number")) if c in table.column_names])
+    table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
+    for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
+        for row in batch.to_pylist():
+            line = orjson.dumps(v.event(row, site, dest))
+            if len(line) + 1 > max_bytes:
+                not_eligible[too_big] += 1
+                continue
+            if cur and (size + len(line) + 1 > max_bytes or len(cur) >= max_events):
+                yield flush()
+                index += 1
+                cur, cur_lines, size, oldest = [], [], 0, float("inf")
+            cur.append(line)
+            cur_lines.append(row["line_number"])
+            oldest = min(oldest, row["ts_us"] / 1e6)
+            size += len(line) + 1
     if cur:
-        flush()
-    return chunks
+        yield flush()
 
 
 @dataclass
 class ObjectPlan:
-    """What one object version contributes to one destination."""
+    """What one object version contributes to one destination: an outcome for every event."""
 
     destination: str
     site: str
@@ -135,11 +218,21 @@ class ObjectPlan:
     fingerprint: str
     events_total: int
     not_selected: dict[str, int]
-    chunks: list[dict[str, Any]]  # chunk metas, in order
+    chunks: list[dict[str, Any]]  # chunk metas, in order (kept acknowledged ones first)
+    not_eligible: dict[str, int] = field(default_factory=dict)
+    too_old: int = 0
+    too_old_before: str | None = None  # the cutoff used, ISO 8601
+    planned_at: str | None = None
 
     @property
     def selected(self) -> int:
         return sum(c["events"] for c in self.chunks)
+
+    @property
+    def balanced(self) -> bool:
+        """Every event has exactly one outcome."""
+        return self.events_total == (self.selected + self.too_old + sum(self.not_selected.values())
+                                     + sum(self.not_eligible.values()))
 
 
 def _fingerprint(dest: Destination, manifest: dict[str, Any]) -> str:
@@ -151,15 +244,54 @@ def _fingerprint(dest: Destination, manifest: dict[str, Any]) -> str:
         dest.ip_policy,
         dest.max_batch_bytes,
         dest.max_batch_events,
+        dest.max_age_hours,
+        dest.send_older_events,
+        dest.eligible_user_agents,
+        dest.send_sdk_fields,
         sorted(manifest.get("files", {}).items()),
     ]
     return hashlib.sha256(orjson.dumps(parts, default=str)).hexdigest()[:16]
 
 
+def _delivered_before(
+    store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """The previous plan's acknowledged chunks, and the lines they carried.
+
+    An ack written before acks recorded their lines cannot be matched to rows: its chunk is not
+    kept and its events are planned again (a resend, never a loss).
+    """
+    kept: list[dict[str, Any]] = []
+    lines: set[int] = set()
+    for c in (previous or {}).get("chunks", []):
+        if c["chunk_id"] not in acked:
+            continue
+        ack = store.get_json_or_none(f"{prefix}/acks/{c['chunk_id']}.json") or {}
+        if not ack.get("lines"):
+            continue
+        kept.append(c)
+        lines.update(lines_in(ack["lines"]))
+    return kept, lines
+
+
+def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]) -> None:
+    """Remove the files of a previous plan's unacknowledged chunks: the new plan replaces them."""
+    for c in (previous or {}).get("chunks", []):
+        cid = c["chunk_id"]
+        if cid not in acked:
+            for kind, ext in (("chunks", "chunk"), ("dead", "json"), ("too_old", "json")):
+                store.delete(f"{prefix}/{kind}/{cid}.{ext}")
+
+
 def plan_object(
-    store: Store, site: Site, dest: Destination, manifest: dict[str, Any]
+    store: Store, site: Site, dest: Destination, manifest: dict[str, Any], *, now: datetime | None = None,
+    acked: set[str] | None = None,
 ) -> ObjectPlan:
-    """Plan (or re-read the plan of) one object for one destination; writes unacked chunk files."""
+    """Plan (or re-read the plan of) one object for one destination; writes unacked chunk files.
+
+    `acked`: the destination's acknowledged chunk ids for the date, when the caller has them.
+    """
+    now = now or datetime.now(UTC)
     day = manifest["date"]
     oid = manifest["object_id"]
     prefix = ledger_prefix(dest.name, site.name, day)
@@ -167,23 +299,42 @@ def plan_object(
     existing = store.get_json_or_none(f"{prefix}/plans/{oid}.json")
     if existing and existing.get("fingerprint") == fp:
         return ObjectPlan(**existing)
+    v = vendor(dest.vendor)
+    acked = set(acked_ids(store, prefix)) if acked is None else acked
+    kept, delivered = _delivered_before(store, prefix, existing, acked)
+    _drop_superseded(store, prefix, existing, acked)
     keys = [k for k in manifest.get("files", {}) if k.startswith(f"events/site={site.name}/")]
     table = read_object_events(store, keys)
     total = table.num_rows if table is not None else 0
     not_selected: Counter[str] = Counter()
-    chunks: list[Chunk] = []
+    not_eligible: Counter[str] = Counter()
+    too_old = 0
+    cutoff = age_cutoff(dest, now)
+    metas = list(kept)
     if table is not None and total:
+        if delivered:
+            done = pc.is_in(table["line_number"], value_set=pa.array(sorted(delivered), pa.int64()))
+            table = table.filter(pc.invert(done))
         mask = select_mask(table, dest.select)
         if mask is not None:
             picked = table.filter(mask)
-            if total - picked.num_rows:
-                not_selected[not_selected_reason(dest.select)] += total - picked.num_rows
+            if table.num_rows - picked.num_rows:
+                not_selected[not_selected_reason(dest.select)] += table.num_rows - picked.num_rows
             table = picked
-        chunks = build_chunks(table, site, dest, oid)
-    acked = set(acked_ids(store, prefix))
-    for ch in chunks:
-        if ch.chunk_id not in acked:
-            store.put_bytes(f"{prefix}/chunks/{ch.chunk_id}.chunk", encode_chunk(ch))
+        reasons = v.ineligible(table, dest) if table.num_rows else None
+        if reasons is not None:
+            for item in pc.value_counts(pc.drop_null(reasons)).to_pylist():
+                not_eligible[item["values"]] += item["counts"]
+            table = table.filter(pc.is_null(reasons))
+        if cutoff is not None and table.num_rows:
+            old = pc.less(table["ts"], pa.scalar(cutoff, table.schema.field("ts").type))
+            too_old = pc.sum(old).as_py() or 0
+            table = table.filter(pc.invert(old))
+        start = 1 + max((c["index"] for c in kept), default=-1)  # kept chunks keep their numbers
+        for ch in build_chunks(table, site, dest, oid, not_eligible, start_index=start):
+            if ch.chunk_id not in acked:
+                store.put_bytes(f"{prefix}/chunks/{ch.chunk_id}.chunk", encode_chunk(ch))
+            metas.append(ch.meta())
     plan = ObjectPlan(
         destination=dest.name,
         site=site.name,
@@ -193,7 +344,11 @@ def plan_object(
         fingerprint=fp,
         events_total=total,
         not_selected=dict(not_selected),
-        chunks=[c.meta() for c in chunks],
+        chunks=metas,
+        not_eligible=dict(not_eligible),
+        too_old=too_old,
+        too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
+        planned_at=now.isoformat(timespec="seconds"),
     )
     store.put_json(f"{prefix}/plans/{oid}.json", asdict(plan))
     return plan
@@ -212,6 +367,15 @@ def acked_ids(store: Store, prefix: str) -> list[str]:
 
 def dead_ids(store: Store, prefix: str) -> list[str]:
     return list(_ids(store, prefix, "dead", ".json"))
+
+
+def too_old_ids(store: Store, prefix: str) -> list[str]:
+    return list(_ids(store, prefix, "too_old", ".json"))
+
+
+def current_object_ids(store: Store, day: str) -> set[str]:
+    """Object versions staged for a date now (a replaced version's plan no longer counts)."""
+    return {oid for oid, m in read_manifests(store, day).items() if m.get("status") == STAGED}
 
 
 @dataclass(frozen=True)
@@ -251,12 +415,15 @@ def plan_deliveries(
     *,
     sites: Sequence[str] | None = None,
     destinations: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> PlanResult:
     """Plan every staged object of the dates for every selected destination.
 
-    Returns groups of unacknowledged chunks (including dead-lettered ones, so a re-run resends
-    them once the user fixed the cause), sized for mapped delivery tasks.
+    Returns groups of chunks still to send: neither acknowledged nor expired (dead-lettered ones
+    included, so a re-run resends them once the user fixed the cause), sized for mapped tasks.
+    `now` decides what is too old for receive-time vendors (injectable for tests).
     """
+    now = now or datetime.now(UTC)
     plans: list[ObjectPlan] = []
     pending: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
     for day in days:
@@ -268,24 +435,30 @@ def plan_deliveries(
             if destinations and dest.name not in destinations:
                 continue
             prefix = ledger_prefix(dest.name, site.name, day)
-            acked = set(acked_ids(store, prefix))
-            todo = pending.setdefault((dest.name, site.name, day), [])
-            for m in manifests:
-                plan = plan_object(store, site, dest, m)
-                plans.append(plan)
-                todo.extend((c["chunk_id"], c["events"]) for c in plan.chunks if c["chunk_id"] not in acked)
+            acked = set(acked_ids(store, prefix))  # listed once per destination and date
+            these = [plan_object(store, site, dest, m, now=now, acked=acked) for m in manifests]
+            plans += these
+            done = acked | set(too_old_ids(store, prefix))
+            pending.setdefault((dest.name, site.name, day), []).extend(
+                (c["chunk_id"], c["events"]) for p in these for c in p.chunks if c["chunk_id"] not in done
+            )
     groups = _group(cfg, pending)
     return PlanResult(plans, groups)
 
 
 def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]]]) -> list[ChunkGroup]:
-    """Cut pending chunks into groups; grow the group size so no vendor exceeds max_groups."""
+    """Cut pending chunks into groups; grow the group size so no vendor exceeds max_groups.
+
+    A group is `delivery.chunks_per_group` chunks times the vendor's `group_scale`: a task's worth
+    of requests, whatever their size (20 Scrunch megabyte batches, 500 HitKeep single events).
+    """
     vendors = {d.name: d.vendor for _, d in cfg.destinations()}
+    scale = {name: vendor(v).group_scale for name, v in vendors.items()}
 
     def most_groups(per: int) -> int:
         n: Counter[str] = Counter()
         for (dest, _, _), ids in pending.items():
-            n[vendors[dest]] += -(-len(ids) // per)
+            n[vendors[dest]] += -(-len(ids) // (per * scale[dest]))
         return max(n.values(), default=0)
 
     per = cfg.delivery.chunks_per_group
@@ -293,8 +466,9 @@ def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]
         per *= 2
     groups = []
     for (dest, site, day), ids in sorted(pending.items()):
-        for i in range(0, len(ids), per):
-            part = ids[i : i + per]
+        size = per * scale[dest]
+        for i in range(0, len(ids), size):
+            part = ids[i : i + size]
             groups.append(
                 ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _ in part), sum(n for _, n in part))
             )

@@ -1,7 +1,10 @@
 """When to retry a request, and how long to wait (Vector's policy, AWS full jitter).
 
 Retry 408, 429 and 5xx (except 501) and connection errors; honour Retry-After (seconds or an
-HTTP-date, capped); never retry any other 4xx. Waits are `uniform(0, min(cap, base * 2**n))`.
+HTTP-date, capped); never retry any other 4xx. Waits are `uniform(0, min(cap, base * 2**n))`, also
+for a 429 without Retry-After (HitKeep's, Known Agents'). 401, 403 and 404 mean the destination
+itself is wrong (key, grant, site id): every further request would fail the same way, so the
+caller stops sending to it.
 A connection error after the body was sent may mean the vendor stored it: the retry is counted as
 a possible duplicate, since none of the vendors de-duplicates.
 """
@@ -21,14 +24,15 @@ from agent_traffic.config import DeliveryPolicy
 RETRY = "retry"
 SUCCESS = "success"
 FATAL = "fatal"  # this request will never succeed as is
-AUTH = "auth"  # the credential is wrong: stop sending to this destination
+STOP = "stop"  # key, grant or site id is wrong: stop sending to this destination
+STOP_STATUSES = frozenset({401, 403, 404})
 
 
 def decide(status: int, success: frozenset[int]) -> str:
     if status in success:
         return SUCCESS
-    if status in (401, 403):
-        return AUTH
+    if status in STOP_STATUSES:
+        return STOP
     if status in (408, 429) or (500 <= status <= 599 and status != 501):
         return RETRY
     return FATAL
@@ -57,13 +61,14 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
 
 @dataclass
 class SendResult:
-    outcome: str  # SUCCESS | FATAL | AUTH | RETRY (attempts exhausted)
+    outcome: str  # SUCCESS | FATAL | STOP | RETRY (attempts exhausted)
     status: int | None
     body: str
     attempts: int
     retries_by_cause: dict[str, int] = field(default_factory=dict)
     possible_duplicates: int = 0  # retries after a connection error, when the body may have landed
     waited_s: float = 0.0
+    throttled_s: float = 0.0  # time spent waiting for the client's own rate limiter
 
 
 def send(
@@ -77,22 +82,35 @@ def send(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    before_attempt: Callable[[], float] | None = None,
 ) -> SendResult:
-    """POST one body until it is accepted, rejected for good, or attempts run out."""
+    """POST one body until it is accepted, rejected for good, or attempts run out.
+
+    `before_attempt` runs before every attempt, retries included (a rate limiter's `acquire`,
+    returning the seconds it waited).
+    """
     rng = rng or random.Random()
     res = SendResult(outcome=RETRY, status=None, body="", attempts=0)
     for attempt in range(policy.max_attempts):
         res.attempts = attempt + 1
         cause: str
         wait: float | None = None
+        if before_attempt is not None:
+            res.throttled_s += before_attempt()
         try:
             resp = session.post(
                 url, data=body, headers=dict(headers), timeout=policy.timeout_s, allow_redirects=False
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            cause = "connection" if isinstance(exc, requests.ConnectionError) else "timeout"
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            cause = "timeout" if isinstance(exc, requests.Timeout) else "connection"
             res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
             res.possible_duplicates += 1
+        except requests.RequestException as exc:
+            # A malformed URL or header: no request left. Only the type is kept, since the
+            # library's message may quote a header value, the key included.
+            res.status, res.body = None, f"request not sent: {type(exc).__name__} (check the destination's base_url and key)"
+            res.outcome = STOP
+            return res
         else:
             res.status, res.body = resp.status_code, resp.text[:2000]
             verdict = decide(resp.status_code, success)

@@ -7,10 +7,13 @@ a few malformed lines are mixed in so quarantine has something to show.
 from __future__ import annotations
 
 import gzip
+import ipaddress
+import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 # (user agent, weight). Documented strings of each agent, where its operator publishes one.
@@ -50,10 +53,35 @@ MALFORMED = [
 ]
 
 
-@dataclass(frozen=True)
-class Line:
-    ts: datetime
-    text: str
+#: UA token -> the shipped IP-range list of its operator (data/ip_ranges/index.json)
+CRAWLER_LISTS = {
+    "GPTBot": "openai-gptbot", "OAI-SearchBot": "openai-searchbot", "ChatGPT-User": "openai-chatgpt-user",
+    "ClaudeBot": "anthropic-bots", "Claude-User": "anthropic-bots", "PerplexityBot": "perplexity-bot",
+    "Perplexity-User": "perplexity-user", "CCBot": "commoncrawl-ccbot", "Googlebot": "google-common-crawlers",
+    "bingbot": "microsoft-bingbot",
+}
+SPOOF_RATE = 0.05  # share of crawler requests sent from an address outside the operator's ranges
+
+
+@lru_cache(maxsize=1)
+def _published_v4() -> dict[str, list[ipaddress.IPv4Network]]:
+    """IPv4 networks of the shipped range lists, so sample crawlers come from real addresses."""
+    folder = resources.files("agent_traffic").joinpath("data/ip_ranges")
+    index = json.loads(folder.joinpath("index.json").read_text("utf-8"))["lists"]
+    out = {}
+    for list_id, meta in index.items():
+        doc = json.loads(folder.joinpath(meta["file"]).read_text("utf-8"))
+        out[list_id] = [ipaddress.IPv4Network(p["ipv4Prefix"]) for p in doc.get("prefixes", []) if "ipv4Prefix" in p]
+    return out
+
+
+def _client_ip(rng: random.Random, ua: str) -> str:
+    token = next((t for t in CRAWLER_LISTS if t in ua), None)
+    nets = _published_v4().get(CRAWLER_LISTS[token], []) if token else []
+    if nets and rng.random() >= SPOOF_RATE:
+        net = rng.choice(nets)
+        return str(net.network_address + rng.randrange(net.num_addresses))
+    return f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
 
 
 def combined_lines(
@@ -74,8 +102,8 @@ def combined_lines(
             yield MALFORMED[(i // malformed_every) % len(MALFORMED)]
             continue
         ts = start + timedelta(seconds=int(i * step))
-        ip = f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         ua = rng.choices(uas, uw)[0]
+        ip = _client_ip(rng, ua)
         status = rng.choices(sts, sw)[0]
         size = 0 if status == 304 else rng.randint(200, 90_000)
         path = rng.choice(PATHS)

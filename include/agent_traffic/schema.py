@@ -36,6 +36,15 @@ CLASS_FIELDS: list[pa.Field] = [
     pa.field("scrunch_type", pa.string()),
     pa.field("is_ai", pa.bool_(), nullable=False),
     pa.field("is_bot", pa.bool_(), nullable=False),
+    pa.field("cloudflare_category", pa.string()),
+    # verified | spoofed | unverifiable by the operator's published IP ranges; null for events
+    # that claim no catalog agent (human browsers, unknown bots). See verify.py.
+    pa.field("verification", pa.string()),
+    # html | document | image | other, from content_type, else the path's extension (enrich.py).
+    pa.field("resource_type", pa.string(), nullable=False),
+    # provider slug of the AI assistant whose answer sent this human visit (Referer or
+    # utm_source on its hostnames); null for bots and other visits (enrich.py).
+    pa.field("referred_by", pa.string()),
 ]
 
 #: A staged Parquet file: partition columns (site, provider, date) live in the path, but `site`

@@ -38,6 +38,16 @@ class StoreOptions:
             secret=env.get(cfg.secret_key_env),
         )
 
+    def with_connection(self, login: str | None, password: str | None, extra: Mapping[str, Any]) -> StoreOptions:
+        """These options overlaid with an Airflow Connection's fields (type aws: login = access
+        key, password = secret key, extra endpoint_url / region_name); the caller fetches it."""
+        return StoreOptions(
+            endpoint_url=extra.get("endpoint_url") or self.endpoint_url,
+            region=extra.get("region_name") or self.region,
+            key=login or self.key,
+            secret=password or self.secret,
+        )
+
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
         if protocol not in ("s3", "s3a"):
             return {}

@@ -1,8 +1,9 @@
 """The run summary: counts per stage and destination, as JSON and as a readable table.
 
-Delivery outcomes are read back from the ledger (plans, acks, dead letters), so the table states
-where every selected event of the dates stands, whichever run sent it: delivered, failed (with
-the vendor's answer), or pending. Events a destination does not take are counted with the reason.
+Delivery outcomes are read back from the ledger (plans, acks, dead letters, expiries), so the
+table states where every staged event of the dates stands for each destination, whichever run sent
+it: not selected, not eligible (with the reason), too old, delivered, failed (with the vendor's
+answer), or pending. The outcomes add up to the events staged (`balanced`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_traffic.config import Config
-from agent_traffic.plan import acked_ids, dead_ids, ledger_prefix
+from agent_traffic.plan import acked_ids, current_object_ids, dead_ids, ledger_prefix, too_old_ids
 from agent_traffic.storage import Store
 
 
@@ -24,15 +25,27 @@ class DestinationStatus:
     site: str
     events_staged: int = 0
     not_selected: Counter[str] | None = None
+    not_eligible: Counter[str] | None = None
+    too_old: int = 0
     delivered: int = 0
     failed: int = 0
     pending: int = 0
     chunks: int = 0
     last_failure: str | None = None
+    too_old_before: str | None = None  # the latest cutoff applied
+
+    @property
+    def balanced(self) -> bool:
+        """Every staged event has exactly one outcome for this destination."""
+        return self.events_staged == (sum((self.not_selected or {}).values())
+                                      + sum((self.not_eligible or {}).values()) + self.too_old
+                                      + self.delivered + self.failed + self.pending)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["not_selected"] = dict(self.not_selected or {})
+        d["not_eligible"] = dict(self.not_eligible or {})
+        d["balanced"] = self.balanced
         return d
 
 
@@ -41,21 +54,32 @@ def ledger_status(
     destinations: Sequence[str] | None = None,
 ) -> list[DestinationStatus]:
     out = []
+    current = {day: current_object_ids(store, day) for day in days}
     for site, dest in cfg.destinations():
         if (sites and site.name not in sites) or (destinations and dest.name not in destinations):
             continue
-        st = DestinationStatus(dest.name, dest.vendor, site.name, not_selected=Counter())
+        st = DestinationStatus(dest.name, dest.vendor, site.name, not_selected=Counter(),
+                               not_eligible=Counter())
         for day in days:
             prefix = ledger_prefix(dest.name, site.name, day)
             acked = set(acked_ids(store, prefix))
             dead = set(dead_ids(store, prefix))
+            expired = set(too_old_ids(store, prefix))
             for _, plan in store.iter_json(f"{prefix}/plans/"):
+                if plan["object_id"] not in current[day]:
+                    continue  # a replaced object version: its successor's plan counts instead
                 st.events_staged += plan["events_total"]
                 st.not_selected.update(plan["not_selected"])
+                st.not_eligible.update(plan.get("not_eligible", {}))
+                st.too_old += plan.get("too_old", 0)
+                if plan.get("too_old_before"):
+                    st.too_old_before = max(st.too_old_before or "", plan["too_old_before"])
                 for c in plan["chunks"]:
                     st.chunks += 1
                     if c["chunk_id"] in acked:
                         st.delivered += c["events"]
+                    elif c["chunk_id"] in expired:
+                        st.too_old += c["events"]
                     elif c["chunk_id"] in dead:
                         st.failed += c["events"]
                         rec = store.get_json_or_none(f"{prefix}/dead/{c['chunk_id']}.json") or {}
@@ -95,21 +119,38 @@ def build_summary(
     sent = Counter()
     for d in deliveries:
         for k in ("chunks_sent", "delivered_events", "failed_events", "pending_events",
-                  "dry_run_events", "requests", "possible_duplicates"):
+                  "too_old_events", "dry_run_events", "requests", "possible_duplicates"):
             sent[k] += d.get(k, 0)
     problems = []
     if failed_objects:
         problems.append(f"{len(failed_objects)} object(s) failed to parse; the next run retries them")
+    notes = []
     for st in ledger:
         if st.failed:
             problems.append(f"{st.destination} ({st.site}): {st.failed} event(s) failed: {st.last_failure}")
         if st.pending and not dry_run:
             problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending; re-run to send")
+        if not st.balanced:
+            problems.append(f"{st.destination} ({st.site}): outcomes do not add up to the events staged")
+        if st.too_old:
+            notes.append(f"{st.destination} ({st.site}): {st.too_old} event(s) too old to send (before "
+                         f"{st.too_old_before or 'the cutoff'}): {st.vendor} records the time it receives an "
+                         "event, so they would show as today's traffic; set send_older_events: true to send them")
     for dest, msg in (secret_errors or {}).items():
         problems.append(f"{dest}: {msg}")
+    per_source = source_breakdown(objects)
+    for name, src in per_source.items():
+        if not src["lines"]["balanced"]:
+            problems.append(f"source {name}: lines read do not add up to parsed + quarantined + skipped")
+        if src["unknown_hosts"]:
+            hosts = ", ".join(f"{h} ({_n(n)})" for h, n in list(src["unknown_hosts"].items())[:5])
+            notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) quarantined because "
+                         f"their host matches no site's hostnames: {hosts}; add the host to a site's "
+                         "`hostnames` to stage them")
     return {
         "run_id": run_id,
         "dates": list(days),
+        "lookback_dates": list(discovery.get("lookback_dates", [])),
         "dry_run": dry_run,
         "staging": cfg.staging,
         "objects": {
@@ -118,6 +159,7 @@ def build_summary(
             "processed": len(objects),
             "staged": sum(1 for o in objects if o["status"] == "staged"),
             "failed": failed_objects,
+            "late": discovery.get("late", 0),
         },
         "lines": {
             "read": lines["lines_read"],
@@ -128,12 +170,50 @@ def build_summary(
             "quarantine_reasons": dict(reasons),
             "balanced": lines["lines_read"] == lines["parsed"] + lines["quarantined"] + sum(skipped.values()),
         },
+        "sources": per_source,
         "ai_events_by_provider": dict(ai.most_common()),
         "this_run": dict(sent),
         "destinations": [s.as_dict() for s in ledger],
+        "notes": notes,
         "problems": problems,
         "ok": not problems,
     }
+
+
+TOP_UNKNOWN_HOSTS = 10
+
+
+def source_breakdown(objects: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per source: objects (staged, failed with reasons, formats chosen) and lines read = parsed +
+    quarantined + skipped, with quarantine reasons and the most frequent unknown hosts."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in objects:
+        src = out.setdefault(o.get("source") or "?", {
+            "objects": 0, "staged": 0, "failed": [], "formats": Counter(),
+            "lines": Counter(), "skipped": Counter(), "quarantine_reasons": Counter(), "unknown_hosts": Counter(),
+        })
+        s = o.get("stats") or {}
+        src["objects"] += 1
+        if o["status"] == "staged":
+            src["staged"] += 1
+        else:
+            src["failed"].append({"url": o["url"], "date": o.get("date"), "reason": o.get("reason")})
+        if o.get("format"):
+            src["formats"][o["format"]] += 1
+        for k in ("lines_read", "parsed", "quarantined"):
+            src["lines"][k] += s.get(k, 0)
+        src["skipped"].update(s.get("skipped", {}))
+        src["quarantine_reasons"].update(s.get("quarantine_reasons", {}))
+        src["unknown_hosts"].update(s.get("unknown_hosts", {}))
+    for src in out.values():
+        ln, skipped = src["lines"], src.pop("skipped")
+        src["lines"] = {"read": ln["lines_read"], "parsed": ln["parsed"], "quarantined": ln["quarantined"],
+                        "skipped": dict(skipped),
+                        "balanced": ln["lines_read"] == ln["parsed"] + ln["quarantined"] + sum(skipped.values())}
+        src["formats"] = dict(src["formats"])
+        src["quarantine_reasons"] = dict(src["quarantine_reasons"].most_common())
+        src["unknown_hosts"] = dict(src["unknown_hosts"].most_common(TOP_UNKNOWN_HOSTS))
+    return out
 
 
 def _n(x: int) -> str:
@@ -145,6 +225,7 @@ def render(summary: dict[str, Any]) -> str:
     o, ln = summary["objects"], summary["lines"]
     out = [
         f"agent-traffic run {summary['run_id']}  dates {', '.join(summary['dates'])}"
+        + (f" (+ lookback {', '.join(summary['lookback_dates'])})" if summary.get("lookback_dates") else "")
         + ("  (dry run: nothing sent)" if summary["dry_run"] else ""),
         "",
         f"objects   seen {_n(o['seen'])}, parsed now {_n(o['processed'])} "
@@ -156,29 +237,43 @@ def render(summary: dict[str, Any]) -> str:
         out.append(f"          quarantined: {_n(n)} {reason}")
     if ln["invalid_utf8_repaired"]:
         out.append(f"          {_n(ln['invalid_utf8_repaired'])} line(s) had invalid UTF-8 (repaired, kept)")
+    for name, src in summary.get("sources", {}).items():
+        sl = src["lines"]
+        out.append(f"source    {name}: {_n(src['objects'])} object(s) ({', '.join(src['formats']) or 'no format'}), "
+                   f"{_n(len(src['failed']))} failed; lines read {_n(sl['read'])} = parsed {_n(sl['parsed'])} + "
+                   f"quarantined {_n(sl['quarantined'])} + skipped {_n(sum(sl['skipped'].values()))}")
+        for f in src["failed"]:
+            out.append(f"          failed: {f['url']}: {f['reason']}")
     ai = summary["ai_events_by_provider"]
     out.append(f"AI events {_n(sum(ai.values()))}" + ("" if ai else " (none in the objects parsed now)"))
     for prov, n in sorted(ai.items(), key=lambda kv: (-kv[1], kv[0])):
         out.append(f"          {prov:<20} {_n(n):>10}")
     out.append("")
-    hdr = f"{'destination':<22} {'site':<20} {'staged':>9} {'not sent':>9} {'delivered':>10} {'failed':>7} {'pending':>8}"
-    out += ["delivery (all runs, these dates)", hdr, "-" * len(hdr)]
+    hdr = (f"{'destination':<22} {'site':<20} {'staged':>9} {'not sel.':>9} {'not elig.':>9} "
+           f"{'too old':>8} {'delivered':>10} {'failed':>7} {'pending':>8}")
+    out += ["delivery (all runs, these dates; each event has one outcome per destination)", hdr, "-" * len(hdr)]
     for d in summary["destinations"]:
         ns = sum(d["not_selected"].values())
+        ne = sum(d.get("not_eligible", {}).values())
         out.append(
-            f"{d['destination']:<22} {d['site']:<20} {_n(d['events_staged']):>9} {_n(ns):>9} "
-            f"{_n(d['delivered']):>10} {_n(d['failed']):>7} {_n(d['pending']):>8}"
+            f"{d['destination']:<22} {d['site']:<20} {_n(d['events_staged']):>9} {_n(ns):>9} {_n(ne):>9} "
+            f"{_n(d.get('too_old', 0)):>8} {_n(d['delivered']):>10} {_n(d['failed']):>7} {_n(d['pending']):>8}"
         )
         for reason, n in d["not_selected"].items():
+            out.append(f"{'':<22}   not sent: {_n(n)} {reason}")
+        for reason, n in sorted(d.get("not_eligible", {}).items(), key=lambda kv: (-kv[1], kv[0])):
             out.append(f"{'':<22}   not sent: {_n(n)} {reason}")
     t = summary["this_run"]
     if t:
         out.append(
             f"this run  {_n(t.get('chunks_sent', 0))} chunk(s) sent, {_n(t.get('delivered_events', 0))} events,"
             f" {_n(t.get('requests', 0))} request(s), {_n(t.get('possible_duplicates', 0))} possible duplicate(s)"
+            + (f", {_n(t['too_old_events'])} too old by now" if t.get("too_old_events") else "")
             + (f", {_n(t.get('dry_run_events', 0))} events written to the outbox" if summary["dry_run"] else "")
         )
     out += ["", f"staging   {summary['staging']}"]
+    for note in summary.get("notes", []):
+        out.append(f"NOTE      {note}")
     for p in summary["problems"]:
         out.append(f"PROBLEM   {p}")
     out.append("status    " + ("OK" if summary["ok"] else "FAILED (see PROBLEM lines)"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from agent_traffic.vendors.base import Vendor
+from agent_traffic.vendors.hitkeep import HitKeep
+from agent_traffic.vendors.knownagents import KnownAgents
 from agent_traffic.vendors.scrunch import Scrunch
 
-VENDORS: dict[str, Vendor] = {v.name: v for v in (Scrunch(),)}
+VENDORS: dict[str, Vendor] = {v.name: v for v in (Scrunch(), HitKeep(), KnownAgents())}
 
 
 def vendor(name: str) -> Vendor:

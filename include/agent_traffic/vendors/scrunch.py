@@ -9,7 +9,6 @@ integer. Scrunch takes historical timestamps, so it is the one destination that 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from agent_traffic.config import Destination, Site
@@ -17,14 +16,17 @@ from agent_traffic.secrets import Secret
 from agent_traffic.vendors.base import Vendor, apply_ip_policy
 
 
-def epoch_seconds(ts: datetime) -> int | float:
-    t = ts.timestamp()
-    return int(t) if ts.microsecond == 0 else round(t, 3)
+def epoch_seconds(ts_us: int) -> int | float:
+    """Unix seconds from microseconds: an integer for a whole second, else milliseconds kept."""
+    whole, frac = divmod(ts_us, 1_000_000)
+    return whole if frac == 0 else round(ts_us / 1e6, 3)
 
 
 class Scrunch(Vendor):
     name = "scrunch"
+    title = "Scrunch"
     success = frozenset({200, 201, 202})
+    columns = ("user_agent", "url", "path", "method", "status", "duration_ms", "client_ip")
 
     def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -34,7 +36,7 @@ class Scrunch(Vendor):
             "path": row["path"],
             "method": row["method"],
             "status_code": int(row["status"]),
-            "timestamp": epoch_seconds(row["ts"]),
+            "timestamp": epoch_seconds(row["ts_us"]),
         }
         if row.get("duration_ms") is not None:
             out["response_time"] = int(round(row["duration_ms"]))

@@ -1,0 +1,306 @@
+"""Delivery throughput to the local receiver, per destination, beside the Scrunch guide's backfill.
+
+The same events, staged once, are delivered by:
+- `agent-traffic` to each vendor protocol (plan + deliver: serialize, chunk, ledger, send, ack),
+  with the default 4 requests in flight;
+- the reference: the backfill script of Scrunch's guide (seed 000, `benchmarks/reference/`, only
+  its `content=` bug fixed), reading a CSV of the same events: whole file in memory, one request
+  after another, Scrunch protocol.
+
+Two input sizes show whether memory grows with the input. The receiver (`agent_traffic.sandbox`)
+runs in its own process, restarted for every measurement; its CPU competes with the sender's on
+the same machine, its memory is not counted. HitKeep is measured twice: with its rate limit
+lifted (the cost of one request per event) and at its default limit (10 requests/s), which is
+what a real instance allows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+from benchmarks.harness import DATA, ROOT, Measurement, python_child, run_once
+
+DAY = date(2026, 11, 21)
+SCRUNCH_SITE = "01JDEM0SANDB0X0000000000AA"
+HK_SITE = "3f1c2a9e-4b6d-4e8f-9a0b-1c2d3e4f5a6b"
+REFERENCE = ROOT / "benchmarks" / "reference" / "scrunch_backfill.py"
+
+RECEIVER = """
+import sys, threading, dataclasses
+from agent_traffic.sandbox import PROTOCOLS, Sandbox
+port, key, hitkeep_rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+sb = Sandbox(port=port, api_keys=[key])
+if hitkeep_rate:
+    sb.register_protocol(dataclasses.replace(PROTOCOLS["hitkeep"], rate_limit=(hitkeep_rate, int(hitkeep_rate))))
+sb.start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+OURS = """
+import json, os, sys, time
+from agent_traffic.deliver import deliver_group
+from agent_traffic.pipeline import Runtime
+from agent_traffic.plan import plan_deliveries
+from agent_traffic.secrets import Secret
+config, dest, day = sys.argv[1:4]
+rt = Runtime.load(config, "bench")
+rt.store.fs.rm(rt.store.path(f"_delivery/{dest}"), recursive=True) if rt.store.exists(f"_delivery/{dest}") else None
+key = Secret(os.environ["BENCH_KEY"])
+t0 = time.perf_counter()
+plan = plan_deliveries(rt.cfg, rt.store, [day], destinations=[dest])
+out = {"events": 0, "not_delivered": 0, "requests": 0, "429": 0}
+for g in plan.groups:
+    r = deliver_group(rt.cfg, rt.store, g, key, run_id="bench")
+    out["events"] += r.delivered_events
+    out["not_delivered"] += r.failed_events + r.pending_events
+    out["requests"] += r.requests
+    out["429"] += r.statuses.get("429", 0) + r.retries.get("429", 0)
+out["seconds"] = time.perf_counter() - t0
+print(json.dumps(out))
+"""
+
+REF = """
+import importlib.util, json, os, sys, time
+path, csv_path, endpoint = sys.argv[1:4]
+spec = importlib.util.spec_from_file_location("scrunch_backfill", path)
+ref = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ref)
+ref.API_KEY, ref.ENDPOINT = os.environ["BENCH_KEY"], endpoint
+t0 = time.perf_counter()
+ref.main(csv_path)
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+CEILING = """
+import importlib.util, json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import requests
+path, csv_path, endpoint = sys.argv[1:4]
+spec = importlib.util.spec_from_file_location("scrunch_backfill", path)
+ref = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ref)
+bodies = [("\\n".join(json.dumps(p) for p in b) + "\\n").encode() for b in ref.build_batches(ref.load_payloads(csv_path))]
+session = requests.Session()
+session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=4))
+headers = {"Content-Type": "application/x-ndjson", "X-Api-Key": os.environ["BENCH_KEY"]}
+def post(body):
+    assert session.post(endpoint, data=body, headers=headers, timeout=60).status_code == 200
+t0 = time.perf_counter()
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(post, bodies))
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Receiver:
+    """The local receiver in its own process, fresh for each measurement."""
+
+    def __init__(self, key: str, hitkeep_rate: float = 0) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(python_child(RECEIVER) + [str(self.port), key, str(hitkeep_rate)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as r:
+            return json.load(r)
+
+    def __enter__(self) -> _Receiver:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _config(work: Path, logs: Path) -> Path:
+    """All four destinations; the receiver's URL comes from BENCH_URL when the sender starts."""
+    def dest(name: str, vendor: str, **kw: object) -> dict:
+        return {"name": name, "vendor": vendor, "base_url": "${BENCH_URL:-http://127.0.0.1:1}",
+                "secret": {"env": "BENCH_KEY"}, **kw}
+
+    older = {"send_older_events": True}  # the sample day is in the past
+    cfg = {
+        "version": 1, "staging": str(work / "staging"),
+        "sources": [{"name": "web", "url": str(logs) + "/{date:%Y/%m/%d}/*.gz", "format": "combined",
+                     "site": "example.com"}],
+        "sites": [{"name": "example.com", "destinations": [
+            dest("scrunch", "scrunch", site_id=SCRUNCH_SITE, select="all"),
+            dest("knownagents", "knownagents", select="all", **older),
+            dest("hitkeep", "hitkeep", site_id=HK_SITE, rate_limit_per_s=10_000, rate_limit_burst=10_000, **older),
+            dest("hitkeep-default-limit", "hitkeep", site_id=HK_SITE, **older),
+        ]}],
+    }
+    path = work / "cfg.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _prepare(name: str, lines: int, files: int) -> tuple[Path, Path, int]:
+    """Logs staged once (not measured), and the same events as the reference's CSV.
+
+    The staging runs in a child process: on Linux a child's peak RSS starts from its parent's
+    size at fork, so this process must stay small for the measurements to mean anything.
+    """
+    work = DATA / "deliver" / name
+    marker = work / f".done-{lines}-{files}"
+    csv_path = work / "events.csv"
+    if not marker.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(python_child(f"from benchmarks.bench_deliver import _stage; _stage({str(work)!r}, {lines}, {files})"),
+                       cwd=ROOT, check=True)
+        marker.touch()
+    with csv_path.open() as f:
+        events = sum(1 for _ in f) - 1
+    return work / "cfg.yaml", csv_path, events
+
+
+def _stage(work: str, lines: int, files: int) -> None:
+    from agent_traffic.pipeline import Runtime, discover_objects, process_object
+    from agent_traffic.samples import write_day
+
+    root = Path(work)
+    write_day(root / "logs", DAY, lines=lines, files=files, seed=3)
+    cfg = _config(root, root / "logs")
+    rt = Runtime.load(str(cfg), "bench-prepare")
+    for ref in discover_objects(rt, [DAY]).objects:
+        process_object(rt, ref)
+    _write_csv(root / "staging", root / "events.csv")
+
+
+def _write_csv(staging: Path, out: Path) -> None:
+    """The staged events in the guide's CSV columns, in the order the pipeline sends them."""
+    import duckdb
+
+    rows = duckdb.sql(
+        f"SELECT epoch(ts)::BIGINT, 'example.com', user_agent, url, path, method, status,"
+        f" round(duration_ms)::BIGINT, client_ip FROM read_parquet('{staging}/events/**/*.parquet')"
+        f" ORDER BY source_object, line_number").fetchall()
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "domain", "user_agent", "url", "path", "method", "status_code",
+                    "response_time_ms", "ip_address"])
+        w.writerows(["" if v is None else v for v in r] for r in rows)
+
+
+def _measure(label: str, argv: list[str], env: dict[str, str], repeat: int, receiver_rate: float = 0,
+             key: str = "") -> tuple[Measurement, list[dict]]:
+    m = Measurement(label)
+    outs = []
+    for _ in range(repeat):
+        with _Receiver(key, receiver_rate) as rx, tempfile.TemporaryFile("w+") as out:
+            args = [a.replace("{URL}", rx.url) for a in argv]
+            wall, mb = run_once(args, stdout=out, env={**env, "BENCH_URL": rx.url})
+            out.seek(0)
+            res = json.loads(out.read().strip().splitlines()[-1])
+            res["wall"] = wall
+            res["received"] = sum(n for site in rx.stats()["accepted"].values() for n in site.values())
+        m.seconds.append(res["seconds"])
+        m.peak_rss_mb.append(mb)
+        outs.append(res)
+    return m, outs
+
+
+def run(repeat: int, quick: bool) -> dict:
+    per_object = 2_000 if quick else 100_000
+    sizes = {"small": 1, "large": 3} if quick else {"small": 1, "large": 4}
+    hitkeep_lines, limit_lines = (2_000, 300) if quick else (10_000, 1_200)
+    repeat = 1 if quick else min(repeat, 2)
+    key = "bench-" + secrets.token_hex(8)
+    env = {"BENCH_KEY": key, "NO_PROXY": "127.0.0.1,localhost"}
+    endpoint = f"{{URL}}/v1/sites/{SCRUNCH_SITE}/platforms/custom/web-traffic"
+    rows: list[dict] = []
+    for size, files in sizes.items():
+        cfg, csv_path, events = _prepare(size, per_object * files, files)
+        ref_m, ref_out = _measure("reference (Scrunch guide's script)",
+                                  python_child(REF) + [str(REFERENCE), str(csv_path), endpoint], env, repeat, key=key)
+        assert ref_out[-1]["received"] == events, (ref_out[-1], events)
+        ref_rate = events / ref_m.median_s
+        rows.append(_row(size, ref_m, ref_out, events, ref_rate))
+        ceil_m, ceil_out = _measure("receiver ceiling (prebuilt bodies, 4 in flight, send only)",
+                                    python_child(CEILING) + [str(REFERENCE), str(csv_path), endpoint], env, repeat,
+                                    key=key)
+        rows.append(_row(size, ceil_m, ceil_out, events, ref_rate))
+        for dest in ("scrunch", "knownagents"):
+            m, out = _measure(f"agent-traffic -> {dest}", python_child(OURS) + [str(cfg), dest, str(DAY)], env,
+                              repeat, key=key)
+            _check(cfg, dest, out[-1])
+            rows.append(_row(size, m, out, out[-1]["events"], ref_rate))
+    # HitKeep sends one event per request: measured on its own, smaller input, with the limit
+    # lifted on both sides (the cost of the protocol) and at its real default limit.
+    cfg, _csv, _n = _prepare("hitkeep", hitkeep_lines, 1)
+    m, out = _measure("agent-traffic -> hitkeep (rate limit lifted)", python_child(OURS) + [str(cfg), "hitkeep", str(DAY)],
+                      env, repeat, receiver_rate=10_000, key=key)
+    _check(cfg, "hitkeep", out[-1])
+    rows.append(_row(f"{hitkeep_lines:,} lines", m, out, out[-1]["events"], None))
+    cfg, _csv, _n = _prepare("hitkeep-limit", limit_lines, 1)
+    m, limited = _measure("agent-traffic -> hitkeep (default limit 10/s, burst 20)",
+                          python_child(OURS) + [str(cfg), "hitkeep-default-limit", str(DAY)], env, 1, key=key)
+    _check(cfg, "hitkeep-default-limit", limited[-1])
+    rows.append(_row(f"{limit_lines:,} lines", m, limited, limited[-1]["events"], None))
+    notes = [
+        "events/s = events delivered / seconds from the first planned chunk to the last ack (the "
+        "reference: from reading the CSV to its last batch; the ceiling: sending prebuilt bodies only). "
+        "wall s is the whole process, interpreter start and imports included.",
+        "The receiver is one Python process parsing every event: the ceiling row is the most any "
+        "sender can get from it on this machine, so no sender can be 10x the reference here; the "
+        "comparison that carries over to a real vendor is memory, and requests in flight when the "
+        "network, not the receiver, is the bottleneck.",
+        "agent-traffic reads the staged Parquet object by object, so its memory follows the largest "
+        "object, not the input; the reference holds every event of the CSV as a Python dict. Most of "
+        "agent-traffic's peak is the import of pyarrow (and pandas, which pyarrow.compute loads).",
+        "Scrunch rows send the same NDJSON batches under 1 MB as the reference; Known Agents batches are "
+        "100 visits (its default); HitKeep is one event per request, two small ledger files per event.",
+        f"429s at HitKeep's default limit: {limited[-1]['429']} (the client limits itself; the receiver "
+        "enforces HitKeep's own 10/s, burst 20, as HitKeep does).",
+    ]
+    return {
+        "title": "Delivery throughput per destination, beside the Scrunch guide's backfill script",
+        "setup": f"Sample combined logs staged once, every request sent (select: all; HitKeep: its agents); "
+                 f"{per_object:,} lines per object, {', '.join(f'{k} = {v} object(s)' for k, v in sizes.items())}. "
+                 "Receiver: the local sandbox in its own process, over loopback. agent-traffic: 4 requests "
+                 "in flight (the default).",
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+def _check(cfg: Path, dest: str, out: dict) -> None:
+    if out["not_delivered"] or out["received"] != out["events"]:
+        raise RuntimeError(f"{dest}: delivered {out['events']}, receiver got {out['received']}, "
+                           f"{out['not_delivered']} not delivered ({cfg})")
+
+
+def _row(size: str, m: Measurement, outs: list[dict], events: int, ref_rate: float | None) -> dict:
+    return {
+        "input": size,
+        "sender": m.label,
+        "events": events,
+        "median s": m.median_s,
+        "events/s": events / m.median_s,
+        "x reference events/s": (events / m.median_s / ref_rate) if ref_rate else None,
+        "wall s": statistics.median(o["wall"] for o in outs),
+        "peak RSS MB": m.peak_mb,
+    }
+

@@ -1,0 +1,77 @@
+"""Is a request that claims to be an agent really from its operator? A 3-state answer by IP.
+
+- `verified`: the IP is inside one of the agent's published range lists.
+- `spoofed`: a positive contradiction: the IP is outside every one of the agent's lists, each
+  list is loaded, complete (the operator's promise and the snapshot's provenance), and was
+  fetched within `max_age_days` of the request's day (stale lists give false alarms).
+- `unverifiable`: anything else: the agent's operator publishes no list, no list is loaded, the
+  event has no (valid) IP, or a list is partial or too old. Absence of evidence is never spoofing.
+
+Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
+The pipeline calls `verify` once per distinct (agent, IP, day), never per row.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from functools import lru_cache
+
+from agent_traffic.catalog import Catalog
+from agent_traffic.classify import HUMAN, UNKNOWN
+from agent_traffic.ranges import Snapshot
+
+__all__ = ["SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verifier", "parse_ip"]
+
+VERIFIED, SPOOFED, UNVERIFIABLE = "verified", "spoofed", "unverifiable"
+VERDICTS = (VERIFIED, SPOOFED, UNVERIFIABLE)
+_NO_CLAIM = frozenset({HUMAN.agent, UNKNOWN.agent})
+
+
+@lru_cache(maxsize=65536)
+def parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a log's client IP field (IPv4-mapped IPv6 as IPv4), or None if it is not one."""
+    if not text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class Verifier:
+    """Verdicts for (agent, IP, day) from the catalog's list assignments and loaded snapshots."""
+
+    def __init__(
+        self, catalog: Catalog, snapshots: Mapping[str, Snapshot], *, max_age_days: int = 30
+    ) -> None:
+        self.snapshots = dict(snapshots)
+        self.max_age_days = max_age_days
+        self.lists: dict[str, tuple[str, ...]] = {a.name: a.ip_ranges for a in catalog if a.ip_ranges}
+        self.agents: frozenset[str] = frozenset(a.name for a in catalog)
+
+    @property
+    def checked_agents(self) -> list[str]:
+        """Agents that have at least one range list: the only ones worth looking up per IP."""
+        return sorted(self.lists)
+
+    def verify(self, agent: str, ip: str | None, day: date | None = None) -> str | None:
+        """The verdict for one claim; None when `agent` is not a catalog agent (no claim)."""
+        if agent in _NO_CLAIM or agent not in self.agents:
+            return None
+        lists = self.lists.get(agent)
+        addr = parse_ip(ip)
+        if not lists or addr is None:
+            return UNVERIFIABLE
+        loaded = [self.snapshots[lid] for lid in lists if lid in self.snapshots]
+        if any(addr in snap.ranges for snap in loaded):
+            return VERIFIED
+        day = day or datetime.now(UTC).date()
+        conclusive = len(loaded) == len(lists) and all(
+            snap.complete and abs((day - snap.day).days) <= self.max_age_days for snap in loaded
+        )
+        return SPOOFED if conclusive else UNVERIFIABLE

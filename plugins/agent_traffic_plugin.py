@@ -1,0 +1,138 @@
+"""Airflow UI: the latest AI-traffic report and the data-quality results, in the Browse menu.
+
+A small FastAPI app, mounted by the API server at /agent-traffic, serves pages read from the
+staging store (built by `agent_traffic.report`); `external_views` shows them inside the Airflow UI.
+Only users who may read the runs of the nightly DAG see them. The staging store is the one of the
+config named by AGENT_TRAFFIC_CONFIG, as for the DAG.
+
+Every Airflow component imports plugins (scheduler, workers, triggerer), but only the API server
+serves these pages: the app is built on its first request, so the others import nothing more
+than this file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from agent_traffic.storage import Store
+
+DAG_ID = "agent_traffic_nightly"
+URL_PREFIX = "/agent-traffic"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
+SERVED_PREFIXES = ("_reports/", "_quality/")  # never events, the ledger or anything else
+
+
+def staging_store() -> Store:
+    """The staging store of the pipeline's config; S3 credentials from its Airflow Connection."""
+    from agent_traffic.config import load_config
+    from agent_traffic.storage import Store, StoreOptions
+
+    cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
+    options = StoreOptions.from_config(cfg.object_store)
+    if cfg.object_store.airflow_conn_id:
+        from airflow.models.connection import Connection
+
+        conn = Connection.get_connection_from_secrets(cfg.object_store.airflow_conn_id)
+        extra = conn.extra_dejson
+        options = StoreOptions(
+            endpoint_url=extra.get("endpoint_url") or options.endpoint_url,
+            region=extra.get("region_name") or options.region,
+            key=conn.login or options.key,
+            secret=conn.password or options.secret,
+        )
+    return Store(cfg.staging, options)
+
+
+def build_app() -> FastAPI:
+    """The pages; every route needs a user who may read the nightly DAG's runs."""
+    import mimetypes
+    from datetime import date
+
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse, Response
+
+    from agent_traffic import report as pages
+    from agent_traffic.errors import AgentTrafficError
+
+    def store() -> Store:
+        try:
+            return staging_store()
+        except AgentTrafficError as exc:
+            raise HTTPException(503, f"{exc} (set AGENT_TRAFFIC_CONFIG for the API server)") from None
+
+    app = FastAPI(title="agent-traffic", dependencies=[
+        Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))])
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return pages.index_page(store())
+
+    @app.get("/report/latest", response_class=HTMLResponse)
+    def latest_report() -> HTMLResponse:
+        s = store()
+        days = pages.report_days(s)
+        if not days:
+            return HTMLResponse(pages.no_report_page(s), status_code=404)
+        return HTMLResponse(s.get_bytes(pages.report_key(days[0])))
+
+    @app.get("/report/{day}", response_class=HTMLResponse)
+    def report(day: str) -> HTMLResponse:
+        try:
+            day = date.fromisoformat(day).isoformat()
+        except ValueError:
+            raise HTTPException(404, f"not a date: {day!r} (expected YYYY-MM-DD)") from None
+        try:
+            return HTMLResponse(store().get_bytes(pages.report_key(day)))
+        except FileNotFoundError:
+            raise HTTPException(404, f"no report for {day}") from None
+
+    @app.get("/quality", response_class=HTMLResponse)
+    def quality(day: str | None = None) -> str:
+        return pages.quality_page(store(), day)
+
+    @app.get("/files/{key:path}")
+    def files(key: str) -> Response:
+        """Result files (GX JSON, data docs) and reports, exactly as stored."""
+        if not key.startswith(SERVED_PREFIXES) or ".." in key.split("/"):
+            raise HTTPException(404, "not found")
+        try:
+            data = store().get_bytes(key)
+        except FileNotFoundError:
+            raise HTTPException(404, "not found") from None
+        return Response(data, media_type=mimetypes.guess_type(key)[0] or "application/octet-stream")
+
+    return app
+
+
+class LazyApp:
+    """An ASGI app that builds the FastAPI app on its first request (in the API server only)."""
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.app is None:
+            self.app = build_app()
+        await self.app(scope, receive, send)
+
+
+class AgentTrafficPlugin(AirflowPlugin):
+    name = "agent_traffic"
+    fastapi_apps = [{"app": LazyApp(), "url_prefix": URL_PREFIX, "name": "agent-traffic pages"}]
+    external_views = [
+        {"name": "AI traffic report", "href": f"{URL_PREFIX}/report/latest", "url_route": "agent-traffic-report",
+         "destination": "nav", "category": "browse"},
+        {"name": "AI traffic data quality", "href": f"{URL_PREFIX}/quality",
+         "url_route": "agent-traffic-quality", "destination": "nav", "category": "browse"},
+        {"name": "AI traffic: all reports", "href": f"{URL_PREFIX}/", "url_route": "agent-traffic",
+         "destination": "nav", "category": "browse"},
+    ]

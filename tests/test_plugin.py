@@ -1,0 +1,122 @@
+"""The Airflow UI plugin: Airflow's plugin manager loads `plugins/agent_traffic_plugin.py`, the API
+server app mounts its pages, and they answer with the reports and quality results in staging,
+to users who may read the nightly DAG's runs and to nobody else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_traffic.report import write_daily_report
+from tests.conftest import REPO
+from tests.test_query import DAY1, DAY2, Staged, shared_staging
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Staged:
+    s = shared_staging(tmp_path_factory)
+    for day in (DAY1, DAY2):
+        write_daily_report(s.store, day)
+    return s
+
+
+@pytest.fixture
+def plugins(airflow_home: Path, staged: Staged, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Airflow's plugin manager pointed at the repository's plugins folder, caches reset."""
+    from airflow import plugins_manager, settings
+    from airflow.api_fastapi.app import purge_cached_app
+
+    caches = [plugins_manager._get_plugins, plugins_manager.get_fastapi_plugins, plugins_manager._get_ui_plugins]
+    monkeypatch.setattr(settings, "PLUGINS_FOLDER", str(REPO / "plugins"))
+    monkeypatch.setenv("AGENT_TRAFFIC_CONFIG", str(staged.config))
+    for c in caches:
+        c.cache_clear()
+    purge_cached_app()
+    yield plugins_manager
+    for c in caches:
+        c.cache_clear()
+    purge_cached_app()
+
+
+def _client(monkeypatch: pytest.MonkeyPatch, *, all_admins: bool):
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", str(all_admins))
+    purge_cached_app()
+    return TestClient(create_app("core"))
+
+
+def test_airflow_loads_the_plugin_and_its_views(plugins) -> None:
+    loaded, errors = plugins._get_plugins()
+    assert "agent_traffic" in [p.name for p in loaded]
+    assert not [k for k in errors if "agent_traffic_plugin" in k], errors
+    apps, _ = plugins.get_fastapi_plugins()
+    assert [a["url_prefix"] for a in apps if a["name"] == "agent-traffic pages"] == ["/agent-traffic"]
+    views, _ = plugins._get_ui_plugins()
+    ours = {v["url_route"]: v for v in views if v["href"].startswith("/agent-traffic")}
+    assert ours["agent-traffic-report"]["href"] == "/agent-traffic/report/latest"
+    assert ours["agent-traffic-quality"]["href"] == "/agent-traffic/quality"
+    assert all(v["destination"] == "nav" and v["category"] == "browse" for v in ours.values())
+
+
+def test_the_pages_answer_with_the_reports_and_quality_results(plugins, staged: Staged, monkeypatch) -> None:
+    client = _client(monkeypatch, all_admins=True)
+    r = client.get("/agent-traffic/report/latest")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.content == staged.store.get_bytes(f"_reports/date={DAY2}/report.html")  # the newest date
+    r = client.get(f"/agent-traffic/report/{DAY1}")
+    assert r.status_code == 200 and f'data-first="{DAY1}"' in r.text
+    assert client.get("/agent-traffic/report/2020-01-01").status_code == 404
+    assert client.get("/agent-traffic/report/not-a-date").status_code == 404
+
+    index = client.get("/agent-traffic/")
+    assert index.status_code == 200
+    assert f"href='report/{DAY2}'" in index.text and f"href='report/{DAY1}'" in index.text
+    assert f"href='quality?day={DAY2}'" in index.text
+
+    q = client.get("/agent-traffic/quality")  # the newest date with results
+    assert q.status_code == 200 and f"Data quality · {DAY2}" in q.text
+    assert "data-status='fail'" in q.text and "expect_column_values_to_be_unique" in q.text
+    q1 = client.get(f"/agent-traffic/quality?day={DAY1}")
+    assert "expect_column_values_to_be_between" in q1.text and "GX data docs" in q1.text
+    docs = client.get(f"/agent-traffic/files/_quality/date={DAY1}/docs/index.html")
+    assert docs.status_code == 200 and "GX data docs" in docs.text
+
+    # only reports and quality results are served: never events, the ledger or a path outside
+    events_key = staged.store.list("events/")[0]
+    for path in (f"/agent-traffic/files/{events_key}", "/agent-traffic/files/_runs/run-day1.json",
+                 f"/agent-traffic/files/_quality/%2E%2E/{events_key}"):
+        assert client.get(path).status_code == 404, path
+
+    plugin = next(p for p in client.get("/api/v2/plugins").json()["plugins"] if p["name"] == "agent_traffic")
+    assert {v["name"] for v in plugin["external_views"]} >= {"AI traffic report", "AI traffic data quality"}
+
+
+def test_the_pages_need_an_airflow_login(plugins, monkeypatch) -> None:
+    client = _client(monkeypatch, all_admins=False)
+    for path in ("/agent-traffic/report/latest", "/agent-traffic/quality", "/agent-traffic/"):
+        assert client.get(path).status_code in (401, 403), path
+
+
+def test_a_missing_config_is_a_clear_503(plugins, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AGENT_TRAFFIC_CONFIG", str(tmp_path / "nope.yaml"))
+    r = _client(monkeypatch, all_admins=True).get("/agent-traffic/report/latest")
+    assert r.status_code == 503 and "AGENT_TRAFFIC_CONFIG" in r.json()["detail"]
+
+
+def test_the_nightly_dag_writes_the_report_beside_its_summary(airflow_home: Path) -> None:
+    """`write_report` runs once parsing and delivery are done, whatever their outcome, and is not
+    downstream of `report`: a run with problems still fails, and still gets its report."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("agent_traffic_nightly")
+    task = dag.get_task("write_report")
+    assert task.trigger_rule == "all_done" and task.retries >= 1
+    assert "parse_and_stage" in task.upstream_task_ids
+    assert {t for t in dag.task_ids if t.startswith("deliver_")} <= task.upstream_task_ids
+    assert "report" not in task.upstream_task_ids and not task.downstream_task_ids
