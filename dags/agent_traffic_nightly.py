@@ -141,9 +141,22 @@ def agent_traffic_nightly():
             out.append(r.as_dict())
         return out
 
+    @task
+    def validate(staged: list) -> dict:
+        """Great Expectations suites on what was staged; a failed partition is held from delivery."""
+        from agent_traffic.pipeline import validate_staged
+
+        rt = _runtime()
+        quality = validate_staged(rt, [o for batch in (staged or []) if batch for o in batch])
+        for day, q in quality.items():
+            print(f"{day}: {q['statuses']}")
+            for f in q["findings"]:
+                print(f"  {f['severity'].upper()} {f['message']}")
+        return quality
+
     def plan_task(vendor: str):
         @task(task_id=f"plan_{vendor}")
-        def plan(staged: list, params: dict | None = None) -> list[dict]:
+        def plan(validated: dict, params: dict | None = None) -> list[dict]:
             """Cut staged events into deterministic chunks; returns the unacknowledged groups."""
             from agent_traffic.extract import planned_dates
             from agent_traffic.plan import plan_deliveries
@@ -192,7 +205,7 @@ def agent_traffic_nightly():
         return deliver
 
     @task(trigger_rule="all_done", retries=0)
-    def report(staged: list, *delivered: list, params: dict | None = None) -> dict:
+    def report(staged: list, quality: dict, *delivered: list, params: dict | None = None) -> dict:
         """Write the run summary to the store, print the table; fail the run if anything failed."""
         from agent_traffic.extract import planned_dates
         from agent_traffic.summary import build_summary, ledger_status, render
@@ -207,7 +220,7 @@ def agent_traffic_nightly():
                                destinations=p.get("destinations") or None)
         summary = build_summary(run_id=rt.run_id, cfg=rt.cfg, days=days, discovery=disc,
                                 objects=objects, deliveries=deliveries, ledger=ledger,
-                                dry_run=bool(p.get("dry_run")))
+                                dry_run=bool(p.get("dry_run")), quality=quality or {})
         rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
         print(render(summary))
         if not summary["ok"]:
@@ -225,8 +238,9 @@ def agent_traffic_nightly():
         return keys
 
     staged = parse_and_stage.expand(batch=discover())
-    sent = [deliver_task(v).expand(group=plan_task(v)(staged)) for v in VENDORS]
-    report(staged, *sent)
+    validated = validate(staged)
+    sent = [deliver_task(v).expand(group=plan_task(v)(validated)) for v in VENDORS]
+    report(staged, validated, *sent)
     # Beside `report`, not after it: a leaf with trigger_rule all_done that succeeds would mark
     # the run successful even when `report` failed it.
     [staged, *sent] >> write_report()

@@ -85,6 +85,10 @@ def test_nightly_run_from_s3_to_the_receiver(
     assert all(o["size"] > 0 and o["etag"] for o in manifest)
     assert summary["destinations"][0]["delivered"] == len(seqs)
     assert store.list(f"events/site=example.com/provider=openai/date={DAY}/")
+    assert store.get_json(f"_quality/date={DAY}/site=example.com/status.json")["status"] == "pass"
+    assert summary["quality"][str(DAY)]["statuses"] == {"example.com": "pass"}
+    assert store.exists(f"_quality/date={DAY}/docs/index.html")
+    assert store.exists(f"_reports/date={DAY}/report.html")
     out = capfd.readouterr()
     assert api_key not in out.out + out.err  # the key never reaches the task logs
 

@@ -83,7 +83,8 @@ def test_the_pages_answer_with_the_reports_and_quality_results(plugins, staged: 
     assert q.status_code == 200 and f"Data quality · {DAY2}" in q.text
     assert "data-status='fail'" in q.text and "expect_column_values_to_be_unique" in q.text
     q1 = client.get(f"/agent-traffic/quality?day={DAY1}")
-    assert "expect_column_values_to_be_between" in q1.text and "GX data docs" in q1.text
+    # day 1's verdict comes from the pipeline's own suites, which passed
+    assert "data-status='pass'" in q1.text and "GX data docs" in q1.text
     docs = client.get(f"/agent-traffic/files/_quality/date={DAY1}/docs/index.html")
     assert docs.status_code == 200 and "GX data docs" in docs.text
 

@@ -229,14 +229,16 @@ def test_deliveries_agree_with_the_run_summary_ledger(staged: Staged) -> None:
         assert got.get("delivered", 0) == st.delivered
         assert got.get("failed", 0) == st.failed
         assert got.get("pending", 0) == st.pending
+        assert got.get("held", 0) == st.held
         assert got.get("not_selected", 0) == sum(st.not_selected.values())
         assert got.get("not_eligible", 0) == sum((getattr(st, "not_eligible", None) or {}).values())
         assert got.get("too_old", 0) == getattr(st, "too_old", 0)
         assert sum(got.values()) == st.events_staged
     day1 = dict(_q(con, f"SELECT outcome, sum(events) FROM deliveries WHERE date = DATE '{DAY1}' GROUP BY ALL"))
     assert day1["delivered"] > 0 and day1["failed"] > 0 and "pending" not in day1
+    # the dry-run day's chunks were never sent, and its partition failed its quality checks: held
     assert _q(con, f"SELECT DISTINCT outcome FROM deliveries WHERE date = DATE '{DAY2}' ORDER BY 1") == [
-        ("not_selected",), ("pending",)]
+        ("held",), ("not_selected",)]
     # the dead letter keeps the vendor's status and answer
     (dl,) = _q(con, "SELECT http_status, events, vendor_answer, reason FROM dead_letters JOIN "
                     "(SELECT DISTINCT reason, destination FROM deliveries WHERE outcome = 'failed') USING (destination)")
@@ -266,7 +268,10 @@ def test_quarantine_manifests_and_runs(staged: Staged) -> None:
 
 def test_quality_verdicts_and_findings(staged: Staged) -> None:
     con = connect(staged.store)
-    assert _q(con, "SELECT date, site, status, len(failures) FROM quality") == [(DAY2, "example.com", "fail", 1)]
+    assert _q(con, "SELECT date, site, status, len(failures) FROM quality ORDER BY date") == [
+        (DAY1, "example.com", "pass", 0),  # written by the pipeline's own suites
+        (DAY2, "example.com", "fail", 1),  # written by this fixture
+    ]
     findings = _q(con, """SELECT date, suite, expectation, "column", success, unexpected, checked
                           FROM quality_findings ORDER BY date, expectation""")
     assert findings == [

@@ -86,7 +86,7 @@ def expected_charts(staged: Staged) -> dict[str, Cells]:
     deliveries: Cells = {}
     for st in ledger_status(cfg, staged.store, [str(DAY1), str(DAY2)]):
         label = f"{st.destination} ({st.site})"
-        for outcome in ("delivered", "failed", "pending", "too_old"):
+        for outcome in ("delivered", "failed", "pending", "held", "too_old"):
             if getattr(st, outcome, 0):
                 deliveries[(label, outcome.replace("_", " "))] = getattr(st, outcome)
         for reason, n in st.not_selected.items():
@@ -108,7 +108,7 @@ def test_every_chart_shows_the_numbers_of_the_staged_data(staged: Staged, page: 
             assert got[k] == pytest.approx(v, abs=0.0051), (chart_id, k)
     # the fixture exercises every chart: nothing is empty by accident
     assert all(want[c] for c in want), [c for c in want if not want[c]]
-    assert {s for _, s in want["deliveries"]} >= {"delivered", "failed", "pending"}
+    assert {s for _, s in want["deliveries"]} >= {"delivered", "failed", "held"}
     assert {s for _, s in want["verification"]} == {"verified", "spoofed", "unverifiable", "not recorded"}
     # ranked charts keep the ranking order
     for chart_id in ("top-agents", "top-paths", "coverage", "errors"):
@@ -154,15 +154,15 @@ def test_the_tables_under_the_charts_carry_the_same_numbers(staged: Staged, page
     assert parser.metrics["ai-agents"] == ev[2]
     assert parser.metrics["quarantined"] == quarantined[0][0] > 0
     assert parser.metrics["lines-read"] == sum(s["lines"]["read"] for s in staged.summaries.values())
-    assert (parser.metrics["delivered"], parser.metrics["failed"], parser.metrics["pending"]) == (
-        st.delivered, st.failed, st.pending)
+    assert (parser.metrics["delivered"], parser.metrics["failed"], parser.metrics["pending"],
+            parser.metrics["held"]) == (st.delivered, st.failed, st.pending, st.held)
     assert parser.metrics["quality-failed"] == 1
 
 
 def test_the_health_section_names_every_problem(page: str) -> None:
     section = page[page.index("<section id='health'>"):page.index("</section>")]
     assert "HTTP 422" in section  # the dead letter, with the vendor's status
-    assert "event(s) pending" in section  # the dry-run day
+    assert "event(s) held by failed data-quality checks" in section  # the dry-run day, quality failed
     assert "delivery held" in section and "expect_column_values_to_be_unique(event_id)" in section
     assert "unparseable timestamp" in section  # a quarantine reason
 

@@ -102,3 +102,28 @@ def test_duplicate_event_ids_in_a_partition_fail(tmp_path: Path, validator_cache
     res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
     assert res.statuses == {"example.com": FAIL}
     assert any(f.suite == "partition" and not f.success for f in res.findings)
+
+
+def test_failed_suite_holds_delivery_until_the_input_is_fixed(tmp_path: Path, sandbox, api_key: str) -> None:
+    from agent_traffic.runner import run
+    from agent_traffic.secrets import env_resolver
+
+    folder = tmp_path / "logs" / f"{DAY:%Y/%m/%d}"
+    folder.mkdir(parents=True)
+    good = list(combined_lines(DAY, 600, malformed_every=0, tag="g"))
+    stray = list(combined_lines(DAY + timedelta(days=400), 60, malformed_every=0, tag="s"))
+    (folder / "a.gz").write_bytes(gzip_log(good + stray))
+    cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(tmp_path / "logs") + "/{date:%Y/%m/%d}/*.gz", base_url=sandbox.url)
+    resolver = env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key})
+    s = run(Runtime.load(str(cfg), "r1"), DAY, DAY, resolver=resolver, progress=lambda _m: None)
+    assert not s["ok"] and s["quality"][str(DAY)]["statuses"] == {"example.com": FAIL}
+    d = s["destinations"][0]
+    assert d["held"] == d["events_staged"] > 0 and d["delivered"] == 0 and d["balanced"]
+    assert any("held, not sent, because the data-quality suites failed" in p for p in s["problems"])
+    assert sandbox.accepted() == []
+    (folder / "a.gz").write_bytes(gzip_log(good))  # the user fixes the input
+    s2 = run(Runtime.load(str(cfg), "r2"), DAY, DAY, resolver=resolver, progress=lambda _m: None)
+    assert s2["ok"] and s2["quality"][str(DAY)]["statuses"] == {"example.com": PASS}
+    d2 = s2["destinations"][0]
+    assert d2["held"] == 0 and d2["delivered"] > 0 and len(sandbox.accepted()) == d2["delivered"]

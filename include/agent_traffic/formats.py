@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,7 +111,7 @@ def _as_definition(fmt: LogFormat) -> dict[str, Any]:
 # DuckDB
 
 _local = threading.local()
-THREADS = 2
+THREADS = min(4, os.cpu_count() or 2)
 
 
 def duck_connection() -> duckdb.DuckDBPyConnection:

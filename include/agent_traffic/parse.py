@@ -37,6 +37,7 @@ SKIP_REASONS = (BLANK, NOT_REQUEST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
+SCAN_ROWS = 16_384  # lines per Arrow batch handed to DuckDB
 
 T = TypeVar("T")
 
@@ -112,7 +113,7 @@ class Lines:
     """One block of numbered lines, without their terminators (`\n` or `\r\n`)."""
 
     first_line: int
-    buf: bytes  # the block
+    buf: bytes | memoryview  # the block
     starts: np.ndarray  # byte offset of each line in `buf`
     lengths: np.ndarray  # its length, terminator excluded
     text: pa.Array  # string_view over `buf`: valid UTF-8 (repaired where the input was not)
@@ -121,13 +122,13 @@ class Lines:
     def raw(self, i: int) -> bytes:
         """The exact bytes of the i-th line of the block."""
         s = int(self.starts[i])
-        return self.buf[s : s + int(self.lengths[i])]
+        return bytes(self.buf[s : s + int(self.lengths[i])])
 
 
 MAX_BLOCK = 1 << 30  # string views address a block with 32-bit offsets
 
 
-def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -> Iterator[bytes]:
+def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -> Iterator[bytes | memoryview]:
     """Join decompressed pieces into blocks of whole lines, about `block_bytes` each.
 
     A line that does not end within a block and is longer than `max_line_bytes` is kept only up
@@ -158,7 +159,7 @@ def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -
             else:
                 pending, size = [buf], len(buf)
             continue
-        yield buf if cut == len(buf) - 1 else buf[: cut + 1]
+        yield buf if cut == len(buf) - 1 else memoryview(buf)[: cut + 1]  # no copy of the block
         if cut < len(buf) - 1:
             pending, size = [buf[cut + 1 :]], len(buf) - cut - 1
     if long_head is not None:
@@ -168,13 +169,13 @@ def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -
         yield buf
 
 
-def frame(buf: bytes, first_line: int) -> Lines:
+def frame(buf: bytes | memoryview, first_line: int) -> Lines:
     """Number the lines of a block: numpy finds the newlines, and an Arrow string_view array
     points at each line inside the block, terminator excluded, without copying the bytes."""
     a = np.frombuffer(buf, np.uint8)
     ends = np.flatnonzero(a == 10)
-    if not buf.endswith(b"\n"):
-        ends = np.append(ends, len(buf))
+    if len(a) and a[-1] != 10:
+        ends = np.append(ends, len(a))
     n = len(ends)
     starts = np.zeros(n, np.int64)
     starts[1:] = ends[:-1] + 1
@@ -208,10 +209,10 @@ def _views(a: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray
     return views
 
 
-def _repaired(buf: bytes, starts: np.ndarray, lengths: np.ndarray, first_line: int) -> Lines:
+def _repaired(buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray, first_line: int) -> Lines:
     texts, bad = [], 0
     for s, ln in zip(starts.tolist(), lengths.tolist(), strict=True):
-        seg = buf[s : s + ln]
+        seg = bytes(buf[s : s + ln])
         try:
             texts.append(seg.decode("utf-8"))
         except UnicodeDecodeError:
@@ -541,7 +542,8 @@ class BlockParser:
         sql = self._sql.get(layout)
         if sql is None:
             sql = self._sql[layout] = build_sql(self.ctx, layout)
-        self.con.register("lines_in", table)
+        # several record batches, so DuckDB scans them on all its threads (one batch = one thread)
+        self.con.register("lines_in", pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_ROWS), table.schema))
         try:
             return self.con.sql(sql).to_arrow_table()
         finally:

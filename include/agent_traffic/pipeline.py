@@ -216,3 +216,26 @@ def _drop_version(store: Store, day: str, old_id: str, keep: set[str]) -> None:
         if key not in keep:
             store.delete(key)
     store.delete(manifest_key(day, old_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+
+
+def validate_staged(rt: Runtime, objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Run the data-quality suites for every date this run staged objects in (see validate.py).
+
+    Returns {date: result}; a failed partition is held by the planner.
+    """
+    from agent_traffic.validate import Validator, build_docs, validate_date
+
+    days = sorted({o["date"] for o in objects if o["status"] == STAGED})
+    if not days:
+        return {}
+    validator = Validator(rt.cfg)
+    out = {}
+    for day in days:
+        res = validate_date(rt.cfg, rt.store, day, objects, run_id=rt.run_id, validator=validator)
+        out[day] = res.as_dict() | {"docs": build_docs(validator, rt.store, day)}
+    return out
+

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,10 +40,11 @@ import pyarrow.parquet as pq
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.storage import Store
+from agent_traffic.validate import held_partitions
 from agent_traffic.vendors import vendor
 
 PLAN_VERSION = 2
-ROWS_PER_BATCH = 8192  # rows turned into Python objects at a time while serializing
+ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -165,45 +167,73 @@ def build_chunks(
 
     An event that alone exceeds the vendor's request size cannot be sent at all: it is counted in
     `not_eligible` with the limit, never dropped silently and never a crash.
+
+    The events are serialized a window of rows at a time by the vendor's column expressions (no
+    Python object per event), each followed by the vendor's one-byte separator, so a chunk's
+    events are one contiguous slice of the window's bytes. Cuts are greedy, as if events were
+    added one by one: a chunk closes when the next event would pass the byte limit or the event
+    limit. The last chunk of a window is held back and rebuilt with the next window, so the cuts
+    do not depend on the window size.
     """
     v = vendor(dest.vendor)
-    ts = table["ts"]
     max_bytes, max_events = v.limits(dest)
     too_big = f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"
-    cur: list[bytes] = []
-    cur_lines: list[int] = []
-    oldest = float("inf")
-    size = 0
+    sep = pa.scalar(v.separator.decode())
     index = start_index
-
-    def flush() -> Chunk:
-        body, ctype = v.body(cur)
-        digest = hashlib.sha256(body).hexdigest()
-        key = f"{dest.name}|{site.name}|{object_id}|{cur_lines[0]}|{cur_lines[-1]}|{len(cur)}|{digest}"
-        cid = hashlib.sha256(key.encode()).hexdigest()[:24]
-        return Chunk(cid, index, object_id, len(cur), cur_lines[0], cur_lines[-1], oldest, ctype, body,
-                     line_ranges(cur_lines))
-
-    # Only the columns the vendor reads become Python objects; the time travels as `ts_us`
-    # (microseconds since the epoch, UTC), since a datetime per row costs more than the rest.
+    ts = table["ts"]
     table = table.select([c for c in dict.fromkeys((*v.columns, "line_number")) if c in table.column_names])
     table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
-    for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
-        for row in batch.to_pylist():
-            line = orjson.dumps(v.event(row, site, dest))
-            if len(line) + 1 > max_bytes:
-                not_eligible[too_big] += 1
-                continue
-            if cur and (size + len(line) + 1 > max_bytes or len(cur) >= max_events):
-                yield flush()
-                index += 1
-                cur, cur_lines, size, oldest = [], [], 0, float("inf")
-            cur.append(line)
-            cur_lines.append(row["line_number"])
-            oldest = min(oldest, row["ts_us"] / 1e6)
-            size += len(line) + 1
-    if cur:
-        yield flush()
+    pos, n, size = 0, table.num_rows, ROWS_PER_BATCH
+    while pos < n:
+        window = table.slice(pos, size)
+        last_window = pos + window.num_rows >= n
+        lines = pc.binary_join_element_wise(v.lines(window, site, dest), sep, "")
+        ends = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
+        ends = ends.astype(np.int64)
+        data = lines.buffers()[2]
+        sizes = np.diff(ends)
+        fits = sizes <= max_bytes
+        rows = np.flatnonzero(fits)  # window rows that can be sent, in line order
+        cum = np.concatenate(([0], np.cumsum(sizes[rows])))
+        line_numbers = window["line_number"].to_numpy()
+        ts_us = window["ts_us"].to_numpy()
+        i, consumed = 0, window.num_rows
+        while i < len(rows):
+            j = min(int(np.searchsorted(cum, cum[i] + max_bytes, side="right")) - 1, i + max_events)
+            if j == len(rows) and not last_window:  # may grow with the next window's rows
+                consumed = int(rows[i])
+                break
+            picked = rows[i:j]
+            body, ctype = v.body(_runs(data, ends, picked), len(picked))
+            yield _chunk(dest, site, object_id, index, body, ctype, line_numbers[picked], ts_us[picked])
+            index += 1
+            i = j
+        if consumed == 0:  # one chunk longer than the window: read a larger one
+            size *= 2
+            continue
+        too_many = int((~fits[:consumed]).sum())
+        if too_many:
+            not_eligible[too_big] += too_many
+        pos, size = pos + consumed, ROWS_PER_BATCH
+
+
+def _runs(data: pa.Buffer, ends: np.ndarray, rows: np.ndarray) -> bytes:
+    """The bytes of `rows` (ascending): one slice when they are consecutive, as they nearly always are."""
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == len(rows):
+        return data[int(ends[first]) : int(ends[last + 1])].to_pybytes()
+    return b"".join(data[int(ends[r]) : int(ends[r + 1])].to_pybytes() for r in rows)
+
+
+def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: bytes, ctype: str,
+           line_numbers: np.ndarray, ts_us: np.ndarray) -> Chunk:
+    """A chunk and its id: a hash of where it belongs, its line span and its body."""
+    first, last, count = int(line_numbers[0]), int(line_numbers[-1]), len(line_numbers)
+    digest = hashlib.sha256(body).hexdigest()
+    key = f"{dest.name}|{site.name}|{object_id}|{first}|{last}|{count}|{digest}"
+    cid = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Chunk(cid, index, object_id, count, first, last, int(ts_us.min()) / 1e6, ctype, body,
+                 line_ranges(line_numbers.tolist()))
 
 
 @dataclass
@@ -403,6 +433,7 @@ class ChunkGroup:
 class PlanResult:
     plans: list[ObjectPlan]
     groups: list[ChunkGroup]
+    held: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (day, site) -> failures
 
     def as_dict(self) -> dict[str, Any]:
         return {"groups": [g.as_dict() for g in self.groups]}
@@ -426,13 +457,18 @@ def plan_deliveries(
     now = now or datetime.now(UTC)
     plans: list[ObjectPlan] = []
     pending: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+    held: dict[tuple[str, str], list[str]] = {}
     for day in days:
         manifests = [m for m in read_manifests(store, day).values() if m.get("status") == STAGED]
         manifests.sort(key=lambda m: (m["url"], m["object_id"]))
+        failed_quality = held_partitions(store, day, [s.name for s in cfg.sites])
         for site, dest in cfg.destinations():
             if sites and site.name not in sites:
                 continue
             if destinations and dest.name not in destinations:
+                continue
+            if site.name in failed_quality:  # the data-quality suites failed: send nothing
+                held[(day, site.name)] = failed_quality[site.name].get("failures", [])
                 continue
             prefix = ledger_prefix(dest.name, site.name, day)
             acked = set(acked_ids(store, prefix))  # listed once per destination and date
@@ -443,7 +479,7 @@ def plan_deliveries(
                 (c["chunk_id"], c["events"]) for p in these for c in p.chunks if c["chunk_id"] not in done
             )
     groups = _group(cfg, pending)
-    return PlanResult(plans, groups)
+    return PlanResult(plans, groups, held)
 
 
 def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]]]) -> list[ChunkGroup]:

@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import weakref
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,6 +27,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from agent_traffic.ledger import _ts
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
 
@@ -183,20 +183,6 @@ def _keys_by_day(store: Store, prefix: str, days: list[str] | None) -> list[str]
     return [k for d in days for k in store.list(f"{prefix}/date={d}/")]
 
 
-def _ts(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    try:
-        t = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def _json(obj: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -289,91 +275,9 @@ DEAD_LETTER_SCHEMA = pa.schema([
     ("http_status", pa.int32()), ("outcome", pa.string()), ("attempts", pa.int64()),
     ("vendor_answer", pa.string()), ("failed_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()),
 ])
-_LEDGER_KEY = re.compile(r"^_delivery/([^/]+)/site=([^/]+)/date=(\d{4}-\d{2}-\d{2})/(plans|acks|dead|too_old)/([^/]+)\.json$")
-
-
-def _subdirs(store: Store, prefix: str) -> list[str]:
-    try:
-        entries = store.fs.ls(store.path(prefix), detail=True)
-    except FileNotFoundError:
-        return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-
-
-def _ledger_keys(store: Store, days: list[str] | None) -> list[str]:
-    if days is None:
-        return store.list("_delivery/")
-    return [k for dest in _subdirs(store, "_delivery") for site in _subdirs(store, f"_delivery/{dest}")
-            for d in days for k in store.list(f"_delivery/{dest}/{site}/date={d}/")]
-
-
-def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(deliveries, dead letters) read back from the ledger: plans, acks, dead letters, too-old marks.
-
-    The run summary's rule (`summary.ledger_status`), per object instead of per destination: only
-    plans of object versions staged now count; a planned chunk with an ack is delivered, else with
-    a too-old mark it is too old, else with a dead letter it failed, else it is pending; events a
-    destination does not take are counted per reason (not_selected, not_eligible, too_old).
-    """
-    from agent_traffic.extract import STAGED, read_manifests
-
-    parts: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(
-        lambda: {"plans": [], "acks": set(), "dead": set(), "too_old": set()})
-    for key in _ledger_keys(store, days):
-        m = _LEDGER_KEY.match(key)
-        if not m:
-            continue
-        dest, site, day, kind, name = m.groups()
-        p = parts[(dest, site, day)]
-        if kind == "plans":
-            p["plans"].append(store.get_json(key))
-        else:
-            p[kind].add(name)
-    current: dict[str, set[str]] = {}
-    deliveries: list[dict[str, Any]] = []
-    dead_letters: list[dict[str, Any]] = []
-    for (dest, site, day), p in sorted(parts.items()):
-        if day not in current:
-            current[day] = {oid for oid, m in read_manifests(store, day).items() if m.get("status") == STAGED}
-        prefix = f"_delivery/{dest}/site={site}/date={day}"
-        base = {"destination": dest, "site": site, "date": date.fromisoformat(day)}
-        for plan in sorted(p["plans"], key=lambda x: x.get("object_id", "")):
-            if plan.get("object_id") not in current[day]:
-                continue  # a replaced object version: its successor's plan counts instead
-            obj = {**base, "object_id": plan.get("object_id"), "source_object": plan.get("source_object")}
-            tally: dict[tuple[str, str | None], list[int]] = defaultdict(lambda: [0, 0])
-            for c in plan.get("chunks", []):
-                cid = c["chunk_id"]
-                if cid in p["acks"]:
-                    outcome: tuple[str, str | None] = ("delivered", None)
-                elif cid in p["too_old"]:
-                    outcome = ("too_old", None)
-                elif cid in p["dead"]:
-                    rec = store.get_json_or_none(f"{prefix}/dead/{cid}.json") or {}
-                    status = rec.get("status")
-                    outcome = ("failed", f"HTTP {status}" if status else str(rec.get("outcome") or "no answer"))
-                    dead_letters.append({
-                        **base, "chunk_id": cid, "object_id": plan.get("object_id"), "events": c["events"],
-                        "http_status": status, "outcome": rec.get("outcome"), "attempts": rec.get("attempts"),
-                        "vendor_answer": rec.get("vendor_answer"), "failed_at": _ts(rec.get("failed_at")),
-                        "run_id": rec.get("run_id"),
-                    })
-                else:
-                    outcome = ("pending", None)
-                tally[outcome][0] += c["events"]
-                tally[outcome][1] += 1
-            for kind in ("not_selected", "not_eligible"):
-                for reason, n in (plan.get(kind) or {}).items():
-                    tally[(kind, reason)][0] += n
-            if plan.get("too_old"):
-                tally[("too_old", None)][0] += plan["too_old"]
-            for (outcome_name, reason), (events, chunks) in tally.items():
-                deliveries.append({**obj, "outcome": outcome_name, "reason": reason,
-                                   "events": events, "chunks": chunks})
-    return deliveries, dead_letters
-
-
 def _load_ledger(con: duckdb.DuckDBPyConnection, store: Store, days: list[str] | None) -> None:
+    from agent_traffic.ledger import ledger_rows
+
     deliveries, dead = ledger_rows(store, days)
     _load(con, "deliveries", deliveries, DELIVERY_SCHEMA)
     _load(con, "dead_letters", dead, DEAD_LETTER_SCHEMA)

@@ -25,7 +25,8 @@ from agent_traffic.storage import Store
 TOP = 15  # rows in the "top" charts
 REPORT_TABLES = ("events", "quarantine", "manifests", "deliveries", "dead_letters", "quality",
                  "quality_findings")
-OUTCOME_COLORS = {"delivered": "#2e8540", "failed": "#d62728", "pending": "#f0a202", "too old": "#9467bd"}
+OUTCOME_COLORS = {"delivered": "#2e8540", "failed": "#d62728", "pending": "#f0a202", "held": "#8c564b",
+                  "too old": "#9467bd"}
 VERIFICATION_SERIES = [("verified", "#2e8540"), ("spoofed", "#d62728"), ("unverifiable", "#8c9bab"),
                        ("not recorded", "#d9dde3")]
 
@@ -189,7 +190,7 @@ def report_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
                             WHEN 'too_old' THEN 'too old' ELSE outcome END AS o,
                CAST(sum(events) AS BIGINT) AS n
         FROM deliveries GROUP BY ALL ORDER BY d, o""")
-    fixed = ["delivered", "failed", "pending", "too old"]
+    fixed = ["delivered", "failed", "pending", "held", "too old"]
     others = sorted({r["o"] for r in rows} - set(fixed))
     labels, series = _pivot(rows, "d", "o", "n", order=fixed + others)
     greys = iter(["#c7ccd3", "#a9b1bb", "#dde1e6", "#8f99a5", "#e8ebee"])
@@ -198,7 +199,8 @@ def report_charts(con: duckdb.DuckDBPyConnection) -> list[Chart]:
     charts.append(Chart(
         "deliveries", "Delivery outcomes per destination", "bars", "destination (site)", labels, series,
         "events", note="Every staged event of these dates, per destination: delivered (acknowledged), "
-                       "failed (dead letter), pending (not yet acknowledged), too old for the vendor, "
+                       "failed (dead letter), pending (not yet acknowledged), held (its partition failed "
+                       "the data-quality checks), too old for the vendor, "
                        "or not sent and why.",
         empty="No delivery plans for these dates."))
     return charts
@@ -227,6 +229,9 @@ def health(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     problems += [f"{r['destination']}: {r['n']:,} event(s) pending" for r in _rows(
         con, """SELECT destination, CAST(sum(events) AS BIGINT) AS n FROM deliveries
                 WHERE outcome = 'pending' GROUP BY ALL ORDER BY ALL""")]
+    problems += [f"{r['destination']}: {r['n']:,} event(s) held by failed data-quality checks" for r in _rows(
+        con, """SELECT destination, CAST(sum(events) AS BIGINT) AS n FROM deliveries
+                WHERE outcome = 'held' GROUP BY ALL ORDER BY ALL""")]
     problems += [f"quality {r['date']} {r['site']}: delivery held: {'; '.join(r['failures'])}" for r in _rows(
         con, "SELECT date, site, failures FROM quality WHERE status = 'fail' ORDER BY date, site")]
     return {
@@ -242,6 +247,7 @@ def health(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             ("delivered", "events delivered", outcomes.get("delivered", 0)),
             ("failed", "events failed", outcomes.get("failed", 0)),
             ("pending", "events pending", outcomes.get("pending", 0)),
+            ("held", "events held", outcomes.get("held", 0)),
             ("quality-failed", "partitions failing quality", q["failed"]),
         ],
         "sites": ev["sites"] or "",

@@ -13,7 +13,13 @@ from typing import Any, TextIO
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
 from agent_traffic.extract import planned_dates
-from agent_traffic.pipeline import Runtime, days_between, discover_objects, process_object
+from agent_traffic.pipeline import (
+    Runtime,
+    days_between,
+    discover_objects,
+    process_object,
+    validate_staged,
+)
 from agent_traffic.plan import ChunkGroup, plan_deliveries
 from agent_traffic.secrets import SecretResolver, env_resolver
 from agent_traffic.storage import Store
@@ -81,6 +87,10 @@ def run(
                  f"({rate:,.0f}/s), {s.get('quarantined', 0):,} quarantined"
                  + (f" - {res.reason}" if res.reason else "")
                  + f"  [{done_bytes * 100 // max(total_bytes, 1)}% of bytes]")
+    quality = validate_staged(rt, objects)
+    for day, q in quality.items():
+        progress(f"validate {day}: " + ", ".join(f"{s} {v}" for s, v in q["statuses"].items())
+                 + "".join(f"; {f['message']}" for f in q["findings"]))
     plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None, destinations=destinations or None,
                            now=now)
     pending_events = sum(g.events for g in plan.groups)
@@ -126,6 +136,7 @@ def run(
     summary = build_summary(
         run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
         objects=objects, deliveries=deliveries, ledger=ledger, dry_run=dry_run, secret_errors=secret_errors,
+        quality=quality,
     )
     if outbox is not None:
         summary["outbox"] = outbox.url(rt.run_id)

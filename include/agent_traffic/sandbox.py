@@ -399,6 +399,36 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+# --------------------------------------------------------------------------- the fast path
+
+#: For `Sandbox(fast=True)`: the content types each built-in vendor takes and its success status.
+_FAST_RULES: dict[str, tuple[tuple[str, ...], int]] = {
+    "scrunch": (("application/json", "application/x-ndjson"), 200),
+    "hitkeep": (("application/json",), 202),
+    "known_agents": (("application/json",), 200),
+}
+
+
+def _fast_handle(protocol: Protocol, content_type: str, body: bytes) -> tuple[Outcome, int]:
+    """Accept on content type alone and count the events without parsing them (a throughput tool).
+
+    Events: lines for NDJSON, one for a JSON object, `},{` separators plus one for a JSON array
+    (exact unless a string holds `},{`; the count is informational, nothing is validated).
+    """
+    types, ok = _FAST_RULES[protocol.name]
+    media = "application/x-ndjson" if content_type.strip().lower() == "application/x-ndjson" else (
+        _media_type(content_type))
+    if media not in types or not body.strip():
+        return Outcome(415 if media not in types else 400, protocol.error("unsupported or empty body")), 0
+    if media == "application/x-ndjson":
+        events = body.count(b"\n") + (not body.endswith(b"\n"))
+    elif body.lstrip().startswith(b"["):
+        events = body.count(b"},{") + 1
+    else:
+        events = 1
+    return Outcome(ok, {"status": "ok"}), events
+
+
 # --------------------------------------------------------------------------- faults and limits
 
 
@@ -650,9 +680,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer_fault(protocol, 429)
             return
 
-        outcome = self._evaluate(protocol, body)
-        if 200 <= outcome.status < 300:
-            sandbox._store(protocol.name, site_id, outcome.events)
+        if sandbox.fast and protocol.name in _FAST_RULES:
+            outcome, events = self._evaluate(protocol, body, fast=True)
+            if 200 <= outcome.status < 300 and body is not None:
+                sandbox._store_raw(protocol.name, site_id, body, events)
+        else:
+            outcome, _ = self._evaluate(protocol, body)
+            if 200 <= outcome.status < 300:
+                sandbox._store(protocol.name, site_id, outcome.events)
         if fault == "reset_after_body":
             sandbox._count(protocol.name, "reset_after_body")
             self._abort(rst=False)
@@ -660,14 +695,21 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox._count(protocol.name, str(outcome.status))
         self._send_json(outcome.status, outcome.body)
 
-    def _evaluate(self, protocol: Protocol, body: bytes | None) -> Outcome:
-        """Auth, then size, then the vendor's own parsing: a bad key learns nothing else."""
+    def _evaluate(self, protocol: Protocol, body: bytes | None, fast: bool = False) -> tuple[Outcome, int]:
+        """Auth, then size, then the vendor's own parsing: a bad key learns nothing else.
+
+        With `fast`, no parsing: the outcome and the number of events counted in the raw body.
+        """
         if not self.server.sandbox._key_ok(self._presented_key(protocol)):
-            return Outcome(401, protocol.error("invalid or missing API key"))
+            return Outcome(401, protocol.error("invalid or missing API key")), 0
         if body is None:
             limit = protocol.max_body
-            return Outcome(413, protocol.error(f"request body larger than {limit} bytes"))
-        return protocol.handle(self.headers.get("Content-Type", ""), body)
+            return Outcome(413, protocol.error(f"request body larger than {limit} bytes")), 0
+        content_type = self.headers.get("Content-Type", "")
+        if fast:
+            return _fast_handle(protocol, content_type, body)
+        outcome = protocol.handle(content_type, body)
+        return outcome, len(outcome.events)
 
     def _presented_key(self, protocol: Protocol) -> str:
         if protocol.auth == "x-api-key":
@@ -742,6 +784,12 @@ class Sandbox:
 
     Use as a context manager in tests, or `start()`/`stop()`. `url` replaces each vendor's base
     URL: all built-in routes live on one port without clashing.
+
+    `fast=True` is a throughput tool for benchmarks, never for correctness tests: a request is
+    accepted after the checks of auth, size and content type, its events are counted without
+    being parsed or validated, and the body is kept raw (`accepted_raw`, not `accepted`). It
+    shows what a client can send when the receiver's own JSON parsing is not the bottleneck.
+    Faults, scripts and rate limits work as usual.
     """
 
     def __init__(
@@ -751,8 +799,10 @@ class Sandbox:
         data_dir: Path | None = None,
         api_keys: Iterable[str] = (),
         seed: int | None = None,
+        fast: bool = False,
     ) -> None:
         self.host = host
+        self.fast = fast
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self._keys = tuple(k for k in api_keys if k)
@@ -767,6 +817,7 @@ class Sandbox:
         self._rates: dict[str, float] = {}
         self._buckets: dict[str, _TokenBucket] = {}
         self._accepted: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._raw: dict[str, list[tuple[str, bytes, int]]] = {}  # fast mode: (site, body, events)
         self._counts: dict[str, dict[str, int]] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -951,6 +1002,22 @@ class Sandbox:
                     fh.write(text)
                     fh.flush()
 
+    def _store_raw(self, vendor: str, site_id: str, body: bytes, events: int) -> None:
+        """Fast mode: keep the body as received (appended to `<vendor>/<site>.raw` with a data dir)."""
+        with self._lock:
+            self._raw.setdefault(vendor, []).append((site_id, body, events))
+            if self.data_dir is not None:
+                target = self._file_for(self.data_dir, vendor, site_id).with_suffix(".raw")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("ab") as fh:
+                    fh.write(body + b"\n")
+
+    def accepted_raw(self, vendor: str = "scrunch", site_id: str | None = None) -> list[bytes]:
+        """Fast mode: the bodies accepted so far, as received, in arrival order."""
+        with self._lock:
+            rows = list(self._raw.get(vendor, ()))
+        return [b for s, b, _ in rows if site_id is None or s == site_id]
+
     @staticmethod
     def _file_for(data_dir: Path, vendor: str, site_id: str) -> Path:
         for part in (vendor, site_id):
@@ -982,6 +1049,10 @@ class Sandbox:
                 per_site = accepted.setdefault(vendor, {})
                 for site, _event in rows:
                     per_site[site] = per_site.get(site, 0) + 1
+            for vendor, raw in self._raw.items():  # fast mode: events counted, not parsed
+                per_site = accepted.setdefault(vendor, {})
+                for site, _body, events in raw:
+                    per_site[site] = per_site.get(site, 0) + events
         return {"requests": self.requests_seen, "accepted": accepted, **self.fault_state()}
 
     @staticmethod
@@ -1047,6 +1118,12 @@ def register_cli(subparsers: Any) -> None:
         help="send Retry-After as delta seconds or as an HTTP-date",
     )
     parser.add_argument("--seed", type=int, help="seed for the random faults")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="benchmarks only: accept after auth, size and content type, count events without "
+        "parsing them, keep bodies raw (never for correctness tests)",
+    )
     parser.set_defaults(func=run_sandbox_cli)
 
 
@@ -1064,7 +1141,7 @@ def run_sandbox_cli(args: argparse.Namespace) -> int:
     if args.retry_after < 0:
         print("error: --retry-after must be >= 0", file=sys.stderr)
         return 2
-    sandbox = Sandbox(args.host, args.port, args.data_dir, keys, args.seed)
+    sandbox = Sandbox(args.host, args.port, args.data_dir, keys, args.seed, fast=args.fast)
     sandbox.retry_after = args.retry_after
     sandbox.retry_after_format = args.retry_after_format
     try:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from agent_traffic.config import Config
-from agent_traffic.plan import acked_ids, current_object_ids, dead_ids, ledger_prefix, too_old_ids
+from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.ledger import ledger_rows
 from agent_traffic.storage import Store
+from agent_traffic.validate import held_partitions
 
 
 @dataclass
@@ -30,6 +33,8 @@ class DestinationStatus:
     delivered: int = 0
     failed: int = 0
     pending: int = 0
+    held: int = 0  # staged, but the partition failed its data-quality suites
+    held_because: list[str] | None = None
     chunks: int = 0
     last_failure: str | None = None
     too_old_before: str | None = None  # the latest cutoff applied
@@ -39,7 +44,7 @@ class DestinationStatus:
         """Every staged event has exactly one outcome for this destination."""
         return self.events_staged == (sum((self.not_selected or {}).values())
                                       + sum((self.not_eligible or {}).values()) + self.too_old
-                                      + self.delivered + self.failed + self.pending)
+                                      + self.delivered + self.failed + self.pending + self.held)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -53,41 +58,54 @@ def ledger_status(
     cfg: Config, store: Store, days: Sequence[str], *, sites: Sequence[str] | None = None,
     destinations: Sequence[str] | None = None,
 ) -> list[DestinationStatus]:
+    """Outcomes per configured destination and site, summed from the ledger's rows (ledger.py)."""
+    rows, dead = ledger_rows(store, list(days))
     out = []
-    current = {day: current_object_ids(store, day) for day in days}
     for site, dest in cfg.destinations():
         if (sites and site.name not in sites) or (destinations and dest.name not in destinations):
             continue
         st = DestinationStatus(dest.name, dest.vendor, site.name, not_selected=Counter(),
                                not_eligible=Counter())
+        planned: dict[str, set[str]] = {}
+        for r in rows:
+            if r["destination"] != dest.name or r["site"] != site.name:
+                continue
+            planned.setdefault(r["date"].isoformat(), set()).add(r["object_id"])
+            n, outcome, reason = r["events"], r["outcome"], r["reason"]
+            st.events_staged += n
+            st.chunks += r["chunks"]
+            if outcome in ("not_selected", "not_eligible"):
+                getattr(st, outcome)[reason] += n
+            elif outcome == "too_old":
+                st.too_old += n
+                if reason:
+                    st.too_old_before = max(st.too_old_before or "", reason)
+            elif outcome == "held":
+                st.held += n
+                st.held_because = sorted(set(st.held_because or []) | set(reason.split("; ")))
+            else:
+                setattr(st, outcome, getattr(st, outcome) + n)
         for day in days:
-            prefix = ledger_prefix(dest.name, site.name, day)
-            acked = set(acked_ids(store, prefix))
-            dead = set(dead_ids(store, prefix))
-            expired = set(too_old_ids(store, prefix))
-            for _, plan in store.iter_json(f"{prefix}/plans/"):
-                if plan["object_id"] not in current[day]:
-                    continue  # a replaced object version: its successor's plan counts instead
-                st.events_staged += plan["events_total"]
-                st.not_selected.update(plan["not_selected"])
-                st.not_eligible.update(plan.get("not_eligible", {}))
-                st.too_old += plan.get("too_old", 0)
-                if plan.get("too_old_before"):
-                    st.too_old_before = max(st.too_old_before or "", plan["too_old_before"])
-                for c in plan["chunks"]:
-                    st.chunks += 1
-                    if c["chunk_id"] in acked:
-                        st.delivered += c["events"]
-                    elif c["chunk_id"] in expired:
-                        st.too_old += c["events"]
-                    elif c["chunk_id"] in dead:
-                        st.failed += c["events"]
-                        rec = store.get_json_or_none(f"{prefix}/dead/{c['chunk_id']}.json") or {}
-                        st.last_failure = f"HTTP {rec.get('status')}: {rec.get('vendor_answer', '')[:300]}"
-                    else:
-                        st.pending += c["events"]
+            _count_unplanned_held(st, store, day, site.name, planned.get(day, set()))
+        failures = [d for d in dead if d["destination"] == dest.name and d["site"] == site.name]
+        if failures:
+            last = max(failures, key=lambda d: (d["failed_at"] or datetime.min.replace(tzinfo=UTC)))
+            st.last_failure = f"HTTP {last['http_status']}: {(last['vendor_answer'] or '')[:300]}"
         out.append(st)
     return out
+
+
+def _count_unplanned_held(st: DestinationStatus, store: Store, day: str, site: str, planned: set[str]) -> None:
+    """A held partition's objects the planner never saw: all their events are held."""
+    hold = held_partitions(store, day, [site]).get(site)
+    if not hold:
+        return
+    n = sum(rows for oid, rec in read_manifests(store, day).items()
+            if rec.get("status") == STAGED and oid not in planned
+            for key, rows in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+    st.events_staged += n
+    st.held += n
+    st.held_because = sorted(set(st.held_because or []) | set(hold.get("failures", [])))
 
 
 def build_summary(
@@ -101,6 +119,7 @@ def build_summary(
     ledger: Sequence[DestinationStatus],
     dry_run: bool,
     secret_errors: dict[str, str] | None = None,
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -128,6 +147,10 @@ def build_summary(
     for st in ledger:
         if st.failed:
             problems.append(f"{st.destination} ({st.site}): {st.failed} event(s) failed: {st.last_failure}")
+        if st.held:
+            problems.append(f"{st.destination} ({st.site}): {st.held} event(s) held, not sent, because the "
+                            f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
+                            "and re-run with reprocess (--reprocess) to validate and send them")
         if st.pending and not dry_run:
             problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending; re-run to send")
         if not st.balanced:
@@ -136,6 +159,11 @@ def build_summary(
             notes.append(f"{st.destination} ({st.site}): {st.too_old} event(s) too old to send (before "
                          f"{st.too_old_before or 'the cutoff'}): {st.vendor} records the time it receives an "
                          "event, so they would show as today's traffic; set send_older_events: true to send them")
+    for day, q in (quality or {}).items():
+        for f in q.get("findings", []):
+            if f["severity"] == "warn" or f["suite"] == "events_rows":
+                notes.append(f"quality {day}: {f['message']} (rows moved to quarantine)"
+                             if f["suite"] == "events_rows" else f"quality {day}: {f['message']}")
     for dest, msg in (secret_errors or {}).items():
         problems.append(f"{dest}: {msg}")
     per_source = source_breakdown(objects)
@@ -171,6 +199,8 @@ def build_summary(
             "balanced": lines["lines_read"] == lines["parsed"] + lines["quarantined"] + sum(skipped.values()),
         },
         "sources": per_source,
+        "quality": {day: {"statuses": q["statuses"], "rows_quarantined": q["rows_quarantined"],
+                          "docs": q.get("docs")} for day, q in (quality or {}).items()},
         "ai_events_by_provider": dict(ai.most_common()),
         "this_run": dict(sent),
         "destinations": [s.as_dict() for s in ledger],
@@ -248,9 +278,14 @@ def render(summary: dict[str, Any]) -> str:
     out.append(f"AI events {_n(sum(ai.values()))}" + ("" if ai else " (none in the objects parsed now)"))
     for prov, n in sorted(ai.items(), key=lambda kv: (-kv[1], kv[0])):
         out.append(f"          {prov:<20} {_n(n):>10}")
+    for day, q in sorted(summary.get("quality", {}).items()):
+        moved = sum(q["rows_quarantined"].values())
+        out.append(f"quality   {day}: " + ", ".join(f"{s} {v}" for s, v in sorted(q["statuses"].items()))
+                   + (f"; {_n(moved)} row(s) moved to quarantine" if moved else "")
+                   + (f"  (data docs: {q['docs']})" if q.get("docs") else ""))
     out.append("")
     hdr = (f"{'destination':<22} {'site':<20} {'staged':>9} {'not sel.':>9} {'not elig.':>9} "
-           f"{'too old':>8} {'delivered':>10} {'failed':>7} {'pending':>8}")
+           f"{'too old':>8} {'delivered':>10} {'failed':>7} {'pending':>8} {'held':>6}")
     out += ["delivery (all runs, these dates; each event has one outcome per destination)", hdr, "-" * len(hdr)]
     for d in summary["destinations"]:
         ns = sum(d["not_selected"].values())
@@ -258,6 +293,7 @@ def render(summary: dict[str, Any]) -> str:
         out.append(
             f"{d['destination']:<22} {d['site']:<20} {_n(d['events_staged']):>9} {_n(ns):>9} {_n(ne):>9} "
             f"{_n(d.get('too_old', 0)):>8} {_n(d['delivered']):>10} {_n(d['failed']):>7} {_n(d['pending']):>8}"
+            f" {_n(d.get('held', 0)):>6}"
         )
         for reason, n in d["not_selected"].items():
             out.append(f"{'':<22}   not sent: {_n(n)} {reason}")

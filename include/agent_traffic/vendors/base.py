@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from agent_traffic.config import RECEIVE_TIME_VENDORS, Destination, Site
 from agent_traffic.secrets import Secret
+from agent_traffic.vendors import json_columns
+from agent_traffic.vendors.json_columns import Field
 
 
 class Vendor(ABC):
@@ -19,7 +23,7 @@ class Vendor(ABC):
     title: str
     #: statuses that mean "accepted"
     success: frozenset[int]
-    #: the staged columns `event` reads (only these are turned into Python objects)
+    #: the staged columns `fields` reads (the planner selects only these)
     columns: tuple[str, ...]
     #: chunks per delivery task, as a multiple of `delivery.chunks_per_group`: small requests
     #: make small chunks, and a task should still carry a task's worth of work
@@ -31,13 +35,27 @@ class Vendor(ABC):
         return self.name in RECEIVE_TIME_VENDORS
 
     @abstractmethod
+    def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
+        """The vendor's JSON object, declared once for every row of `table`: (key, JSON fragments)
+        in the vendor's field order, a null fragment leaving the key out (`json_columns`).
+        `table` holds the vendor's `columns` (those present) and `ts_us`, the event time in
+        microseconds since the epoch, UTC."""
+
+    def lines(self, table: pa.Table, site: Site, dest: Destination) -> pa.Array:
+        """Every row's event as one line of compact JSON, without a Python object per row."""
+        return json_columns.obj(self.fields(table, site, dest), table.num_rows)
+
     def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
-        """The vendor's JSON object for one staged event: its `columns`, plus `ts_us` (the event
-        time in microseconds since the epoch, UTC) and `line_number`."""
+        """One event's JSON object, for tests and examples (the same `fields`, on one row)."""
+        line = self.lines(pa.Table.from_pylist([dict(row)]), site, dest)[0].as_py()
+        return orjson.loads(line)
+
+    #: what follows each event in the body the planner joins (so byte limits count one per event)
+    separator: bytes = b"\n"
 
     @abstractmethod
-    def body(self, lines: Sequence[bytes]) -> tuple[bytes, str]:
-        """(request body, content type) for a chunk of serialized events."""
+    def body(self, joined: bytes, events: int) -> tuple[bytes, str]:
+        """(request body, content type) from a chunk's events, each followed by `separator`."""
 
     @abstractmethod
     def url(self, dest: Destination) -> str:
@@ -56,10 +74,21 @@ class Vendor(ABC):
         return None
 
 
-def path_with_query(row: Mapping[str, Any]) -> str:
+def path_with_query(table: pa.Table) -> pa.Array:
     """The request target as logged: path, plus `?query` when there was one."""
-    q = row.get("query")
-    return f"{row['path']}?{q}" if q else row["path"]
+    query = json_columns.column(table, "query")
+    suffix = pc.if_else(json_columns.present(query), pc.binary_join_element_wise("?", query, ""), "")
+    return pc.binary_join_element_wise(json_columns.column(table, "path"), suffix, "")
+
+
+def ip_values(table: pa.Table, policy: str) -> pa.Array:
+    """Per row, the client IP the destination's policy lets out (null: send none)."""
+    ips = json_columns.column(table, "client_ip")
+    if policy == "omit":
+        return pa.nulls(table.num_rows, pa.string())
+    if policy == "send":
+        return json_columns.only_where(json_columns.present(ips), ips)
+    return json_columns.per_unique(ips, lambda ip: apply_ip_policy(ip, policy))
 
 
 def apply_ip_policy(ip: str | None, policy: str) -> str | None:

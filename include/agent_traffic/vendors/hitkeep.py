@@ -11,15 +11,17 @@ client limits its own rate (see `ratelimit.py`) and backs off with jitter on a 4
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_traffic.config import Destination, Site
 from agent_traffic.secrets import Secret
+from agent_traffic.vendors import json_columns as jc
 from agent_traffic.vendors.base import Vendor, path_with_query
+from agent_traffic.vendors.json_columns import Field
 
 #: HitKeep 2.8.1's AI classifier: lowercased substrings of the user agent (first match wins).
 #: A destination's `eligible_user_agents` replaces it, for an instance that knows more agents.
@@ -33,12 +35,10 @@ HITKEEP_AI_TOKENS: tuple[str, ...] = (
 MAX_BODY = 65_535  # "at most 64 KiB": stay one byte under
 
 
-def _positive_int(x: float | int | None) -> int | None:
+def _positive_int(values: pa.Array) -> pa.Array:
     """HitKeep stores response_ms and bytes_served only when > 0: omit anything else."""
-    if x is None:
-        return None
-    n = int(round(x))
-    return n if n > 0 else None
+    rounded = pc.round(values, 0, round_mode="half_to_even")
+    return jc.integer(jc.only_where(pc.greater(rounded, 0), rounded))
 
 
 def accepts(user_agent: str, tokens: Sequence[str] = HITKEEP_AI_TOKENS) -> bool:
@@ -54,22 +54,23 @@ class HitKeep(Vendor):
     group_scale = 25  # one event per request
     columns = ("path", "query", "host", "status", "content_type", "duration_ms", "bytes", "user_agent")
 
-    def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": path_with_query(row), "hostname": row.get("host") or site.domain,
-                               "status_code": int(row["status"])}
-        if row.get("content_type"):
-            out["content_type"] = row["content_type"]
-        for key, value in (("response_ms", row.get("duration_ms")), ("bytes_served", row.get("bytes"))):
-            n = _positive_int(value)
-            if n is not None:
-                out[key] = n
-        out["user_agent"] = row["user_agent"]
-        return out
+    def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
+        n, col = table.num_rows, partial(jc.column, table)
+        host, ctype = col("host"), col("content_type")
+        return [
+            ("path", jc.required(jc.string(path_with_query(table)))),
+            ("hostname", pc.if_else(jc.present(host), jc.string(host), jc.constant(site.domain, n))),
+            ("status_code", jc.integer(col("status", pa.int64()))),
+            ("content_type", jc.string(jc.only_where(jc.present(ctype), ctype))),
+            ("response_ms", _positive_int(col("duration_ms", pa.float64()))),
+            ("bytes_served", _positive_int(col("bytes", pa.float64()))),
+            ("user_agent", jc.required(jc.string(col("user_agent")))),
+        ]
 
-    def body(self, lines: Sequence[bytes]) -> tuple[bytes, str]:
-        if len(lines) != 1:
-            raise ValueError(f"HitKeep takes one event per request, not {len(lines)}")
-        return lines[0], "application/json"
+    def body(self, joined: bytes, events: int) -> tuple[bytes, str]:
+        if events != 1:
+            raise ValueError(f"HitKeep takes one event per request, not {events}")
+        return joined[:-1], "application/json"
 
     def url(self, dest: Destination) -> str:
         return f"{dest.endpoint_base}/api/sites/{dest.site_id}/ingest/ai-fetch"

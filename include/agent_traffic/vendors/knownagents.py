@@ -14,13 +14,16 @@ modest (`max_batch_events` 100, `max_batch_bytes` 512,000); their SDK also sends
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from agent_traffic.config import Destination, Site
 from agent_traffic.secrets import Secret
-from agent_traffic.vendors.base import Vendor, apply_ip_policy, path_with_query
+from agent_traffic.vendors import json_columns as jc
+from agent_traffic.vendors.base import Vendor, ip_values, path_with_query
+from agent_traffic.vendors.json_columns import Field
 
 IP_HEADER = "x-forwarded-for"
 
@@ -33,30 +36,33 @@ class KnownAgents(Vendor):
     columns = ("path", "query", "method", "user_agent", "referer", "client_ip", "status", "duration_ms",
                "content_type")
 
-    def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
-        headers: dict[str, str] = {"user-agent": row["user_agent"]}
-        if row.get("referer"):
-            headers["referer"] = row["referer"]
-        ip = apply_ip_policy(row.get("client_ip"), dest.ip_policy)
-        if ip:
-            headers[IP_HEADER] = ip
-        out: dict[str, Any] = {
-            "request_path": path_with_query(row),
-            "request_method": row["method"],
-            "request_headers": headers,
-            "response_status_code": int(row["status"]),
-        }
-        if row.get("duration_ms") is not None:
-            out["response_duration_in_milliseconds"] = int(round(row["duration_ms"]))
+    separator = b","
+
+    def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
+        n, col = table.num_rows, partial(jc.column, table)
+        referer, ctype = col("referer"), col("content_type")
+        headers = jc.obj([
+            ("user-agent", jc.required(jc.string(col("user_agent")))),
+            ("referer", jc.string(jc.only_where(jc.present(referer), referer))),
+            (IP_HEADER, jc.string(ip_values(table, dest.ip_policy))),
+        ], n)
+        out: list[Field] = [
+            ("request_path", jc.required(jc.string(path_with_query(table)))),
+            ("request_method", jc.required(jc.string(col("method")))),
+            ("request_headers", headers),
+            ("response_status_code", jc.integer(col("status", pa.int64()))),
+            ("response_duration_in_milliseconds", jc.integer(col("duration_ms", pa.float64()))),
+        ]
         if dest.send_sdk_fields:
-            if row.get("content_type"):
-                out["response_headers"] = {"content-type": row["content_type"]}
-            created = datetime.fromtimestamp(row["ts_us"] / 1e6, UTC)
-            out["created"] = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            content = jc.obj([("content-type", jc.string(ctype))], n)
+            created = pc.strftime(pc.cast(col("ts_us", pa.timestamp("us", "UTC")), pa.timestamp("ms", "UTC"), safe=False),
+                                  format="%Y-%m-%dT%H:%M:%S") if n else pa.array([], pa.string())
+            out += [("response_headers", jc.only_where(jc.present(ctype), content)),
+                    ("created", jc.string(pc.binary_join_element_wise(created, "Z", "")))]
         return out
 
-    def body(self, lines: Sequence[bytes]) -> tuple[bytes, str]:
-        return b"[" + b",".join(lines) + b"]", "application/json"
+    def body(self, joined: bytes, events: int) -> tuple[bytes, str]:
+        return b"[" + joined[:-1] + b"]", "application/json"
 
     def url(self, dest: Destination) -> str:
         return f"{dest.endpoint_base}/visits"

@@ -8,12 +8,15 @@ integer. Scrunch takes historical timestamps, so it is the one destination that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import partial
+
+import pyarrow as pa
 
 from agent_traffic.config import Destination, Site
 from agent_traffic.secrets import Secret
-from agent_traffic.vendors.base import Vendor, apply_ip_policy
+from agent_traffic.vendors import json_columns as jc
+from agent_traffic.vendors.base import Vendor, ip_values
+from agent_traffic.vendors.json_columns import Field
 
 
 def epoch_seconds(ts_us: int) -> int | float:
@@ -28,27 +31,26 @@ class Scrunch(Vendor):
     success = frozenset({200, 201, 202})
     columns = ("user_agent", "url", "path", "method", "status", "duration_ms", "client_ip")
 
-    def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "domain": site.domain,
-            "user_agent": row["user_agent"],
-            "url": row["url"],
-            "path": row["path"],
-            "method": row["method"],
-            "status_code": int(row["status"]),
-            "timestamp": epoch_seconds(row["ts_us"]),
-        }
-        if row.get("duration_ms") is not None:
-            out["response_time"] = int(round(row["duration_ms"]))
-        ip = apply_ip_policy(row.get("client_ip"), dest.ip_policy)
-        if ip:
-            out["ip"] = ip
-        return out
+    def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
+        n, col = table.num_rows, partial(jc.column, table)
+        duration = col("duration_ms", pa.float64())
+        ip = ip_values(table, dest.ip_policy)
+        return [
+            ("domain", jc.constant(site.domain, n)),
+            ("user_agent", jc.required(jc.string(col("user_agent")))),
+            ("url", jc.required(jc.string(col("url")))),
+            ("path", jc.required(jc.string(col("path")))),
+            ("method", jc.required(jc.string(col("method")))),
+            ("status_code", jc.integer(col("status", pa.int64()))),
+            ("timestamp", jc.epoch_seconds(col("ts_us", pa.int64()), epoch_seconds)),
+            ("response_time", jc.integer(duration)),
+            ("ip", jc.string(ip)),
+        ]
 
-    def body(self, lines: Sequence[bytes]) -> tuple[bytes, str]:
-        if len(lines) == 1:
-            return lines[0], "application/json"
-        return b"\n".join(lines) + b"\n", "application/x-ndjson"
+    def body(self, joined: bytes, events: int) -> tuple[bytes, str]:
+        if events == 1:
+            return joined[:-1], "application/json"
+        return joined, "application/x-ndjson"
 
     def url(self, dest: Destination) -> str:
         return f"{dest.endpoint_base}/v1/sites/{dest.site_id}/platforms/custom/web-traffic"

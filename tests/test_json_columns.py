@@ -1,0 +1,206 @@
+"""The column-wise serializer gives, byte for byte, what a dict per event and orjson would give.
+
+The reference below is the per-row mapping the planner used before serialization became
+column-wise (kept here only as the oracle); both run on awkward rows (nulls, empty strings,
+unicode, quotes, backslashes and control characters, IPv6, invalid IPs, half-millisecond and
+half-unit roundings) and must cut the same chunks with the same ids and bodies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from agent_traffic.config import Destination, SecretRef, Site
+from agent_traffic.plan import build_chunks, line_ranges
+from agent_traffic.vendors import vendor
+from agent_traffic.vendors.base import apply_ip_policy
+from agent_traffic.vendors.scrunch import epoch_seconds
+
+SITE = Site(name="example.com")
+
+
+# --------------------------------------------------------------------------- the per-row oracle
+
+
+def _path(row: dict[str, Any]) -> str:
+    q = row.get("query")
+    return f"{row['path']}?{q}" if q else row["path"]
+
+
+def _positive(x: float | None) -> int | None:
+    if x is None:
+        return None
+    n = int(round(x))
+    return n if n > 0 else None
+
+
+def reference_event(name: str, row: dict[str, Any], dest: Destination) -> dict[str, Any]:
+    if name == "scrunch":
+        out: dict[str, Any] = {
+            "domain": SITE.domain, "user_agent": row["user_agent"], "url": row["url"], "path": row["path"],
+            "method": row["method"], "status_code": int(row["status"]), "timestamp": epoch_seconds(row["ts_us"]),
+        }
+        if row.get("duration_ms") is not None:
+            out["response_time"] = int(round(row["duration_ms"]))
+        ip = apply_ip_policy(row.get("client_ip"), dest.ip_policy)
+        if ip:
+            out["ip"] = ip
+        return out
+    if name == "hitkeep":
+        out = {"path": _path(row), "hostname": row.get("host") or SITE.domain, "status_code": int(row["status"])}
+        if row.get("content_type"):
+            out["content_type"] = row["content_type"]
+        for key, value in (("response_ms", row.get("duration_ms")), ("bytes_served", row.get("bytes"))):
+            n = _positive(value)
+            if n is not None:
+                out[key] = n
+        out["user_agent"] = row["user_agent"]
+        return out
+    headers = {"user-agent": row["user_agent"]}
+    if row.get("referer"):
+        headers["referer"] = row["referer"]
+    ip = apply_ip_policy(row.get("client_ip"), dest.ip_policy)
+    if ip:
+        headers["x-forwarded-for"] = ip
+    out = {"request_path": _path(row), "request_method": row["method"], "request_headers": headers,
+           "response_status_code": int(row["status"])}
+    if row.get("duration_ms") is not None:
+        out["response_duration_in_milliseconds"] = int(round(row["duration_ms"]))
+    if dest.send_sdk_fields:
+        if row.get("content_type"):
+            out["response_headers"] = {"content-type": row["content_type"]}
+        created = datetime.fromtimestamp(row["ts_us"] / 1e6, UTC)
+        out["created"] = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return out
+
+
+def reference_chunks(rows: list[dict[str, Any]], dest: Destination, skipped: Counter[str]) -> list[tuple]:
+    """The old greedy loop: add events one by one, close a chunk at the byte or event limit."""
+    v = vendor(dest.vendor)
+    max_bytes, max_events = v.limits(dest)
+    out, cur, cur_rows, size = [], [], [], 0
+
+    def flush() -> None:
+        joined = b"".join(x + v.separator for x in cur)
+        body, ctype = v.body(joined, len(cur))
+        lines = [r["line_number"] for r in cur_rows]
+        key = f"{dest.name}|{SITE.name}|obj|{lines[0]}|{lines[-1]}|{len(cur)}|{hashlib.sha256(body).hexdigest()}"
+        oldest = min(r["ts_us"] for r in cur_rows) / 1e6
+        out.append((hashlib.sha256(key.encode()).hexdigest()[:24], body, ctype, line_ranges(lines), oldest))
+
+    for row in rows:
+        line = orjson.dumps(reference_event(dest.vendor, row, dest))
+        if len(line) + 1 > max_bytes:
+            skipped[f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"] += 1
+            continue
+        if cur and (size + len(line) + 1 > max_bytes or len(cur) >= max_events):
+            flush()
+            cur, cur_rows, size = [], [], 0
+        cur.append(line)
+        cur_rows.append(row)
+        size += len(line) + 1
+    if cur:
+        flush()
+    return out
+
+
+# --------------------------------------------------------------------------- awkward rows
+
+AWKWARD = ["", "é ü 中文 🤖", 'say "hi"', "back\\slash", "tab\there", "nl\nx\r", "\x00\x01\x1f\x7f", "\u2028/</"]
+IPS = [None, "", "203.0.113.77", "2001:db8:85a3:8d3::7", "::1", "not-an-ip", "10.1.2.3", "fe80::1ff:fe23:4567:890a"]
+BASE_US = 1_763_683_200_000_000  # 2025-11-21
+
+
+def awkward_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        frac = rnd.choice([0, 0, 500, 62_500, 187_500, 999_500, 999_999, 1, 250_000, rnd.randrange(1_000_000)])
+        ua = "GPTBot/1.0 " + rnd.choice(AWKWARD) + "x" * rnd.choice([0, 5, 300, 1_500])
+        path = "/" + rnd.choice(AWKWARD) + f"/{i}"
+        rows.append({
+            "ts_us": BASE_US + i * 1_000_000 + frac,
+            "host": rnd.choice([None, "", "www.example.com", "ünï.example"]),
+            "method": rnd.choice(["GET", "POST", 'WE"IRD']),
+            "path": path,
+            "query": rnd.choice([None, "", "a=1&b=\"2\"", "q=é"]),
+            "url": "https://example.com" + path,
+            "status": rnd.choice([200, 404, 500, 301]),
+            "bytes": rnd.choice([None, 0, 1, 48231]),
+            "duration_ms": rnd.choice([None, 0.0, 0.2, 0.5, 1.5, 2.5, 12.6, 143.0, -1.0]),
+            "client_ip": rnd.choice(IPS),
+            "user_agent": ua,
+            "referer": rnd.choice([None, "", "https://chatgpt.com/", "https://x/\"q\""]),
+            "content_type": rnd.choice([None, "", "text/html; charset=utf-8"]),
+            "line_number": 10 + i * rnd.choice([1, 1, 1, 2]),
+        })
+    # line numbers ascending, as the planner's input is
+    for j, r in enumerate(rows):
+        r["line_number"] = (rows[j - 1]["line_number"] + rnd.choice([1, 1, 2])) if j else 1
+    return rows
+
+
+def as_table(rows: list[dict[str, Any]]) -> pa.Table:
+    t = pa.Table.from_pylist(rows)
+    ts = pa.array([r["ts_us"] for r in rows], pa.int64()).cast(pa.timestamp("us", "UTC"))
+    return t.drop_columns(["ts_us"]).append_column("ts", ts)
+
+
+def dest(name: str, **kw: Any) -> Destination:
+    base: dict[str, Any] = {"name": f"{name}-x", "vendor": name, "secret": SecretRef(env="K")}
+    if name == "scrunch":
+        base["site_id"] = "01JDEM0SANDB0X0000000000AA"
+    if name == "hitkeep":
+        base |= {"site_id": "3f1c2a9e-4b6d-4e8f-9a0b-1c2d3e4f5a6b", "base_url": "https://hitkeep.example.com"}
+    return Destination(**{**base, **kw})
+
+
+CASES = [
+    ("scrunch", {}), ("scrunch", {"ip_policy": "truncate"}), ("scrunch", {"ip_policy": "omit"}),
+    ("scrunch", {"max_batch_bytes": 2_000}), ("scrunch", {"max_batch_events": 7}),
+    ("hitkeep", {}), ("hitkeep", {"max_batch_bytes": 1_200}),
+    ("knownagents", {}), ("knownagents", {"ip_policy": "truncate", "send_sdk_fields": True}),
+    ("knownagents", {"ip_policy": "omit", "max_batch_bytes": 3_000, "max_batch_events": 5}),
+]
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES)
+def test_column_wise_chunks_are_the_per_row_ones_byte_for_byte(name: str, kw: dict[str, Any]) -> None:
+    rows = awkward_rows(400, seed=len(kw) * 7 + len(name))
+    d = dest(name, **kw)
+    want_skipped: Counter[str] = Counter()
+    want = reference_chunks(rows, d, want_skipped)
+    got_skipped: Counter[str] = Counter()
+    got = [(c.chunk_id, c.body, c.content_type, c.lines, c.oldest_ts)
+           for c in build_chunks(as_table(rows), SITE, d, "obj", got_skipped)]
+    assert got_skipped == want_skipped
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g == w
+
+
+def test_windows_do_not_move_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serializing a window of rows at a time cuts where one pass over all rows cuts."""
+    import agent_traffic.plan as plan
+
+    rows = awkward_rows(300, seed=3)
+    d = dest("scrunch", max_batch_bytes=5_000, max_batch_events=40)
+    whole = [c.chunk_id for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())]
+    for size in (7, 64):
+        monkeypatch.setattr(plan, "ROWS_PER_BATCH", size)
+        assert [c.chunk_id for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())] == whole
+
+
+def test_vendor_event_is_the_reference_object() -> None:
+    for row in awkward_rows(15, seed=9):
+        for name, kw in CASES:
+            d = dest(name, **kw)
+            assert vendor(name).event(row, SITE, d) == reference_event(name, row, d)
