@@ -76,13 +76,12 @@ def main() -> int:
         print(f"== {name}", flush=True)
         r = mod.run(repeat=args.repeat, quick=args.quick)
         r.update(when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine=machine(), commit=commit)
-        if not args.quick:
-            results[name] = r
         print(json.dumps(r["rows"], indent=1))
-    if not args.quick:
-        store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (HERE / "results.md").write_text(render(results))
-        print(f"wrote {HERE / 'results.md'}")
+        if not args.quick:  # saved suite by suite: a long run stopped midway keeps what it measured
+            results[name] = r
+            store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            (HERE / "results.md").write_text(render(results))
+            print(f"wrote {HERE / 'results.md'}", flush=True)
     return 0
 
 
