@@ -56,7 +56,7 @@ with open(path, "rb") as f:  # warm up once per process (imports, DuckDB extensi
     _, blocks = decompressed_blocks(f)
     list(parse_blocks([next(iter(blocks))[:65536]], ctx, rt.cfg.parse.block_bytes))
 if mode == "stage":
-    rt.classifier  # built once per task in the pipeline too: not per object
+    rt.annotator  # built once per task in the pipeline too: not per object
 t0 = time.perf_counter()
 if mode == "parse":
     st = ParseStats()

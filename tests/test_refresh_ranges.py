@@ -230,8 +230,8 @@ def test_the_pipeline_verifies_with_the_newest_stored_snapshot(tmp_path: Path) -
     ranges.put_bytes(snapshot_key("openai-gptbot", date(2026, 11, 1)), b'{"prefixes": [{"ipv4Prefix": "198.51.100.0/24"}]}')
     ranges.put_bytes(snapshot_key("openai-gptbot", date(2026, 11, 20)), json.dumps(GPTBOT_V2).encode())
     rt = Runtime(cfg, StoreOptions(), "run-1")
-    assert rt.classifier.verifier.snapshots["openai-gptbot"].origin == "store:openai-gptbot/2026-11-20.json"
-    out = classify_table(rt.classifier, events_table([
+    assert rt.annotator.verifier.snapshots["openai-gptbot"].origin == "store:openai-gptbot/2026-11-20.json"
+    out = classify_table(rt.annotator, events_table([
         {"user_agent": GPTBOT_UA, "client_ip": "192.0.2.1"},      # in the newest snapshot
         {"user_agent": GPTBOT_UA, "client_ip": "198.51.100.1"},   # only in the older one
     ]))

@@ -17,7 +17,8 @@ from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
 
-def _ts(value: Any) -> datetime | None:
+def as_utc(value: Any) -> datetime | None:
+    """A timestamp from a ledger or run record (ISO text, epoch number or datetime), in UTC."""
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -98,7 +99,7 @@ def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, An
                     dead_letters.append({
                         **base, "chunk_id": cid, "object_id": plan.get("object_id"), "events": c["events"],
                         "http_status": status, "outcome": rec.get("outcome"), "attempts": rec.get("attempts"),
-                        "vendor_answer": rec.get("vendor_answer"), "failed_at": _ts(rec.get("failed_at")),
+                        "vendor_answer": rec.get("vendor_answer"), "failed_at": as_utc(rec.get("failed_at")),
                         "run_id": rec.get("run_id"),
                     })
                 elif hold is not None:

@@ -47,7 +47,7 @@ class Runtime:
         return load_formats(self.cfg.formats)
 
     @cached_property
-    def classifier(self) -> Annotator:
+    def annotator(self) -> Annotator:
         """Classifier, IP verifier (newest range snapshots) and enrichment, built once per task."""
         return Annotator.build(self.cfg.catalog_files, range_store=range_store(self.cfg, self.options),
                                max_age_days=self.cfg.ip_ranges.max_age_days)
@@ -138,13 +138,12 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
                                cfg.parse.max_line_bytes)
             for block in parse_blocks(blocks, ctx, cfg.parse.block_bytes):
                 stats.add(block.stats)
-                events = classify_table(rt.classifier, block.events) if block.events.num_rows else block.events
+                events = block.events
                 if events.num_rows:
+                    events = classify_table(rt.annotator, events)
                     for p, n in _count_ai(events).items():
                         ai[p] = ai.get(p, 0) + n
-                    stager.add(events, block.quarantine)
-                else:
-                    stager.add(_empty_classified(), block.quarantine)
+                stager.add(events, block.quarantine)  # quarantine rows even when no event parsed
         files = stager.commit()
     except (ObjectReadError, ConfigError, OSError, UnicodeError, duckdb.Error) as exc:
         stager.abort()
@@ -186,12 +185,6 @@ def _count_ai(events: pa.Table) -> dict[str, int]:
         return {}
     return {r["provider"]: r["count"] for r in ai.group_by("provider").aggregate([("provider", "count")])
             .rename_columns(["provider", "count"]).to_pylist()}
-
-
-def _empty_classified() -> pa.Table:
-    from agent_traffic.schema import EVENT_SCHEMA
-
-    return EVENT_SCHEMA.empty_table()
 
 
 def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[str, Any]:

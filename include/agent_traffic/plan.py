@@ -395,17 +395,8 @@ def acked_ids(store: Store, prefix: str) -> list[str]:
     return list(_ids(store, prefix, "acks", ".json"))
 
 
-def dead_ids(store: Store, prefix: str) -> list[str]:
-    return list(_ids(store, prefix, "dead", ".json"))
-
-
 def too_old_ids(store: Store, prefix: str) -> list[str]:
     return list(_ids(store, prefix, "too_old", ".json"))
-
-
-def current_object_ids(store: Store, day: str) -> set[str]:
-    """Object versions staged for a date now (a replaced version's plan no longer counts)."""
-    return {oid for oid, m in read_manifests(store, day).items() if m.get("status") == STAGED}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from agent_traffic.ledger import _ts
+from agent_traffic.ledger import as_utc
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
 
@@ -214,7 +214,7 @@ def manifest_rows(store: Store, days: list[str] | None) -> list[dict[str, Any]]:
             "quarantined": s.get("quarantined"), "skipped": sum((s.get("skipped") or {}).values()),
             "invalid_utf8": s.get("invalid_utf8"),
             "events_staged": sum(n for k, n in files.items() if k.startswith("events/")),
-            "recorded_at": _ts(m.get("recorded_at")), "stats": _json(s),
+            "recorded_at": as_utc(m.get("recorded_at")), "stats": _json(s),
         })
     return rows
 
@@ -254,7 +254,7 @@ def run_rows(store: Store, days: list[str] | None) -> list[dict[str, Any]]:
             "lines_read": ln.get("read"), "parsed": ln.get("parsed"), "quarantined": ln.get("quarantined"),
             "delivered_this_run": (s.get("this_run") or {}).get("delivered_events", 0),
             "problems": list(s.get("problems") or []),
-            "written_at": _ts(e.get("mtime") or e.get("LastModified") or e.get("created")),
+            "written_at": as_utc(e.get("mtime") or e.get("LastModified") or e.get("created")),
             "summary": _json(s),
         })
     return sorted(rows, key=lambda r: (r["written_at"] or datetime.min.replace(tzinfo=UTC), r["run_id"]))
