@@ -186,6 +186,29 @@ class DeliveryPolicy(_Model):
     concurrency: int = Field(4, ge=1, le=64, description="requests in flight per destination task")
     chunks_per_group: int = Field(20, ge=1, description="chunks per mapped Airflow delivery task")
     max_groups: int = Field(200, ge=1, le=1000, description="cap on mapped delivery tasks per vendor")
+    lease_seconds: float | None = Field(
+        None, gt=0, description="how long a worker owns a chunk it is sending (default: the longest a send "
+        "may take, see longest_send_s, plus a minute)")
+
+    @property
+    def longest_send_s(self) -> float:
+        """Every attempt timing out and every wait at its cap: a send takes no longer (rate-limit waits aside)."""
+        return self.max_attempts * (self.timeout_s + max(self.backoff_cap_s, self.retry_after_cap_s))
+
+    @property
+    def lease_s(self) -> float:
+        """A lease must outlive the send it covers, or a second worker could take the chunk over
+        while the first still sends it."""
+        return self.lease_seconds if self.lease_seconds is not None else self.longest_send_s + 60
+
+    @model_validator(mode="after")
+    def _lease_outlives_send(self) -> DeliveryPolicy:
+        if self.lease_seconds is not None and self.lease_seconds <= self.longest_send_s:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must exceed the longest a send may take, "
+                f"max_attempts x (timeout_s + max(backoff_cap_s, retry_after_cap_s)) = {self.longest_send_s:g} s; "
+                "leave it unset to derive it")
+        return self
 
 
 class ParsePolicy(_Model):

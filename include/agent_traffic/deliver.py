@@ -9,20 +9,29 @@ run's later groups (other mapped tasks included) leave their chunks pending, not
 run tries again. For vendors that stamp receive time, a chunk whose oldest event has become
 older than the destination's max age while it waited (a failed key fixed days later) is not sent:
 it is recorded as too old, like the events the planner already held back.
+
+Workers running side by side (several command-line runs, or delivery tasks of overlapping Airflow
+runs on different workers) never send one chunk at the same time: each takes a lease on a chunk
+before sending it (`Leases`), and a chunk leased by a live worker is left to it and counted as
+pending here (`leased_elsewhere_events`), not lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -42,7 +51,9 @@ class GroupResult:
     site: str
     date: str
     chunks_sent: int = 0
-    chunks_already_acked: int = 0
+    chunks_already_acked: int = 0  # acked (or expired) by an earlier run or another worker
+    chunks_leased_elsewhere: int = 0  # another live worker holds the lease: it sends them
+    leased_elsewhere_events: int = 0  # ... and their events: pending here, not lost
     delivered_events: int = 0
     failed_events: int = 0
     pending_events: int = 0
@@ -64,14 +75,107 @@ class GroupResult:
 
     def line(self) -> str:
         """One log line: what this group did."""
+        pending = self.pending_events + self.leased_elsewhere_events
+        elsewhere = (f" ({self.leased_elsewhere_events} being sent by another worker)"
+                     if self.leased_elsewhere_events else "")
         return (f"{self.destination} {self.site} {self.date}: {self.delivered_events} delivered, "
-                f"{self.failed_events} failed, {self.pending_events} pending, {self.too_old_events} too old, "
+                f"{self.failed_events} failed, {pending} pending{elsewhere}, {self.too_old_events} too old, "
                 f"{self.requests} request(s), {self.possible_duplicates} possible duplicate(s)"
                 + (f", {self.dry_run_events} written to the outbox" if self.dry_run_events else ""))
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def lease_key(prefix: str, chunk_id: str, gen: int) -> str:
+    return f"{prefix}/leases/{chunk_id}.{gen}.json"
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process has this id on this machine (a permission error means one does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class Leases:
+    """One worker's claims on chunks, so parallel workers never send the same chunk at once.
+
+    Before sending chunk `c` a worker creates `<ledger>/leases/<c>.<gen>.json` with the store's
+    atomic create (O_EXCL-like locally, `If-None-Match` on S3): of two workers racing, one wins.
+    The loser reads the lease: while it has not expired, the chunk is the holder's; once it has
+    (the holder died), the next generation `<c>.<gen+1>.json` is claimed, by one worker again.
+    A lease taken on this machine by a process that no longer exists has expired at once, so a
+    killed command-line run is resumed without waiting out the lease. The lease lasts
+    `delivery.lease_s` (longer than any send with its retries), so a live holder never loses its
+    chunk; expiry compares wall clocks, so workers' clocks must agree to well within that.
+    Released (deleted) once the chunk is acked, dead-lettered or expired; a lease left behind by
+    a crash only delays that chunk until it expires.
+    """
+
+    MAX_TRIES = 50  # claims lost to workers that released between our create and our read
+
+    def __init__(self, store: Store, prefix: str, run_id: str, ttl_s: float) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.run_id = run_id
+        self.ttl = timedelta(seconds=ttl_s)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _expired(self, lease: dict[str, Any] | None, now: datetime) -> bool:
+        """Unreadable counts as expired: atomic creates never leave one, and a chunk must not stay stuck."""
+        try:
+            expires = datetime.fromisoformat(lease["expires_at"])  # type: ignore[index]
+            host, pid = lease["host"], int(lease["pid"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            return True
+        if expires <= now:
+            return True
+        return host == self.host and pid != self.pid and _process_gone(pid)
+
+    def claim(self, chunk_id: str) -> bool:
+        """True if this worker now owns the chunk; False if a live worker does."""
+        gen = 0
+        for _ in range(self.MAX_TRIES):
+            key = lease_key(self.prefix, chunk_id, gen)
+            now = datetime.now(UTC)
+            body = orjson.dumps({
+                "chunk_id": chunk_id, "gen": gen, "run_id": self.run_id, "host": self.host, "pid": self.pid,
+                "claimed_at": now.isoformat(timespec="seconds"),
+                "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
+            })
+            if self.store.create_exclusive(key, body):
+                with self._lock:
+                    self._held[chunk_id] = gen
+                return True
+            try:
+                lease = self.store.get_json(key)
+            except FileNotFoundError:
+                continue  # released between our create and our read: try this generation again
+            except orjson.JSONDecodeError:
+                lease = None
+            if not self._expired(lease, now):
+                return False
+            gen += 1
+        return False
+
+    def release(self, chunk_id: str) -> None:
+        """Delete our lease and the expired ones below it (best effort: an expired lease is harmless)."""
+        with self._lock:
+            gen = self._held.pop(chunk_id, None)
+        if gen is None:
+            return
+        for g in range(gen, -1, -1):
+            with contextlib.suppress(OSError):
+                self.store.delete(lease_key(self.prefix, chunk_id, g))
 
 
 def _session(concurrency: int) -> requests.Session:
@@ -130,10 +234,17 @@ def deliver_group(
     lock = threading.Lock()
     stop_marker = f"_delivery/{dest.name}/stopped/{run_id}.json"
 
-    def load(cid: str) -> Chunk:
+    def done(cid: str) -> bool:
+        """Acked or expired meanwhile, by another worker (or a run that overlapped this one)."""
+        return store.exists(f"{prefix}/acks/{cid}.json") or store.exists(f"{prefix}/too_old/{cid}.json")
+
+    def load(cid: str) -> Chunk | None:
+        """The chunk, or None when it was finished meanwhile (its file is deleted after the ack)."""
         try:
             return decode_chunk(store.get_bytes(f"{prefix}/chunks/{cid}.chunk"))
         except FileNotFoundError:
+            if done(cid):
+                return None
             raise FileNotFoundError(
                 f"chunk {cid} of {dest.name} {group.site} {group.date} is planned but its file is gone; "
                 f"delete {store.url(prefix)}/plans/ to plan that date again"
@@ -159,6 +270,9 @@ def deliver_group(
         box = outbox or store
         for cid in todo:
             ch = load(cid)
+            if ch is None:
+                res.chunks_already_acked += 1
+                continue
             if expire(ch):
                 continue
             ext = "ndjson" if ch.content_type.endswith("ndjson") else "json"
@@ -179,17 +293,45 @@ def deliver_group(
     session = _session(cfg.delivery.concurrency)
     limiter = _limiter(dest)
     url = v.url(dest)
+    leases = Leases(store, prefix, run_id, cfg.delivery.lease_s)
 
     def scrub(text: str) -> str:
         """A vendor that echoes the request back must not put the key into the dead letter."""
         return text.replace(key.reveal(), "***")
 
-    def one(cid: str) -> None:
+    def skip(cid: str, leased: bool) -> None:
+        """Not sent by this worker: pending (the destination stopped, or another worker has it)."""
         ch = load(cid)
-        if stop.is_set():
-            with lock:
+        with lock:
+            if ch is None:
+                res.chunks_already_acked += 1
+            elif leased:
+                res.chunks_leased_elsewhere += 1
+                res.leased_elsewhere_events += ch.events
+            else:
                 res.pending_events += ch.events
-            return
+
+    def one(cid: str) -> None:
+        if stop.is_set():
+            return skip(cid, leased=False)
+        if not leases.claim(cid):
+            return skip(cid, leased=True)
+        try:
+            if done(cid):  # finished by another worker between our first look and our claim
+                with lock:
+                    res.chunks_already_acked += 1
+                return
+            ch = load(cid)
+            if ch is None:
+                with lock:
+                    res.chunks_already_acked += 1
+                return
+            send_chunk(ch)
+        finally:
+            leases.release(cid)
+
+    def send_chunk(ch: Chunk) -> None:
+        """Send a chunk this worker holds the lease on; ack, dead-letter or expire it."""
         if expire(ch):
             return
         headers = {"Content-Type": ch.content_type, **v.auth_headers(key)}

@@ -158,18 +158,24 @@ class Store:
             self.fs.put_file(local_path, target)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create `key` only if it does not exist; False if it does. Atomic on local disk
-        (O_EXCL) and on S3-compatible stores (a conditional PUT, `If-None-Match: *`), so two
-        workers racing for the same lease cannot both win."""
+        """Create `key` only if it does not exist; False if it does. Atomic on local disk (a
+        finished temporary file hard-linked to the name, which fails if the name exists, so a
+        reader never sees the file empty) and on S3-compatible stores (a conditional PUT,
+        `If-None-Match: *`), so two workers racing for the same lease cannot both win."""
         target = self.path(key)
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(tmp, target)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         if "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
             bucket, _, path = target.partition("/")

@@ -136,10 +136,13 @@ def build_summary(
         if o["status"] != "staged":
             failed_objects.append({"url": o["url"], "reason": o.get("reason")})
     sent = Counter()
+    leased: Counter[tuple[str, str]] = Counter()  # (destination, site) -> events another worker was sending
     for d in deliveries:
         for k in ("chunks_sent", "delivered_events", "failed_events", "pending_events",
-                  "too_old_events", "dry_run_events", "requests", "possible_duplicates"):
+                  "too_old_events", "dry_run_events", "requests", "possible_duplicates",
+                  "leased_elsewhere_events"):
             sent[k] += d.get(k, 0)
+        leased[(d.get("destination"), d.get("site"))] += d.get("leased_elsewhere_events", 0)
     problems = []
     if failed_objects:
         problems.append(f"{len(failed_objects)} object(s) failed to parse; the next run retries them")
@@ -152,7 +155,12 @@ def build_summary(
                             f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
                             "and re-run with reprocess (--reprocess) to validate and send them")
         if st.pending and not dry_run:
-            problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending; re-run to send")
+            # Pending only because another worker holds their leases: that worker sends them.
+            if st.pending <= leased[(st.destination, st.site)]:
+                notes.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending: another worker "
+                             "held their leases and is sending them")
+            else:
+                problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending; re-run to send")
         if not st.balanced:
             problems.append(f"{st.destination} ({st.site}): outcomes do not add up to the events staged")
         if st.too_old:
@@ -305,6 +313,8 @@ def render(summary: dict[str, Any]) -> str:
             f"this run  {_n(t.get('chunks_sent', 0))} chunk(s) sent, {_n(t.get('delivered_events', 0))} events,"
             f" {_n(t.get('requests', 0))} request(s), {_n(t.get('possible_duplicates', 0))} possible duplicate(s)"
             + (f", {_n(t['too_old_events'])} too old by now" if t.get("too_old_events") else "")
+            + (f", {_n(t['leased_elsewhere_events'])} left to another worker (leased)"
+               if t.get("leased_elsewhere_events") else "")
             + (f", {_n(t.get('dry_run_events', 0))} events written to the outbox" if summary["dry_run"] else "")
         )
     out += ["", f"staging   {summary['staging']}"]

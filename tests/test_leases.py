@@ -1,0 +1,188 @@
+"""Delivery leases: two workers never send one chunk at the same time, and a dead one's chunks are
+taken over. Real local store, real planner, real HTTP to the local receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agent_traffic.deliver import Leases, deliver_group, lease_key
+from agent_traffic.pipeline import Runtime, discover_objects, process_object
+from agent_traffic.plan import ChunkGroup, decode_chunk, ledger_prefix, plan_deliveries
+from agent_traffic.runner import run
+from agent_traffic.samples import write_day
+from agent_traffic.secrets import Secret, env_resolver
+from agent_traffic.storage import Store
+from tests.conftest import write_config
+
+DAY = date(2026, 11, 21)
+SITE_ID = "01JDEM0SANDB0X0000000000AA"
+
+
+@pytest.fixture
+def planned(tmp_path: Path, sandbox) -> tuple[Runtime, ChunkGroup]:
+    """A day of sample logs staged and planned into several Scrunch chunks (one group)."""
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=1500, files=1, tag="l")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url,
+                       delivery={"concurrency": 2}, extra_dest={"max_batch_events": 40})
+    rt = Runtime.load(str(cfg), "plan")
+    for ref in discover_objects(rt, [DAY]).objects:
+        assert process_object(rt, ref).status == "staged"
+    (group,) = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    assert len(group.chunk_ids) >= 4
+    return rt, group
+
+
+def _prefix(group: ChunkGroup) -> str:
+    return ledger_prefix(group.destination, group.site, group.date)
+
+
+def _seqs_of(store: Store, group: ChunkGroup, cid: str) -> set[str]:
+    ch = decode_chunk(store.get_bytes(f"{_prefix(group)}/chunks/{cid}.chunk"))
+    return {json.loads(line)["url"].rsplit("seq=", 1)[1] for line in ch.body.splitlines()}
+
+
+def _received(sandbox) -> Counter[str]:
+    return Counter(e["url"].rsplit("seq=", 1)[1] for e in sandbox.accepted("scrunch", SITE_ID))
+
+
+def _lease(store: Store, group: ChunkGroup, cid: str, *, gen: int = 0, host: str = "worker-2", pid: int = 4242,
+           expires_in: timedelta = timedelta(minutes=10)) -> str:
+    """Another worker's lease on a chunk, as its `Leases.claim` writes it."""
+    now = datetime.now(UTC)
+    key = lease_key(_prefix(group), cid, gen)
+    assert store.create_exclusive(key, orjson.dumps({
+        "chunk_id": cid, "gen": gen, "run_id": "other-run", "host": host, "pid": pid,
+        "claimed_at": now.isoformat(timespec="seconds"),
+        "expires_at": (now + expires_in).isoformat(timespec="seconds")}))
+    return key
+
+
+def test_a_chunk_leased_by_a_live_worker_is_left_to_it_and_counted_pending(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    cid = group.chunk_ids[1]
+    theirs = _seqs_of(rt.store, group, cid)
+    key = _lease(rt.store, group, cid)
+    s = run(rt, DAY, DAY, resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}), progress=lambda _m: None)
+    got = _received(sandbox)
+    assert not theirs & set(got), "a chunk leased by another live worker was sent"
+    assert got and max(got.values()) == 1
+    dest = s["destinations"][0]
+    assert dest["pending"] == len(theirs) and dest["delivered"] == sum(got.values()) and dest["balanced"]
+    assert s["this_run"]["leased_elsewhere_events"] == len(theirs)
+    assert s["ok"], s["problems"]  # not a problem: the other worker sends them
+    assert any("another worker" in n for n in s["notes"])
+    assert rt.store.list(f"{_prefix(group)}/leases/") == [key]  # theirs stays; ours were released
+
+
+def test_group_result_line_says_pending_and_who_has_it(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    cid = group.chunk_ids[0]
+    n = len(_seqs_of(rt.store, group, cid))
+    _lease(rt.store, group, cid)
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="w1")
+    assert r.chunks_leased_elsewhere == 1 and r.leased_elsewhere_events == n
+    assert r.chunks_sent == len(group.chunk_ids) - 1 and r.pending_events == 0
+    assert f"{n} pending ({n} being sent by another worker)" in r.line()
+
+
+def test_an_expired_lease_is_taken_over(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    cid = group.chunk_ids[2]
+    theirs = _seqs_of(rt.store, group, cid)
+    _lease(rt.store, group, cid, expires_in=timedelta(seconds=-5))  # its worker died 5 s ago
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="w1")
+    assert r.chunks_sent == len(group.chunk_ids) and r.leased_elsewhere_events == 0
+    got = _received(sandbox)
+    assert theirs <= set(got) and max(got.values()) == 1
+    assert rt.store.exists(f"{_prefix(group)}/acks/{cid}.json")
+    assert rt.store.list(f"{_prefix(group)}/leases/") == []  # the dead lease and our gen-1 one are gone
+
+
+def test_a_lease_of_a_killed_process_on_this_machine_is_taken_over_at_once(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid now names no process: a command-line run killed with SIGKILL
+    cid = group.chunk_ids[0]
+    theirs = _seqs_of(rt.store, group, cid)
+    _lease(rt.store, group, cid, host=socket.gethostname(), pid=proc.pid)  # not expired for 10 min
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="w1")
+    assert r.chunks_sent == len(group.chunk_ids) and r.chunks_leased_elsewhere == 0
+    got = _received(sandbox)
+    assert theirs <= set(got) and max(got.values()) == 1
+    assert rt.store.list(f"{_prefix(group)}/leases/") == []
+
+
+def test_a_lease_of_a_live_process_on_this_machine_is_respected(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as proc:
+        try:
+            cid = group.chunk_ids[0]
+            _lease(rt.store, group, cid, host=socket.gethostname(), pid=proc.pid)
+            r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="w1")
+        finally:
+            proc.kill()
+    assert r.chunks_leased_elsewhere == 1 and r.chunks_sent == len(group.chunk_ids) - 1
+
+
+def test_a_chunk_finished_between_first_look_and_claim_is_not_resent(planned, sandbox, api_key) -> None:
+    rt, group = planned
+    cid = group.chunk_ids[0]
+    key = lease_key(_prefix(group), cid, 0)
+    theirs = _seqs_of(rt.store, group, cid)
+    other = Store(rt.store.root_url)  # the other worker's own connection to the same store
+
+    class Racing(Store):
+        """Our worker's store: just before our claim of `cid`, the other worker sends that chunk
+        (all of it, through the real deliver_group: claim, send, ack, release)."""
+
+        raced = False
+
+        def create_exclusive(self, k: str, data: bytes) -> bool:
+            if k == key and not self.raced:
+                self.raced = True
+                only = ChunkGroup(group.destination, group.vendor, group.site, group.date, (cid,), 0)
+                w2 = deliver_group(rt.cfg, other, only, Secret(api_key), run_id="w2")
+                assert w2.chunks_sent == 1
+            return super().create_exclusive(k, data)
+
+    ours = Racing(rt.store.root_url)
+    r = deliver_group(rt.cfg, ours, group, Secret(api_key), run_id="w1")
+    assert ours.raced
+    assert r.chunks_already_acked == 1 and r.chunks_sent == len(group.chunk_ids) - 1
+    got = _received(sandbox)
+    assert theirs <= set(got) and max(got.values()) == 1, "the chunk was sent twice"
+    assert rt.store.get_json(f"{_prefix(group)}/acks/{cid}.json")["run_id"] == "w2"
+    assert rt.store.list(f"{_prefix(group)}/leases/") == []
+
+
+def test_two_workers_racing_for_a_chunk_one_wins(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "st"))
+    a = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-a", 60)
+    b = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-b", 60)
+    assert a.claim("c1") and not b.claim("c1")
+    a.release("c1")
+    assert b.claim("c1") and not a.claim("c1")
+    b.release("c1")
+    assert store.list("_delivery/") == []
+
+
+def test_lease_outlives_the_longest_send(tmp_path: Path) -> None:
+    from agent_traffic.config import DeliveryPolicy
+
+    p = DeliveryPolicy()
+    assert p.longest_send_s == 6 * (30 + 120) and p.lease_s == p.longest_send_s + 60
+    assert DeliveryPolicy(lease_seconds=2000).lease_s == 2000
+    with pytest.raises(ValueError, match="must exceed the longest a send may take"):
+        DeliveryPolicy(lease_seconds=60)
