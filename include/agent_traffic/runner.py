@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import planned_dates
+from agent_traffic.extract import STAGED, Discovery, ObjectRef, manifest_key, planned_dates
 from agent_traffic.pipeline import (
     Runtime,
     days_between,
@@ -21,7 +21,7 @@ from agent_traffic.pipeline import (
     validate_staged,
 )
 from agent_traffic.plan import ChunkGroup, plan_deliveries
-from agent_traffic.secrets import SecretResolver, env_resolver
+from agent_traffic.secrets import Secret, SecretResolver, env_resolver
 from agent_traffic.storage import Store
 from agent_traffic.summary import build_summary, ledger_status
 
@@ -56,7 +56,15 @@ def run(
     progress: Callable[[str], None] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Discover, parse, plan and deliver the dates; `now` decides what is too old (tests set it)."""
+    """Discover the dates, then parse, validate, plan and deliver them one day at a time; one
+    summary for the whole range. `now` decides what is too old (tests set it).
+
+    Day by day, so a long backfill delivers from its first day on, reports per-day progress, and
+    killed mid-way leaves whole days done: run again, it skips staged objects and acked chunks.
+    Discovery lists the whole range first (a prefix two dates share stages its objects once);
+    late objects on the lookback dates before the range go with the first day, planned under
+    their own date.
+    """
     progress = progress or Progress()
     for name in sites:
         rt.cfg.site(name)
@@ -66,82 +74,156 @@ def run(
         from agent_traffic.errors import ConfigError
 
         raise ConfigError(f"unknown destination(s) {unknown}; the config has {sorted(known)}")
+    t_run = time.monotonic()
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
     disc = discover_objects(rt, days, reprocess=reprocess)
     rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", disc.as_dict(ds))
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged" + (f", {disc.late} late on {', '.join(disc.lookback)}" if disc.late else ""))
-    plan_ds = planned_dates(rt.cfg, days)  # late objects are staged, planned and reported under their own date
-    objects = []
-    total_bytes = sum(o.size for o in disc.objects)
-    done_bytes = 0
-    for i, ref in enumerate(disc.objects, 1):
-        t = time.monotonic()
-        res = process_object(rt, ref)
-        done_bytes += ref.size
-        objects.append(res.as_dict())
-        s = res.stats
-        rate = s.get("lines_read", 0) / max(time.monotonic() - t, 1e-6)
-        progress(f"parse [{i}/{len(disc.objects)}] {ref.url}: {res.status}, {s.get('lines_read', 0):,} lines "
-                 f"({rate:,.0f}/s), {s.get('quarantined', 0):,} quarantined"
-                 + (f" - {res.reason}" if res.reason else "")
-                 + f"  [{done_bytes * 100 // max(total_bytes, 1)}% of bytes]")
-    quality = validate_staged(rt, objects)
-    for day, q in quality.items():
-        progress(f"validate {day}: " + ", ".join(f"{s} {v}" for s, v in q["statuses"].items())
-                 + "".join(f"; {f['message']}" for f in q["findings"]))
-    plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None, destinations=destinations or None,
-                           now=now)
-    pending_events = sum(g.events for g in plan.groups)
-    progress(f"plan: {len(plan.groups)} chunk group(s), {pending_events:,} event(s) not yet acknowledged")
-    resolve = resolver or env_resolver()
-    secret_errors: dict[str, str] = {}
-    deliveries: list[dict[str, Any]] = []
-    sent = 0
-    done = 0
-    lock = threading.Lock()
-    t_deliver = time.monotonic()
-    by_dest: dict[str, list[ChunkGroup]] = {}
-    for group in plan.groups:
-        by_dest.setdefault(group.destination, []).append(group)
-
-    def deliver_destination(name: str, groups: list[ChunkGroup]) -> None:
-        """One destination's groups in order, with its own key; destinations run side by side."""
-        nonlocal sent, done
-        secret = None
-        try:
-            if not dry_run:
-                secret = resolve(_dest(rt, name))
-            for group in groups:
-                r = deliver_group(rt.cfg, rt.store, group, secret, run_id=rt.run_id, dry_run=dry_run,
-                                  outbox=outbox, now=now)
-                with lock:
-                    deliveries.append(r.as_dict())
-                    sent += r.delivered_events + r.dry_run_events
-                    done += 1
-                    rate = sent / max(time.monotonic() - t_deliver, 1e-6)
-                    left = (pending_events - sent) / rate if rate else 0
-                    progress(f"deliver [{done}/{len(plan.groups)}] {r.line()}; {sent:,}/{pending_events:,} "
-                             f"events ({rate:,.0f}/s, ~{left:,.0f}s left)")
-        except SecretMissing as exc:
-            with lock:
-                secret_errors[name] = str(exc)
-            progress(f"deliver: {exc}")
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(by_dest), MAX_DESTINATIONS_AT_ONCE))) as pool:
-        for f in [pool.submit(deliver_destination, n, g) for n, g in by_dest.items()]:
-            f.result()
-    ledger = ledger_status(rt.cfg, rt.store, plan_ds, sites=sites or None, destinations=destinations or None)
+    batches: dict[str, list[ObjectRef]] = {d: [] for d in ds}
+    for ref in disc.objects:  # lookback dates precede the range: their late objects go with its first day
+        batches[ref.date if ref.date in batches else ds[0]].append(ref)
+    parser = _Parser(rt, progress, disc, reprocess=reprocess)
+    sender = _Sender(rt, progress, resolver or env_resolver(), dry_run=dry_run, outbox=outbox, now=now)
+    quality: dict[str, Any] = {}
+    planned: set[str] = set()
+    total = 0
+    label, word = ("backfill" if len(ds) > 1 else "day"), ("written to the outbox" if dry_run else "delivered")
+    for i, day in enumerate(ds, 1):
+        staged = parser.parse(batches[day])
+        q = validate_staged(rt, staged)
+        for d, res in q.items():
+            progress(f"validate {d}: " + ", ".join(f"{s} {v}" for s, v in res["statuses"].items())
+                     + "".join(f"; {f['message']}" for f in res["findings"]))
+        quality.update(q)
+        # the day and its lookback dates (late objects are staged, planned and reported under
+        # their own date), less the dates an earlier day of this run planned already
+        plan_ds = [d for d in planned_dates(rt.cfg, [day]) if d not in planned]
+        planned.update(plan_ds)
+        plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None,
+                               destinations=destinations or None, now=now)
+        today = sender.deliver(plan.groups, day)
+        total += today
+        elapsed = time.monotonic() - t_run
+        progress(f"{label} [{i}/{len(ds)}] {day} done: {today:,} {word} today, {total:,} in all "
+                 f"({total / max(elapsed, 1e-6):,.0f}/s), ~{_duration(elapsed / i * (len(ds) - i))} left")
+    ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=sites or None,
+                           destinations=destinations or None)
     summary = build_summary(
         run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
-        objects=objects, deliveries=deliveries, ledger=ledger, dry_run=dry_run, secret_errors=secret_errors,
-        quality=quality,
+        objects=parser.objects, deliveries=sender.deliveries, ledger=ledger, dry_run=dry_run,
+        secret_errors=sender.secret_errors, quality=quality,
     )
     if outbox is not None:
         summary["outbox"] = outbox.url(rt.run_id)
     rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
     return summary
+
+
+def _duration(seconds: float) -> str:
+    """4m10s, 1h02m, 35s: the time left, as a person reads it."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class _Parser:
+    """Parses and stages object versions for the whole run, with progress over all of them."""
+
+    def __init__(self, rt: Runtime, progress: Callable[[str], None], disc: Discovery, *, reprocess: bool) -> None:
+        self.rt, self.progress, self.disc, self.reprocess = rt, progress, disc, reprocess
+        self.objects: list[dict[str, Any]] = []
+        self.total_bytes = sum(o.size for o in disc.objects)
+        self.done_bytes = 0
+        self.count = 0
+
+    def parse(self, refs: Sequence[ObjectRef]) -> list[dict[str, Any]]:
+        out = []
+        for ref in refs:
+            self.count += 1
+            self.done_bytes += ref.size
+            where = f"[{self.count}/{len(self.disc.objects)}] {ref.url}"
+            if not self.reprocess and self._staged_meanwhile(ref):
+                self.disc.unchanged += 1
+                self.progress(f"parse {where}: staged by another worker meanwhile, skipped")
+                continue
+            t = time.monotonic()
+            res = process_object(self.rt, ref)
+            out.append(res.as_dict())
+            s = res.stats
+            rate = s.get("lines_read", 0) / max(time.monotonic() - t, 1e-6)
+            self.progress(f"parse {where}: {res.status}, {s.get('lines_read', 0):,} lines "
+                          f"({rate:,.0f}/s), {s.get('quarantined', 0):,} quarantined"
+                          + (f" - {res.reason}" if res.reason else "")
+                          + f"  [{self.done_bytes * 100 // max(self.total_bytes, 1)}% of bytes]")
+        self.objects += out
+        return out
+
+    def _staged_meanwhile(self, ref: ObjectRef) -> bool:
+        """Another worker (a parallel run) staged this version since discovery: no need to parse it again."""
+        rec = self.rt.store.get_json_or_none(manifest_key(ref.date, ref.object_id))
+        return bool(rec) and rec.get("status") == STAGED
+
+
+class _Sender:
+    """Delivers planned groups, destinations side by side; each destination's key resolved once per run."""
+
+    def __init__(self, rt: Runtime, progress: Callable[[str], None], resolve: SecretResolver, *,
+                 dry_run: bool, outbox: Store | None, now: datetime | None) -> None:
+        self.rt, self.progress, self.resolve = rt, progress, resolve
+        self.dry_run, self.outbox, self.now = dry_run, outbox, now
+        self.deliveries: list[dict[str, Any]] = []
+        self.secret_errors: dict[str, str] = {}
+        self._secrets: dict[str, Secret | None] = {}
+        self._lock = threading.Lock()
+
+    def _secret(self, name: str) -> Secret | None:
+        if self.dry_run:
+            return None
+        if name not in self._secrets:
+            self._secrets[name] = self.resolve(_dest(self.rt, name))
+        return self._secrets[name]
+
+    def deliver(self, groups: Sequence[ChunkGroup], day: str) -> int:
+        """Send the groups; returns the events delivered (or written to the outbox)."""
+        pending_events = sum(g.events for g in groups)
+        self.progress(f"plan {day}: {len(groups)} chunk group(s), {pending_events:,} event(s) not yet acknowledged")
+        sent = done = 0
+        t0 = time.monotonic()
+        by_dest: dict[str, list[ChunkGroup]] = {}
+        for group in groups:
+            if group.destination not in self.secret_errors:  # said once, not every day
+                by_dest.setdefault(group.destination, []).append(group)
+
+        def deliver_destination(name: str, dest_groups: list[ChunkGroup]) -> None:
+            """One destination's groups in order, with its own key; destinations run side by side."""
+            nonlocal sent, done
+            try:
+                secret = self._secret(name)
+                for group in dest_groups:
+                    r = deliver_group(self.rt.cfg, self.rt.store, group, secret, run_id=self.rt.run_id,
+                                      dry_run=self.dry_run, outbox=self.outbox, now=self.now)
+                    with self._lock:
+                        self.deliveries.append(r.as_dict())
+                        sent += r.delivered_events + r.dry_run_events
+                        done += 1
+                        rate = sent / max(time.monotonic() - t0, 1e-6)
+                        left = (pending_events - sent) / rate if rate else 0
+                        self.progress(f"deliver [{done}/{len(groups)}] {r.line()}; {sent:,}/{pending_events:,} "
+                                      f"events ({rate:,.0f}/s, ~{left:,.0f}s left)")
+            except SecretMissing as exc:
+                with self._lock:
+                    self.secret_errors[name] = str(exc)
+                self.progress(f"deliver: {exc}")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(by_dest), MAX_DESTINATIONS_AT_ONCE))) as pool:
+            for f in [pool.submit(deliver_destination, n, g) for n, g in by_dest.items()]:
+                f.result()
+        return sent
 
 
 def _dest(rt: Runtime, name: str):
