@@ -173,12 +173,30 @@ def test_annotate_verifies_distinct_claims_once(catalog, monkeypatch: pytest.Mon
            [{"user_agent": GPTBOT_UA, "client_ip": None}] * 7 + \
            [{"user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
              "client_ip": "203.0.113.9"}] * 11
-    calls: list[tuple] = []
-    real = ann.verifier.verify
-    monkeypatch.setattr(ann.verifier, "verify", lambda *a: calls.append(a) or real(*a))
+    asked: list[str] = []  # every IP the verifier was asked about, by either path
+    one, many = ann.verifier.verify, ann.verifier.verify_v4
+    monkeypatch.setattr(ann.verifier, "verify", lambda a, ip, d=None: asked.append(ip) or one(a, ip, d))
+    monkeypatch.setattr(ann.verifier, "verify_v4", lambda a, ips, days: asked.extend(
+        str(ipaddress.IPv4Address(int(i))) for i in ips) or many(a, ips, days))
     out = ann.annotate(events_table(rows))
     assert out.num_rows == len(rows)
     assert out["line_number"].to_pylist() == list(range(1, len(rows) + 1))
     got = Counter(out["verification"].to_pylist())
     assert got == {"verified": 500, "spoofed": 300, "unverifiable": 7, None: 11}
-    assert sorted(c[1] for c in calls) == ["203.0.113.9", "74.7.227.5"]  # two distinct claims, not 807 rows
+    assert sorted(asked) == ["203.0.113.9", "74.7.227.5"]  # two distinct claims, not 807 rows
+
+
+def test_vectorized_ipv4_and_one_by_one_paths_agree(catalog) -> None:
+    """The numpy path (plain dotted IPv4) and `verify` (IPv6, mapped, odd spellings) give the same verdicts."""
+    from tests.test_enrich import events_table
+
+    snaps = {"openai-gptbot": _snap("openai-gptbot", ["74.7.227.0/25", "2001:db8:1::/48"])}
+    ann = Annotator.build(catalog=catalog, snapshots=snaps)
+    ips = ["74.7.227.5", "74.7.227.200", "::ffff:74.7.227.5", " 74.7.227.6 ", "[2001:db8:1::7]",
+           "2001:db8:2::7", "074.7.227.5", "not-an-ip", "74.7.227.127", "74.7.227.128", "255.255.255.255"]
+    out = ann.annotate(events_table([{"user_agent": GPTBOT_UA, "client_ip": ip} for ip in ips]))
+    day = out["ts"][0].as_py().date()
+    assert out["verification"].to_pylist() == [ann.verifier.verify("GPTBot", ip, day) for ip in ips]
+    assert out["verification"].to_pylist() == [
+        "verified", "spoofed", "verified", "verified", "verified",
+        "spoofed", "unverifiable", "unverifiable", "verified", "spoofed", "spoofed"]

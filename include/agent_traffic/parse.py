@@ -221,8 +221,9 @@ def _repaired(buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray, 
     return Lines(first_line, buf, starts, lengths, pa.array(texts, pa.string_view()), bad)
 
 
-def _background(it: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Run an iterator in a thread, `depth` items ahead (zlib, bz2, zstd and reads drop the GIL)."""
+def in_background(it: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Run an iterator in a thread, `depth` items ahead: reads, zlib/bz2/zstd, DuckDB and Arrow drop
+    the GIL, so the stage after it works on block n while this one makes block n+1."""
     q: queue.Queue[tuple[BaseException | None, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -661,7 +662,7 @@ def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int) -
     parser = BlockParser(ctx)
     next_line = 1
     try:
-        for buf in _background(cut_blocks(blocks, block_bytes, ctx.max_line_bytes)):
+        for buf in in_background(cut_blocks(blocks, block_bytes, ctx.max_line_bytes)):
             lines = frame(buf, next_line)
             next_line += len(lines.text)
             yield parser.parse(lines)

@@ -22,7 +22,14 @@ from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
 from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
 from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
 from agent_traffic.formats import LogFormat, detect_format, load_formats
-from agent_traffic.parse import ParseContext, ParseStats, parse_blocks, sample_lines, sample_match
+from agent_traffic.parse import (
+    ParseContext,
+    ParseStats,
+    in_background,
+    parse_blocks,
+    sample_lines,
+    sample_match,
+)
 from agent_traffic.ranges import range_store
 from agent_traffic.stage import ObjectStager
 from agent_traffic.storage import Store, StoreOptions, filesystem
@@ -136,7 +143,8 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
                 )
             ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites,
                                cfg.parse.max_line_bytes)
-            for block in parse_blocks(blocks, ctx, cfg.parse.block_bytes):
+            # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
+            for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
                 stats.add(block.stats)
                 events = block.events
                 if events.num_rows:

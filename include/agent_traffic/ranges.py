@@ -28,6 +28,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 from agent_traffic.catalog import Catalog
 from agent_traffic.config import Config
 from agent_traffic.errors import ConfigError
@@ -81,12 +83,21 @@ class RangeSet:
                     merged.append([lo, hi])
             self._starts[version] = [lo for lo, _ in merged]
             self._ends[version] = [hi for _, hi in merged]
+        self._starts4 = np.array(self._starts[4], dtype=np.int64)
+        self._ends4 = np.array(self._ends[4], dtype=np.int64)
 
     def __contains__(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         starts = self._starts[ip.version]
         n = int(ip)
         i = bisect.bisect_right(starts, n) - 1
         return i >= 0 and n <= self._ends[ip.version][i]
+
+    def contains_v4(self, ips: np.ndarray) -> np.ndarray:
+        """Membership of many IPv4 addresses (as integers) at once: one binary search each, in numpy."""
+        i = np.searchsorted(self._starts4, ips, side="right") - 1
+        if not len(self._starts4):
+            return np.zeros(len(ips), dtype=bool)
+        return (i >= 0) & (ips <= self._ends4[np.maximum(i, 0)])
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,6 +31,30 @@ def event_key(site: str, provider: str, day: str, object_id: str) -> str:
 
 def quarantine_key(day: str, object_id: str) -> str:
     return f"quarantine/date={day}/part-{object_id}.parquet"
+
+
+def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Table]]:
+    """(site, provider, UTC day) and its rows, in line order within each: one stable sort by a
+    small integer key and zero-copy slices, instead of one filter pass per partition."""
+    day = pc.cast(events["ts"], pa.date32())
+    keys = pa.table({"site": events["site"], "provider": events["provider"], "day": day})
+    uniq = keys.group_by(["site", "provider", "day"], use_threads=False).aggregate([])
+    if uniq.num_rows == 1:
+        g = uniq.to_pylist()[0]
+        yield (g["site"], g["provider"], g["day"].isoformat()), events
+        return
+    code = pc.index_in(pc.binary_join_element_wise(
+        pc.cast(keys["site"], pa.string()), pc.cast(keys["provider"], pa.string()),
+        pc.cast(keys["day"], pa.string()), "\x1f"), value_set=pc.binary_join_element_wise(
+        pc.cast(uniq["site"], pa.string()), pc.cast(uniq["provider"], pa.string()),
+        pc.cast(uniq["day"], pa.string()), "\x1f"))
+    order = pc.sort_indices(code)  # stable: line order kept inside each partition
+    counts = np.bincount(code.to_numpy(), minlength=uniq.num_rows)
+    ordered = events.take(order)
+    start = 0
+    for g, n in zip(uniq.to_pylist(), counts.tolist(), strict=True):
+        yield (g["site"], g["provider"], g["day"].isoformat()), ordered.slice(start, n)
+        start += n
 
 
 class ObjectStager:
@@ -57,16 +83,8 @@ class ObjectStager:
         if not events.num_rows:
             return
         events = conform(events, EVENT_SCHEMA)
-        days = pc.strftime(events["ts"], format="%Y-%m-%d")
-        keyed = events.append_column("_day", days)
-        groups = keyed.group_by(["site", "provider", "_day"]).aggregate([]).to_pylist()
-        for g in groups:
-            mask = pc.and_(
-                pc.and_(pc.equal(keyed["site"], g["site"]), pc.equal(keyed["provider"], g["provider"])),
-                pc.equal(keyed["_day"], g["_day"]),
-            )
-            part = events.filter(mask)
-            self._write(event_key(g["site"], g["provider"], g["_day"], self.object_id), part, EVENT_SCHEMA)
+        for (site, provider, day), part in partitions(events):
+            self._write(event_key(site, provider, day, self.object_id), part, EVENT_SCHEMA)
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""

@@ -8,15 +8,20 @@
   event has no (valid) IP, or a list is partial or too old. Absence of evidence is never spoofing.
 
 Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
-The pipeline calls `verify` once per distinct (agent, IP, day), never per row.
+The pipeline asks once per distinct (agent, IP, day), never per row: `verify_v4` answers a whole
+array of IPv4 claims of one agent in numpy (crawlers come from thousands of addresses a day);
+`verify` answers one claim (IPv6, the command line).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import lru_cache
+
+import numpy as np
 
 from agent_traffic.catalog import Catalog
 from agent_traffic.classify import HUMAN, UNKNOWN
@@ -34,10 +39,15 @@ def parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
     """The address in a log's client IP field (IPv4-mapped IPv6 as IPv4), or None if it is not one."""
     if not text:
         return None
-    try:
-        ip = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
+    text = text.strip().strip("[]")
+    try:  # the C parser first: ipaddress's own string parsing is ~20x slower
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
+            socket.inet_pton(socket.AF_INET6, text))
+    except OSError:
+        try:
+            ip = ipaddress.ip_address(text)  # IPv4, or IPv6 with a zone id
+        except ValueError:
+            return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
@@ -67,11 +77,32 @@ class Verifier:
         addr = parse_ip(ip)
         if not lists or addr is None:
             return UNVERIFIABLE
-        loaded = [self.snapshots[lid] for lid in lists if lid in self.snapshots]
+        loaded = self._loaded(agent)
         if any(addr in snap.ranges for snap in loaded):
             return VERIFIED
+        return SPOOFED if self._conclusive(agent, day) else UNVERIFIABLE
+
+    def verify_v4(self, agent: str, ips: np.ndarray, days: Sequence[date]) -> list[str | None]:
+        """Verdicts for many IPv4 claims of one agent; `ips` are the addresses as integers."""
+        if agent in _NO_CLAIM or agent not in self.agents:
+            return [None] * len(ips)
+        if not self.lists.get(agent):
+            return [UNVERIFIABLE] * len(ips)
+        inside = np.zeros(len(ips), dtype=bool)
+        for snap in self._loaded(agent):
+            inside |= snap.ranges.contains_v4(ips)
+        hits = inside.tolist()
+        outside = {d: SPOOFED if self._conclusive(agent, d) else UNVERIFIABLE
+                   for d in {d for d, hit in zip(days, hits, strict=True) if not hit}}
+        return [VERIFIED if hit else outside[d] for d, hit in zip(days, hits, strict=True)]
+
+    def _loaded(self, agent: str) -> list[Snapshot]:
+        return [self.snapshots[lid] for lid in self.lists[agent] if lid in self.snapshots]
+
+    def _conclusive(self, agent: str, day: date | None) -> bool:
+        """Outside every list means spoofed only if every list is loaded, complete and fresh."""
+        lists, loaded = self.lists[agent], self._loaded(agent)
         day = day or datetime.now(UTC).date()
-        conclusive = len(loaded) == len(lists) and all(
+        return len(loaded) == len(lists) and all(
             snap.complete and abs((day - snap.day).days) <= self.max_age_days for snap in loaded
         )
-        return SPOOFED if conclusive else UNVERIFIABLE
