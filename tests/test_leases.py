@@ -186,3 +186,21 @@ def test_lease_outlives_the_longest_send(tmp_path: Path) -> None:
     assert DeliveryPolicy(lease_seconds=2000).lease_s == 2000
     with pytest.raises(ValueError, match="must exceed the longest a send may take"):
         DeliveryPolicy(lease_seconds=60)
+
+
+def test_a_claim_whose_answer_was_lost_finds_its_own_lease(tmp_path: Path) -> None:
+    class LostAnswer(Store):
+        """S3 through a flaky network: the conditional PUT succeeds, its answer is lost, the
+        client retries it and gets 412 (the object exists now): create_exclusive says False."""
+
+        def create_exclusive(self, key: str, data: bytes) -> bool:
+            super().create_exclusive(key, data)
+            return False
+
+    store = LostAnswer(str(tmp_path / "st"))
+    mine = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-a", 60)
+    assert mine.claim("c1")  # recognised by its token, not left stuck until it expires
+    other = Leases(Store(str(tmp_path / "st")), "_delivery/d/site=s/date=2026-11-21", "run-b", 60)
+    assert not other.claim("c1")
+    mine.release("c1")
+    assert store.list("_delivery/") == []

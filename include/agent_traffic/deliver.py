@@ -24,6 +24,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,8 @@ class Leases:
     atomic create (O_EXCL-like locally, `If-None-Match` on S3): of two workers racing, one wins.
     The loser reads the lease: while it has not expired, the chunk is the holder's; once it has
     (the holder died), the next generation `<c>.<gen+1>.json` is claimed, by one worker again.
+    Each claim carries a random token, so a claim whose conditional PUT was retried after a lost
+    answer (and failed, having succeeded the first time) recognises its own lease.
     A lease taken on this machine by a process that no longer exists has expired at once, so a
     killed command-line run is resumed without waiting out the lease. The lease lasts
     `delivery.lease_s` (longer than any send with its retries), so a live holder never loses its
@@ -147,8 +150,10 @@ class Leases:
         for _ in range(self.MAX_TRIES):
             key = lease_key(self.prefix, chunk_id, gen)
             now = datetime.now(UTC)
+            token = uuid.uuid4().hex
             body = orjson.dumps({
-                "chunk_id": chunk_id, "gen": gen, "run_id": self.run_id, "host": self.host, "pid": self.pid,
+                "chunk_id": chunk_id, "gen": gen, "token": token, "run_id": self.run_id, "host": self.host,
+                "pid": self.pid,
                 "claimed_at": now.isoformat(timespec="seconds"),
                 "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
             })
@@ -162,6 +167,11 @@ class Leases:
                 continue  # released between our create and our read: try this generation again
             except orjson.JSONDecodeError:
                 lease = None
+            if isinstance(lease, dict) and lease.get("token") == token:
+                # ours: a conditional PUT retried after a lost answer finds its own first write
+                with self._lock:
+                    self._held[chunk_id] = gen
+                return True
             if not self._expired(lease, now):
                 return False
             gen += 1
