@@ -53,15 +53,14 @@ def ledger_prefix(dest: str, site: str, day: str) -> str:
     return f"_delivery/{dest}/site={site}/date={day}"
 
 
-def line_ranges(lines: Iterable[int]) -> Ranges:
+def line_ranges(lines: Iterable[int] | np.ndarray) -> Ranges:
     """Ascending line numbers as inclusive runs: [1,2,3,7] -> ((1,3),(7,7))."""
-    out: list[list[int]] = []
-    for n in lines:
-        if out and n == out[-1][1] + 1:
-            out[-1][1] = n
-        else:
-            out.append([n, n])
-    return tuple((a, b) for a, b in out)
+    a = np.asarray(lines if isinstance(lines, np.ndarray) else list(lines), dtype=np.int64)
+    if not len(a):
+        return ()
+    cut = np.flatnonzero(np.diff(a) != 1) + 1
+    firsts, lasts = a[np.r_[0, cut]].tolist(), a[np.r_[cut - 1, len(a) - 1]].tolist()
+    return tuple(zip(firsts, lasts, strict=True))
 
 
 def lines_in(ranges: Iterable[Sequence[int]]) -> Iterator[int]:
@@ -229,11 +228,21 @@ def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: byte
            line_numbers: np.ndarray, ts_us: np.ndarray) -> Chunk:
     """A chunk and its id: a hash of where it belongs, its line span and its body."""
     first, last, count = int(line_numbers[0]), int(line_numbers[-1]), len(line_numbers)
-    digest = hashlib.sha256(body).hexdigest()
-    key = f"{dest.name}|{site.name}|{object_id}|{first}|{last}|{count}|{digest}"
-    cid = hashlib.sha256(key.encode()).hexdigest()[:24]
+    cid = chunk_id(dest.name, site.name, object_id, first, last, count, body)
     return Chunk(cid, index, object_id, count, first, last, int(ts_us.min()) / 1e6, ctype, body,
-                 line_ranges(line_numbers.tolist()))
+                 line_ranges(line_numbers))
+
+
+def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count: int, body: bytes) -> str:
+    digest = hashlib.sha256(body).hexdigest()
+    key = f"{dest}|{site}|{object_id}|{first}|{last}|{count}|{digest}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def chunk_intact(ch: Chunk, dest: str, site: str) -> bool:
+    """The chunk file holds the bytes it was planned with (its id hashes them): a torn or
+    damaged file is detected, so chunk files need no fsync."""
+    return chunk_id(dest, site, ch.object_id, ch.first_line, ch.last_line, ch.events, ch.body) == ch.chunk_id
 
 
 @dataclass
@@ -363,7 +372,7 @@ def plan_object(
         start = 1 + max((c["index"] for c in kept), default=-1)  # kept chunks keep their numbers
         for ch in build_chunks(table, site, dest, oid, not_eligible, start_index=start):
             if ch.chunk_id not in acked:
-                store.put_bytes(f"{prefix}/chunks/{ch.chunk_id}.chunk", encode_chunk(ch))
+                store.put_bytes(f"{prefix}/chunks/{ch.chunk_id}.chunk", encode_chunk(ch), durable=False)
             metas.append(ch.meta())
     plan = ObjectPlan(
         destination=dest.name,
