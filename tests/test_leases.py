@@ -149,13 +149,13 @@ def test_a_chunk_finished_between_first_look_and_claim_is_not_resent(planned, sa
 
         raced = False
 
-        def create_exclusive(self, k: str, data: bytes) -> bool:
+        def create_exclusive(self, k: str, data: bytes, **kw: bool) -> bool:
             if k == key and not self.raced:
                 self.raced = True
                 only = ChunkGroup(group.destination, group.vendor, group.site, group.date, (cid,), 0)
                 w2 = deliver_group(rt.cfg, other, only, Secret(api_key), run_id="w2")
                 assert w2.chunks_sent == 1
-            return super().create_exclusive(k, data)
+            return super().create_exclusive(k, data, **kw)
 
     ours = Racing(rt.store.root_url)
     r = deliver_group(rt.cfg, ours, group, Secret(api_key), run_id="w1")
@@ -193,8 +193,8 @@ def test_a_claim_whose_answer_was_lost_finds_its_own_lease(tmp_path: Path) -> No
         """S3 through a flaky network: the conditional PUT succeeds, its answer is lost, the
         client retries it and gets 412 (the object exists now): create_exclusive says False."""
 
-        def create_exclusive(self, key: str, data: bytes) -> bool:
-            super().create_exclusive(key, data)
+        def create_exclusive(self, key: str, data: bytes, **kw: bool) -> bool:
+            super().create_exclusive(key, data, **kw)
             return False
 
     store = LostAnswer(str(tmp_path / "st"))

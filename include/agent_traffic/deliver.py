@@ -19,6 +19,7 @@ pending here (`leased_elsewhere_events`), not lost.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -38,12 +39,23 @@ from requests.adapters import HTTPAdapter
 
 from agent_traffic.config import Config, Destination
 from agent_traffic.errors import SecretMissing
-from agent_traffic.plan import Chunk, ChunkGroup, age_cutoff, decode_chunk, ledger_prefix
+from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.plan import (
+    Chunk,
+    ChunkGroup,
+    age_cutoff,
+    chunk_intact,
+    decode_chunk,
+    ledger_prefix,
+    plan_object,
+)
 from agent_traffic.ratelimit import TokenBucket, limiter_for
 from agent_traffic.retry import STOP, SUCCESS, send
 from agent_traffic.secrets import Secret
 from agent_traffic.storage import Store
 from agent_traffic.vendors import vendor
+
+log = logging.getLogger("agent_traffic")
 
 
 @dataclass
@@ -157,7 +169,7 @@ class Leases:
                 "claimed_at": now.isoformat(timespec="seconds"),
                 "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
             })
-            if self.store.create_exclusive(key, body):
+            if self.store.create_exclusive(key, body, durable=False):  # lost in an OS crash = not held
                 with self._lock:
                     self._held[chunk_id] = gen
                 return True
@@ -238,6 +250,7 @@ def deliver_group(
     for cid in group.chunk_ids:  # a retried task finds some of its chunks done already
         if store.exists(f"{prefix}/acks/{cid}.json"):
             res.chunks_already_acked += 1
+            store.delete(f"{prefix}/chunks/{cid}.chunk")  # rewritten by a planner that overlapped the ack
         elif not store.exists(f"{prefix}/too_old/{cid}.json"):
             todo.append(cid)
     cutoff = age_cutoff(dest, now or datetime.now(UTC))
@@ -248,17 +261,49 @@ def deliver_group(
         """Acked or expired meanwhile, by another worker (or a run that overlapped this one)."""
         return store.exists(f"{prefix}/acks/{cid}.json") or store.exists(f"{prefix}/too_old/{cid}.json")
 
-    def load(cid: str) -> Chunk | None:
-        """The chunk, or None when it was finished meanwhile (its file is deleted after the ack)."""
+    replanned: set[str] = set()  # chunks whose file was unusable and is not in the rebuilt plan
+    replan_lock = threading.Lock()
+
+    def read(cid: str) -> Chunk | None:
+        """The chunk file if it is there and holds the bytes it was planned with (its id hashes them)."""
         try:
-            return decode_chunk(store.get_bytes(f"{prefix}/chunks/{cid}.chunk"))
-        except FileNotFoundError:
-            if done(cid):
-                return None
-            raise FileNotFoundError(
-                f"chunk {cid} of {dest.name} {group.site} {group.date} is planned but its file is gone; "
-                f"delete {store.url(prefix)}/plans/ to plan that date again"
-            ) from None
+            ch = decode_chunk(store.get_bytes(f"{prefix}/chunks/{cid}.chunk"))
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            return None  # missing, or torn by a crash: chunk files are written without fsync
+        return ch if ch.chunk_id == cid and chunk_intact(ch, dest.name, group.site) else None
+
+    def load(cid: str) -> Chunk | None:
+        """The chunk, or None when it was finished meanwhile (its file is deleted after the ack) or
+        cannot be rebuilt as planned (then counted pending: the next run's plan has its events)."""
+        ch = read(cid)
+        if ch is not None or done(cid):
+            return ch
+        with replan_lock:
+            ch = read(cid)  # another thread may have rebuilt this object's chunks meanwhile
+            if ch is None:
+                ch = replan(cid)
+        return ch
+
+    def replan(cid: str) -> Chunk | None:
+        """Plan the chunk's object again: its chunks are rebuilt byte for byte from the staged
+        events (acked ones kept, never resent). If the rebuilt plan differs (a receive-time
+        vendor's age cutoff moved), the chunk's events are pending in new chunks."""
+        found = next(((key, p) for key, p in store.iter_json(f"{prefix}/plans/")
+                      if any(c.get("chunk_id") == cid for c in p.get("chunks", []))), None)
+        manifest = read_manifests(store, group.date).get(found[1].get("object_id")) if found else None
+        if found is not None:
+            log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
+                        dest.name, group.site, group.date, cid, found[1].get("object_id"))
+            store.delete(found[0])
+            if manifest is not None and manifest.get("status") == STAGED:
+                plan_object(store, cfg.site(group.site), dest, manifest, now=now)
+        ch = read(cid)
+        if ch is None and not done(cid):
+            events = next((c["events"] for c in (found[1]["chunks"] if found else []) if c["chunk_id"] == cid), 0)
+            replanned.add(cid)
+            with lock:
+                res.pending_events += events
+        return ch
 
     def expire(ch: Chunk) -> bool:
         """Too old to send now: record it, so it is counted and never sent unless the user opts in."""
@@ -281,7 +326,7 @@ def deliver_group(
         for cid in todo:
             ch = load(cid)
             if ch is None:
-                res.chunks_already_acked += 1
+                res.chunks_already_acked += cid not in replanned
                 continue
             if expire(ch):
                 continue
@@ -314,7 +359,7 @@ def deliver_group(
         ch = load(cid)
         with lock:
             if ch is None:
-                res.chunks_already_acked += 1
+                res.chunks_already_acked += cid not in replanned
             elif leased:
                 res.chunks_leased_elsewhere += 1
                 res.leased_elsewhere_events += ch.events
@@ -334,7 +379,7 @@ def deliver_group(
             ch = load(cid)
             if ch is None:
                 with lock:
-                    res.chunks_already_acked += 1
+                    res.chunks_already_acked += cid not in replanned
                 return
             send_chunk(ch)
         finally:

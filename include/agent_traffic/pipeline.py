@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -33,6 +33,9 @@ from agent_traffic.parse import (
 from agent_traffic.ranges import range_store
 from agent_traffic.stage import ObjectStager
 from agent_traffic.storage import Store, StoreOptions, filesystem
+
+if TYPE_CHECKING:
+    from agent_traffic.validate import Validator
 
 log = logging.getLogger("agent_traffic")
 
@@ -58,6 +61,13 @@ class Runtime:
         """Classifier, IP verifier (newest range snapshots) and enrichment, built once per task."""
         return Annotator.build(self.cfg.catalog_files, range_store=range_store(self.cfg, self.options),
                                max_age_days=self.cfg.ip_ranges.max_age_days)
+
+    @cached_property
+    def validator(self) -> Validator:
+        """The Great Expectations suites, built once per task (a backfill validates day by day)."""
+        from agent_traffic.validate import Validator  # GX is slow to import: only where it runs
+
+        return Validator(self.cfg)
 
     @classmethod
     def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
@@ -228,12 +238,12 @@ def validate_staged(rt: Runtime, objects: Sequence[dict[str, Any]]) -> dict[str,
 
     Returns {date: result}; a failed partition is held by the planner.
     """
-    from agent_traffic.validate import Validator, build_docs, validate_date
+    from agent_traffic.validate import build_docs, validate_date
 
     days = sorted({o["date"] for o in objects if o["status"] == STAGED})
     if not days:
         return {}
-    validator = Validator(rt.cfg)
+    validator = rt.validator
     out = {}
     for day in days:
         res = validate_date(rt.cfg, rt.store, day, objects, run_id=rt.run_id, validator=validator)

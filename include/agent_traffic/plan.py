@@ -19,7 +19,10 @@ _delivery/<dest>/site=<site>/date=<D>/chunks/<chunk_id>.chunk   meta line + requ
 _delivery/<dest>/site=<site>/date=<D>/acks/<chunk_id>.json      after the vendor's 2xx (with lines)
 _delivery/<dest>/site=<site>/date=<D>/dead/<chunk_id>.json      status, vendor body, attempts
 _delivery/<dest>/site=<site>/date=<D>/too_old/<chunk_id>.json   expired before it could be sent
+_delivery/<dest>/site=<site>/date=<D>/leases/<chunk_id>.<gen>.json  a worker is sending it (deliver.py)
 ```
+Chunk files are written without fsync: their id hashes their bytes, so delivery detects a missing
+or torn one and plans its object again (`deliver.py`).
 """
 
 from __future__ import annotations

@@ -164,19 +164,21 @@ class Store:
         else:
             self.fs.put_file(local_path, target)
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
+    def create_exclusive(self, key: str, data: bytes, *, durable: bool = True) -> bool:
         """Create `key` only if it does not exist; False if it does. Atomic on local disk (a
         finished temporary file hard-linked to the name, which fails if the name exists, so a
         reader never sees the file empty) and on S3-compatible stores (a conditional PUT,
-        `If-None-Match: *`), so two workers racing for the same lease cannot both win."""
+        `If-None-Match: *`), so two workers racing for the same lease cannot both win.
+        `durable=False`: no fsync on local disk, for files an OS crash may lose (a lease)."""
         target = self.path(key)
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             try:
                 os.link(tmp, target)
             except FileExistsError:
