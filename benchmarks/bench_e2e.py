@@ -20,20 +20,23 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.harness import DATA, Measurement, run_once
+from benchmarks.harness import DATA, ROOT, Measurement, python_child, run_once
 
 DAY = date(2026, 11, 21)
 SITE_ID = "01JDEM0SANDB0X0000000000AA"
 
 
 def _logs(root: Path, lines: int, files: int) -> list[Path]:
-    from agent_traffic.samples import write_day
-
+    """The sample objects, made once. In a child process: on Linux a child's peak RSS starts at its
+    parent's size when it was forked, so this process must stay small for the measurements."""
     marker = root / f".done-{lines}-{files}"
     folder = root / f"{DAY:%Y/%m/%d}"
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
-        write_day(root, DAY, lines=lines, files=files)
+        subprocess.run(python_child(
+            "from datetime import date; from pathlib import Path; from agent_traffic.samples import write_day; "
+            f"write_day(Path({str(root)!r}), date.fromisoformat({DAY.isoformat()!r}), lines={lines}, files={files})"),
+            cwd=ROOT, check=True)
         marker.touch()
     return sorted(folder.glob("*.gz"))
 

@@ -113,6 +113,19 @@ def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectIn
     return sorted(out, key=lambda o: o.url)
 
 
+def _finished_tmp(target: str, data: bytes, durable: bool) -> str:
+    """A temporary file beside `target` holding `data` (fsynced if `durable`), ready to move in;
+    `.tmp-` names are never listed."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    return tmp
+
+
 class Store:
     """The staging root: relative keys in, whole-object reads and atomic writes out."""
 
@@ -142,14 +155,7 @@ class Store:
         """
         target = self.path(key)
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
+            os.replace(_finished_tmp(target, data, durable), target)
         else:
             self.fs.pipe_file(target, data)
 
@@ -172,13 +178,7 @@ class Store:
         `durable=False`: no fsync on local disk, for files an OS crash may lose (a lease)."""
         target = self.path(key)
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
+            tmp = _finished_tmp(target, data, durable)
             try:
                 os.link(tmp, target)
             except FileExistsError:
