@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,9 +85,9 @@ class Chunk:
     lines: Ranges = ()  # every line in the chunk; kept in the chunk file and its ack, not the plan
 
     def meta(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("body")
-        d.pop("lines")
+        """Everything but the body and the line list (`asdict` would deep-copy both: it showed up
+        in profiles of small-batch vendors, a meta per request)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("body", "lines")}
         d["body_bytes"] = len(self.body)
         return d
 
