@@ -127,3 +127,33 @@ def test_failed_suite_holds_delivery_until_the_input_is_fixed(tmp_path: Path, sa
     assert s2["ok"] and s2["quality"][str(DAY)]["statuses"] == {"example.com": PASS}
     d2 = s2["destinations"][0]
     assert d2["held"] == 0 and d2["delivered"] > 0 and len(sandbox.accepted()) == d2["delivered"]
+
+
+def test_row_suite_flags_each_bad_row_by_its_expectation(tmp_path: Path, validator_cache: dict) -> None:
+    """The dtypes check_rows hands GX (float status, nanosecond times) keep every check working,
+    a time beyond the nanosecond range included."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    rt, _objects, v = stage(tmp_path, {"a.log.gz": combined_lines(DAY, 3, seed=7)}, validator_cache)
+    noon = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    rows = {  # event id -> (ts, status, path)
+        "ok": (noon, 200, "/a"), "status": (noon, 700, "/a"), "path": (noon, 200, "a"),
+        "late": (noon + timedelta(days=3), 200, "/a"), "year-2999": (datetime(2999, 1, 1, tzinfo=UTC), 200, "/a"),
+        "year-1000": (datetime(1000, 1, 1, tzinfo=UTC), 200, "/a"),
+    }
+    site = rt.cfg.sites[0].name
+    table = pa.table({
+        "event_id": list(rows), "ts": pa.array([r[0] for r in rows.values()], pa.timestamp("us", "UTC")),
+        "site": [site] * len(rows), "method": ["GET"] * len(rows), "path": [r[2] for r in rows.values()],
+        "status": pa.array([r[1] for r in rows.values()], pa.int32()), "url": ["https://x/a"] * len(rows),
+        "user_agent": ["ua"] * len(rows), "_key": ["k"] * len(rows),
+    })
+    failing = {(etype, col): sorted(e for e, _ in bad) for etype, col, _sev, bad in v.check_rows(DAY.isoformat(), table)
+               if bad}
+    assert failing == {
+        ("expect_column_values_to_be_between", "status"): ["status"],
+        ("expect_column_values_to_match_regex", "path"): ["path"],
+        ("expect_column_values_to_be_between", "ts_naive"): ["late", "year-1000", "year-2999"],
+    }

@@ -174,7 +174,14 @@ class Validator:
         import pandas as pd
 
         df = table.to_pandas()
-        df["ts_naive"] = pd.to_datetime(df["ts"], utc=True).dt.tz_localize(None)
+        # GX checks "between" a row at a time in Python unless the column is int64/float64 or
+        # datetime64[ns] (14 s of a 10M-row validation): give it those dtypes. A time outside
+        # the nanosecond range (years 1678-2261 kept) becomes 1678, which fails the check.
+        df["status"] = df["status"].astype("float64")  # nulls stay null (NaN)
+        ts = pd.to_datetime(df["ts"], utc=True).dt.tz_localize(None)
+        lo, hi = pd.Timestamp("1678-01-01"), pd.Timestamp("2262-01-01")
+        ts = ts.where(ts.isna() | ((ts >= lo) & (ts < hi)), lo)
+        df["ts_naive"] = ts.astype("datetime64[ns]")
         res = self.row_definition(day).run(
             batch_parameters={"dataframe": df},
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
