@@ -3,11 +3,10 @@ hash and rebuilt from the staged events in the same delivery, never sent damaged
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from agent_traffic.deliver import deliver_group
-from agent_traffic.plan import plan_deliveries
+from agent_traffic.plan import decode_chunk, plan_deliveries
 from agent_traffic.secrets import Secret
 from tests.test_leases import DAY, SITE_ID, _prefix, planned  # noqa: F401 - the fixture
 
@@ -19,8 +18,8 @@ def _received(sandbox) -> Counter[str]:
 def test_missing_and_torn_chunk_files_are_rebuilt_and_sent_once(planned, sandbox, api_key) -> None:  # noqa: F811
     rt, group = planned
     prefix = _prefix(group)
-    expected = sum(json.loads(line)["url"] != "" for cid in group.chunk_ids
-                   for line in rt.store.get_bytes(f"{prefix}/chunks/{cid}.chunk").splitlines()[1:])
+    expected = sum(decode_chunk(rt.store.get_bytes(f"{prefix}/chunks/{cid}.chunk")).events
+                   for cid in group.chunk_ids)
     gone, torn = group.chunk_ids[0], group.chunk_ids[2]
     rt.store.delete(f"{prefix}/chunks/{gone}.chunk")
     data = rt.store.get_bytes(f"{prefix}/chunks/{torn}.chunk")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from itertools import pairwise
 from typing import Any
 
 import duckdb
@@ -161,8 +162,8 @@ class Annotator:
         agents = claims["agent"].to_numpy(zero_copy_only=False)
         ips, days = claims["client_ip"].to_pylist(), claims["day"].to_pylist()
         ip4 = claims["ip4"].fill_null(-1).to_numpy()
-        starts = np.flatnonzero(np.r_[True, agents[1:] != agents[:-1]]).tolist() if len(agents) else []
-        for lo, hi in zip(starts, [*starts[1:], len(agents)][:len(starts)], strict=True):
+        firsts = np.flatnonzero(np.r_[True, agents[1:] != agents[:-1]]).tolist() if len(agents) else []
+        for lo, hi in pairwise([*firsts, len(agents)]):  # one agent's claims (they are sorted by agent)
             agent, rows = agents[lo], np.arange(lo, hi)
             v4 = rows[ip4[lo:hi] >= 0]
             for i, verdict in zip(v4, self.verifier.verify_v4(agent, ip4[v4], [days[i] for i in v4]),

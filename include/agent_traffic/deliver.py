@@ -39,7 +39,7 @@ from requests.adapters import HTTPAdapter
 
 from agent_traffic.config import Config, Destination
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.extract import STAGED, manifest_key
 from agent_traffic.plan import (
     Chunk,
     ChunkGroup,
@@ -288,22 +288,30 @@ def deliver_group(
         """Plan the chunk's object again: its chunks are rebuilt byte for byte from the staged
         events (acked ones kept, never resent). If the rebuilt plan differs (a receive-time
         vendor's age cutoff moved), the chunk's events are pending in new chunks."""
-        found = next(((key, p) for key, p in store.iter_json(f"{prefix}/plans/")
-                      if any(c.get("chunk_id") == cid for c in p.get("chunks", []))), None)
-        manifest = read_manifests(store, group.date).get(found[1].get("object_id")) if found else None
-        if found is not None:
+        events = 0
+        for key, plan in store.iter_json(f"{prefix}/plans/"):
+            meta = next((c for c in plan.get("chunks", []) if c.get("chunk_id") == cid), None)
+            if meta is None:
+                continue
+            events, oid = meta["events"], plan.get("object_id")
             log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
-                        dest.name, group.site, group.date, cid, found[1].get("object_id"))
-            store.delete(found[0])
+                        dest.name, group.site, group.date, cid, oid)
+            store.delete(key)
+            manifest = store.get_json_or_none(manifest_key(group.date, oid))
             if manifest is not None and manifest.get("status") == STAGED:
                 plan_object(store, cfg.site(group.site), dest, manifest, now=now)
+            break
         ch = read(cid)
         if ch is None and not done(cid):
-            events = next((c["events"] for c in (found[1]["chunks"] if found else []) if c["chunk_id"] == cid), 0)
             replanned.add(cid)
             with lock:
                 res.pending_events += events
         return ch
+
+    def finished_elsewhere(cid: str) -> None:
+        """`load` found nothing to send: acked or expired meanwhile (a replanned chunk is counted pending)."""
+        with lock:
+            res.chunks_already_acked += cid not in replanned
 
     def expire(ch: Chunk) -> bool:
         """Too old to send now: record it, so it is counted and never sent unless the user opts in."""
@@ -326,7 +334,7 @@ def deliver_group(
         for cid in todo:
             ch = load(cid)
             if ch is None:
-                res.chunks_already_acked += cid not in replanned
+                finished_elsewhere(cid)
                 continue
             if expire(ch):
                 continue
@@ -357,10 +365,10 @@ def deliver_group(
     def skip(cid: str, leased: bool) -> None:
         """Not sent by this worker: pending (the destination stopped, or another worker has it)."""
         ch = load(cid)
+        if ch is None:
+            return finished_elsewhere(cid)
         with lock:
-            if ch is None:
-                res.chunks_already_acked += cid not in replanned
-            elif leased:
+            if leased:
                 res.chunks_leased_elsewhere += 1
                 res.leased_elsewhere_events += ch.events
             else:
@@ -378,9 +386,7 @@ def deliver_group(
                 return
             ch = load(cid)
             if ch is None:
-                with lock:
-                    res.chunks_already_acked += cid not in replanned
-                return
+                return finished_elsewhere(cid)
             send_chunk(ch)
         finally:
             leases.release(cid)

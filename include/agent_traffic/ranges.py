@@ -94,9 +94,9 @@ class RangeSet:
 
     def contains_v4(self, ips: np.ndarray) -> np.ndarray:
         """Membership of many IPv4 addresses (as integers) at once: one binary search each, in numpy."""
-        i = np.searchsorted(self._starts4, ips, side="right") - 1
         if not len(self._starts4):
             return np.zeros(len(ips), dtype=bool)
+        i = np.searchsorted(self._starts4, ips, side="right") - 1
         return (i >= 0) & (ips <= self._ends4[np.maximum(i, 0)])
 
 

@@ -80,7 +80,7 @@ class Verifier:
         loaded = self._loaded(agent)
         if any(addr in snap.ranges for snap in loaded):
             return VERIFIED
-        return SPOOFED if self._conclusive(agent, day) else UNVERIFIABLE
+        return SPOOFED if self._conclusive(agent, loaded, day) else UNVERIFIABLE
 
     def verify_v4(self, agent: str, ips: np.ndarray, days: Sequence[date]) -> list[str | None]:
         """Verdicts for many IPv4 claims of one agent; `ips` are the addresses as integers."""
@@ -88,20 +88,21 @@ class Verifier:
             return [None] * len(ips)
         if not self.lists.get(agent):
             return [UNVERIFIABLE] * len(ips)
+        loaded = self._loaded(agent)
         inside = np.zeros(len(ips), dtype=bool)
-        for snap in self._loaded(agent):
+        for snap in loaded:
             inside |= snap.ranges.contains_v4(ips)
         hits = inside.tolist()
-        outside = {d: SPOOFED if self._conclusive(agent, d) else UNVERIFIABLE
+        outside = {d: SPOOFED if self._conclusive(agent, loaded, d) else UNVERIFIABLE
                    for d in {d for d, hit in zip(days, hits, strict=True) if not hit}}
         return [VERIFIED if hit else outside[d] for d, hit in zip(days, hits, strict=True)]
 
     def _loaded(self, agent: str) -> list[Snapshot]:
         return [self.snapshots[lid] for lid in self.lists[agent] if lid in self.snapshots]
 
-    def _conclusive(self, agent: str, day: date | None) -> bool:
+    def _conclusive(self, agent: str, loaded: list[Snapshot], day: date | None) -> bool:
         """Outside every list means spoofed only if every list is loaded, complete and fresh."""
-        lists, loaded = self.lists[agent], self._loaded(agent)
+        lists = self.lists[agent]
         day = day or datetime.now(UTC).date()
         return len(loaded) == len(lists) and all(
             snap.complete and abs((day - snap.day).days) <= self.max_age_days for snap in loaded
