@@ -6,8 +6,8 @@ import random
 from email.utils import formatdate
 
 import pytest
-import requests
 
+from agent_traffic.client import http_pool, proxy_for
 from agent_traffic.config import DeliveryPolicy
 from agent_traffic.retry import (
     FATAL,
@@ -56,8 +56,8 @@ def _send(sandbox, api_key: str, policy: DeliveryPolicy, body: bytes | None = No
     url = f"{sandbox.url}/v1/sites/01JDEM0SANDB0X0000000000AA/platforms/custom/web-traffic"
     event = (b'{"domain":"example.com","user_agent":"GPTBot/1.2","url":"https://example.com/",'
              b'"path":"/","method":"GET","status_code":200,"timestamp":1700000000}')
-    with requests.Session() as s:
-        r = send(s, url, body or event, {"Content-Type": "application/json", "X-Api-Key": api_key},
+    with http_pool(url, 1) as pool:
+        r = send(pool, url, body or event, {"Content-Type": "application/json", "X-Api-Key": api_key},
                  policy, OK, sleep=sleeps.append, rng=random.Random(3))
     return r, sleeps
 
@@ -124,16 +124,37 @@ def test_the_limiter_runs_before_every_attempt_retries_included(sandbox, api_key
     url = f"{sandbox.url}/v1/sites/01JDEM0SANDB0X0000000000AA/platforms/custom/web-traffic"
     event = (b'{"domain":"example.com","user_agent":"GPTBot/1.2","url":"https://example.com/",'
              b'"path":"/","method":"GET","status_code":200,"timestamp":1700000000}')
-    with requests.Session() as s:
-        r = send(s, url, event, {"Content-Type": "application/json", "X-Api-Key": api_key},
+    with http_pool(url, 1) as pool:
+        r = send(pool, url, event, {"Content-Type": "application/json", "X-Api-Key": api_key},
                  DeliveryPolicy(), OK, sleep=lambda _s: None, before_attempt=lambda: calls.append(1) or 0.25)
     assert r.outcome == SUCCESS and len(calls) == r.attempts == 2 and r.throttled_s == 0.5
 
 
 def test_a_request_that_cannot_be_built_stops_and_never_quotes_the_key() -> None:
     secret = "s3cr3t-" + "k" * 20
-    with requests.Session() as s:
-        r = send(s, "http://127.0.0.1:9/x", b"{}", {"Authorization": f"Bearer {secret}\n"},
+    with http_pool("http://127.0.0.1:9/x", 1) as pool:
+        r = send(pool, "http://127.0.0.1:9/x", b"{}", {"Authorization": f"Bearer {secret}\n"},
                  DeliveryPolicy(), OK, sleep=lambda _s: None)
     assert r.outcome == STOP and r.attempts == 1 and r.status is None
-    assert "InvalidHeader" in r.body and secret not in r.body
+    assert "request not sent: ValueError" in r.body and secret not in r.body
+
+
+def test_a_refused_connection_is_retried_but_is_no_possible_duplicate() -> None:
+    """Nothing listens on port 9 of loopback: the body never left, so no duplicate is possible."""
+    with http_pool("http://127.0.0.1:9/x", 1) as pool:
+        r = send(pool, "http://127.0.0.1:9/x", b"{}", {}, DeliveryPolicy(max_attempts=2), OK,
+                 sleep=lambda _s: None)
+    assert (r.outcome, r.attempts, r.possible_duplicates) == (RETRY, 2, 0)
+    assert r.retries_by_cause == {"connection": 1} and "NewConnectionError" in r.body
+
+
+def test_proxies_come_from_the_environment_as_with_requests(monkeypatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("https://api.example.com/visits") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
+    assert proxy_for("https://api.example.com/visits") == "http://proxy.internal:3128"
+    assert proxy_for("https://ingest.corp.example/visits") is None
+    assert proxy_for("http://api.example.com/visits") is None  # no HTTP_PROXY set
+    assert type(http_pool("https://api.example.com/visits", 2)).__name__ == "ProxyManager"

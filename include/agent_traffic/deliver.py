@@ -34,9 +34,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import requests
-from requests.adapters import HTTPAdapter
 
+from agent_traffic.client import USER_AGENT, http_pool
 from agent_traffic.config import Config, Destination
 from agent_traffic.errors import SecretMissing
 from agent_traffic.extract import STAGED, manifest_key
@@ -200,16 +199,6 @@ class Leases:
                 self.store.delete(lease_key(self.prefix, chunk_id, g))
 
 
-def _session(concurrency: int) -> requests.Session:
-    """One connection pool per task, as large as the requests it runs at once."""
-    s = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=concurrency, max_retries=0)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.headers["User-Agent"] = "agent-traffic/0.1 (+https://github.com/agent-traffic)"
-    return s
-
-
 def _limiter(dest: Destination) -> TokenBucket | None:
     """HitKeep limits each client; the bucket is per instance, shared by the process's threads."""
     if dest.vendor != "hitkeep":
@@ -353,9 +342,9 @@ def deliver_group(
     stop = threading.Event()
     if store.exists(stop_marker):
         stop.set()  # an earlier group of this run was told the key, grant or site id is wrong
-    session = _session(cfg.delivery.concurrency)
     limiter = _limiter(dest)
     url = v.url(dest)
+    http = http_pool(url, cfg.delivery.concurrency)
     leases = Leases(store, prefix, run_id, cfg.delivery.lease_s)
 
     def scrub(text: str) -> str:
@@ -395,8 +384,8 @@ def deliver_group(
         """Send a chunk this worker holds the lease on; ack, dead-letter or expire it."""
         if expire(ch):
             return
-        headers = {"Content-Type": ch.content_type, **v.auth_headers(key)}
-        r = send(session, url, ch.body, headers, cfg.delivery, v.success, sleep=sleep, rng=rng,
+        headers = {"User-Agent": USER_AGENT, "Content-Type": ch.content_type, **v.auth_headers(key)}
+        r = send(http, url, ch.body, headers, cfg.delivery, v.success, sleep=sleep, rng=rng,
                  should_stop=stop.is_set, before_attempt=limiter.acquire if limiter else None)
         with lock:
             res.requests += r.attempts
@@ -435,7 +424,7 @@ def deliver_group(
         with ThreadPoolExecutor(max_workers=cfg.delivery.concurrency) as pool:
             list(pool.map(one, todo))
     finally:
-        session.close()
+        http.clear()
     return res
 
 

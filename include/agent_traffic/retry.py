@@ -5,8 +5,9 @@ HTTP-date, capped); never retry any other 4xx. Waits are `uniform(0, min(cap, ba
 for a 429 without Retry-After (HitKeep's, Known Agents'). 401, 403 and 404 mean the destination
 itself is wrong (key, grant, site id): every further request would fail the same way, so the
 caller stops sending to it.
-A connection error after the body was sent may mean the vendor stored it: the retry is counted as
-a possible duplicate, since none of the vendors de-duplicates.
+A connection error after the connection was made (a reset, a read timeout) may mean the vendor
+stored the body: the retry is counted as a possible duplicate, since none of the vendors
+de-duplicates. A connection that was never made is retried without that count.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-import requests
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from agent_traffic.config import DeliveryPolicy
 
@@ -72,7 +74,7 @@ class SendResult:
 
 
 def send(
-    session: requests.Session,
+    pool: urllib3.PoolManager,
     url: str,
     body: bytes,
     headers: Mapping[str, str],
@@ -98,27 +100,29 @@ def send(
         if before_attempt is not None:
             res.throttled_s += before_attempt()
         try:
-            resp = session.post(
-                url, data=body, headers=dict(headers), timeout=policy.timeout_s, allow_redirects=False
-            )
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            cause = "timeout" if isinstance(exc, requests.Timeout) else "connection"
+            resp = pool.request("POST", url, body=body, headers=dict(headers), timeout=policy.timeout_s,
+                                retries=False, redirect=False)
+        except (NewConnectionError, ConnectTimeoutError) as exc:  # nothing was sent
+            cause = "timeout" if type(exc) is ConnectTimeoutError else "connection"
             res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
-            res.possible_duplicates += 1
-        except requests.RequestException as exc:
+        except ValueError as exc:
             # A malformed URL or header: no request left. Only the type is kept, since the
             # library's message may quote a header value, the key included.
             res.status, res.body = None, f"request not sent: {type(exc).__name__} (check the destination's base_url and key)"
             res.outcome = STOP
             return res
+        except HTTPError as exc:  # reset, or no answer in time, after the body went out
+            cause = "timeout" if isinstance(exc, ReadTimeoutError) else "connection"
+            res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
+            res.possible_duplicates += 1
         else:
-            res.status, res.body = resp.status_code, resp.text[:2000]
-            verdict = decide(resp.status_code, success)
+            res.status, res.body = resp.status, resp.data[:2000].decode("utf-8", "replace")
+            verdict = decide(resp.status, success)
             if verdict != RETRY:
                 res.outcome = verdict
                 return res
-            cause = str(resp.status_code)
-            if resp.status_code in (429, 503):
+            cause = str(resp.status)
+            if resp.status in (429, 503):
                 after = parse_retry_after(resp.headers.get("Retry-After"))
                 if after is not None:
                     wait = min(after, policy.retry_after_cap_s)
