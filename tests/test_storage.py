@@ -65,3 +65,44 @@ def test_list_objects_glob_and_prefix(s3_env: str, tmp_path: Path) -> None:
     (tmp_path / "d" / ".hidden").write_text("1")
     local = list_objects(str(tmp_path / "d") + "/", None)
     assert [Path(o.url.removeprefix("file://")).name for o in local] == ["x.log"] and local[0].mtime
+
+
+class _CountingStore(Store):
+    """The real local store, recording which keys were made durable together."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.synced: list[list[str]] = []
+
+    def sync(self, keys) -> None:
+        keys = list(keys)
+        self.synced.append(keys)
+        super().sync(keys)
+
+
+def test_acks_are_made_durable_together(tmp_path: Path) -> None:
+    """A group commit: acks land at once (a killed process loses none), one sync covers many."""
+    from agent_traffic.deliver import AckSync
+
+    store = _CountingStore(str(tmp_path / "st"))
+    acks = AckSync(store, interval_s=3600)
+    for i in range(5):
+        acks.put(f"acks/{i}.json", {"i": i})
+        assert store.get_json(f"acks/{i}.json") == {"i": i}  # readable at once by other workers
+    assert store.synced == []
+    acks.flush()
+    acks.flush()  # nothing new: no second sync
+    assert store.synced == [[f"acks/{i}.json" for i in range(5)]]
+    every_time = AckSync(store, interval_s=0)
+    every_time.put("acks/x.json", {})
+    assert store.synced[-1] == ["acks/x.json"]
+
+
+def test_sync_without_syncfs_fsyncs_each_file_and_skips_removed_ones(tmp_path: Path, monkeypatch) -> None:
+    import agent_traffic.storage as storage
+
+    monkeypatch.setattr(storage, "_LIBC", None)  # as on macOS: no syncfs
+    store = Store(str(tmp_path / "st"))
+    store.put_bytes("a/b.json", b"{}", durable=False)
+    store.sync(["a/b.json", "a/gone.json"])
+    assert store.get_bytes("a/b.json") == b"{}"

