@@ -187,16 +187,20 @@ def test_annotate_verifies_distinct_claims_once(catalog, monkeypatch: pytest.Mon
 
 
 def test_vectorized_ipv4_and_one_by_one_paths_agree(catalog) -> None:
-    """The numpy path (plain dotted IPv4) and `verify` (IPv6, mapped, odd spellings) give the same verdicts."""
+    """The numpy path (plain dotted IPv4), the integer path (IPv6, mapped) and `verify` (odd spellings,
+    zone ids) give the same verdicts."""
     from tests.test_enrich import events_table
 
     snaps = {"openai-gptbot": _snap("openai-gptbot", ["74.7.227.0/25", "2001:db8:1::/48"])}
     ann = Annotator.build(catalog=catalog, snapshots=snaps)
     ips = ["74.7.227.5", "74.7.227.200", "::ffff:74.7.227.5", " 74.7.227.6 ", "[2001:db8:1::7]",
-           "2001:db8:2::7", "074.7.227.5", "not-an-ip", "74.7.227.127", "74.7.227.128", "255.255.255.255"]
+           "2001:db8:2::7", "074.7.227.5", "not-an-ip", "74.7.227.127", "74.7.227.128", "255.255.255.255",
+           "2001:DB8:1:FFFF:FFFF:FFFF:FFFF:FFFF", "2001:db8:0:ffff::1", "::ffff:203.0.113.9",
+           "fe80::1%eth0", "::", "2001:db8:1::7::1"]
     out = ann.annotate(events_table([{"user_agent": GPTBOT_UA, "client_ip": ip} for ip in ips]))
     day = out["ts"][0].as_py().date()
     assert out["verification"].to_pylist() == [ann.verifier.verify("GPTBot", ip, day) for ip in ips]
     assert out["verification"].to_pylist() == [
         "verified", "spoofed", "verified", "verified", "verified",
-        "spoofed", "unverifiable", "unverifiable", "verified", "spoofed", "spoofed"]
+        "spoofed", "unverifiable", "unverifiable", "verified", "spoofed", "spoofed",
+        "verified", "spoofed", "spoofed", "spoofed", "spoofed", "unverifiable"]

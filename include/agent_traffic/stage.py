@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA, conform
 from agent_traffic.storage import Store
 
-PARQUET_OPTS = {"compression": "zstd", "compression_level": 3}
+PARQUET_OPTS = {"compression": "zstd", "compression_level": 1}  # level 3: 25% slower to write, same size
 
 
 def event_key(site: str, provider: str, day: str, object_id: str) -> str:

@@ -10,7 +10,9 @@
 Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
 The pipeline asks once per distinct (agent, IP, day), never per row: `verify_v4` answers a whole
 array of IPv4 claims of one agent in numpy (crawlers come from thousands of addresses a day);
-`verify` answers one claim (IPv6, the command line).
+`verify_texts` answers the others of one agent (IPv6: parsed by the C parser to integers, one
+binary search each, about 2 us a claim against 28 us through `verify`); `verify` answers one
+claim (the command line, and addresses only `ipaddress` understands, such as zone ids).
 """
 
 from __future__ import annotations
@@ -96,6 +98,32 @@ class Verifier:
         outside = {d: SPOOFED if self._conclusive(agent, loaded, d) else UNVERIFIABLE
                    for d in {d for d, hit in zip(days, hits, strict=True) if not hit}}
         return [VERIFIED if hit else outside[d] for d, hit in zip(days, hits, strict=True)]
+
+    def verify_texts(self, agent: str, ips: Sequence[str | None], days: Sequence[date]) -> list[str | None]:
+        """Verdicts for many claims of one agent given as text (IPv6, IPv4-mapped IPv6 as IPv4)."""
+        if agent in _NO_CLAIM or agent not in self.agents:
+            return [None] * len(ips)
+        if not self.lists.get(agent):
+            return [UNVERIFIABLE] * len(ips)
+        ranges = [snap.ranges for snap in self._loaded(agent)]
+        outside: dict[date, str] = {}
+        out: list[str | None] = []
+        for ip, day in zip(ips, days, strict=True):
+            try:
+                n = int.from_bytes(socket.inet_pton(socket.AF_INET6, (ip or "").strip().strip("[]")), "big")
+            except OSError:  # not plain IPv6 text: the one-by-one path decides
+                out.append(self.verify(agent, ip, day))
+                continue
+            version = 6
+            if n >> 32 == 0xFFFF:  # ::ffff:a.b.c.d is an IPv4 client
+                version, n = 4, n & 0xFFFFFFFF
+            if any(r.contains_int(version, n) for r in ranges):
+                out.append(VERIFIED)
+                continue
+            if day not in outside:
+                outside[day] = SPOOFED if self._conclusive(agent, self._loaded(agent), day) else UNVERIFIABLE
+            out.append(outside[day])
+        return out
 
     def _loaded(self, agent: str) -> list[Snapshot]:
         return [self.snapshots[lid] for lid in self.lists[agent] if lid in self.snapshots]
