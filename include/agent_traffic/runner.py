@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
@@ -59,8 +59,9 @@ def run(
     """Discover the dates, then parse, validate, plan and deliver them one day at a time; one
     summary for the whole range. `now` decides what is too old (tests set it).
 
-    Day by day, so a long backfill delivers from its first day on, reports per-day progress, and
-    killed mid-way leaves whole days done: run again, it skips staged objects and acked chunks.
+    Day by day, so a long backfill delivers from its first day on (while the next day is parsed),
+    reports per-day progress, and killed mid-way leaves whole days done: run again, it skips
+    staged objects and acked chunks.
     Discovery lists the whole range first (a prefix two dates share stages its objects once);
     late objects on the lookback dates before the range go with the first day, planned under
     their own date.
@@ -90,24 +91,37 @@ def run(
     planned: set[str] = set()
     total = 0
     label, word = ("backfill" if len(ds) > 1 else "day"), ("written to the outbox" if dry_run else "delivered")
-    for i, day in enumerate(ds, 1):
-        staged = parser.parse(batches[day])
-        q = validate_staged(rt, staged)
-        for d, res in q.items():
-            progress(f"validate {d}: " + ", ".join(f"{s} {v}" for s, v in res["statuses"].items())
-                     + "".join(f"; {f['message']}" for f in res["findings"]))
-        quality.update(q)
-        # the day and its lookback dates (late objects are staged, planned and reported under
-        # their own date), less the dates an earlier day of this run planned already
-        plan_ds = [d for d in planned_dates(rt.cfg, [day]) if d not in planned]
-        planned.update(plan_ds)
-        plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None,
-                               destinations=destinations or None, now=now)
-        today = sender.deliver(plan.groups, day)
+
+    def deliver_day(i: int, day: str, groups: Sequence[ChunkGroup]) -> None:
+        nonlocal total
+        today = sender.deliver(groups, day)
         total += today
         elapsed = time.monotonic() - t_run
         progress(f"{label} [{i}/{len(ds)}] {day} done: {today:,} {word} today, {total:,} in all "
                  f"({total / max(elapsed, 1e-6):,.0f}/s), ~{_duration(elapsed / i * (len(ds) - i))} left")
+
+    # A day's delivery runs while the next day is parsed: sending waits on the network, parsing
+    # on the CPU. The ledger prefixes differ (a date is planned once per run), so they never meet.
+    with ThreadPoolExecutor(max_workers=1) as delivering:
+        sending: Future[None] | None = None
+        for i, day in enumerate(ds, 1):
+            staged = parser.parse(batches[day])
+            q = validate_staged(rt, staged)
+            for d, res in q.items():
+                progress(f"validate {d}: " + ", ".join(f"{s} {v}" for s, v in res["statuses"].items())
+                         + "".join(f"; {f['message']}" for f in res["findings"]))
+            quality.update(q)
+            # the day and its lookback dates (late objects are staged, planned and reported under
+            # their own date), less the dates an earlier day of this run planned already
+            plan_ds = [d for d in planned_dates(rt.cfg, [day]) if d not in planned]
+            planned.update(plan_ds)
+            plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None,
+                                   destinations=destinations or None, now=now)
+            if sending is not None:
+                sending.result()  # one day in flight: the previous day is sent before the next starts
+            sending = delivering.submit(deliver_day, i, day, plan.groups)
+        if sending is not None:
+            sending.result()
     ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=sites or None,
                            destinations=destinations or None)
     summary = build_summary(
