@@ -50,8 +50,8 @@ def only_where(mask: Value, values: Value) -> pa.Array:
 
 def string(values: Value) -> pa.Array:
     """JSON string literals; null stays null. Only the rows that need escapes are rewritten."""
-    needs = pc.fill_null(pc.match_substring_regex(values, _NEEDS_ESCAPE), False)
-    if pc.any(needs).as_py():
+    needs = _needs_escape(values)
+    if needs is not None:
         sub = pc.filter(values, needs)
         sub = pc.replace_substring(sub, "\\", "\\\\")
         sub = pc.replace_substring(sub, '"', '\\"')
@@ -60,6 +60,31 @@ def string(values: Value) -> pa.Array:
                 sub = pc.replace_substring(sub, ch, esc)
         values = pc.replace_with_mask(values, needs, sub)
     return pc.binary_join_element_wise('"', values, '"', "")
+
+
+def _needs_escape(values: Value) -> pa.Array | None:
+    """Rows holding a quote, a backslash or a control character; None when no row does.
+
+    One pass of numpy over the column's bytes (most columns have none of those), instead of a
+    regular expression per row: it was a fifth of the serializing time.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type != STRING:
+        mask = pc.fill_null(pc.match_substring_regex(values, _NEEDS_ESCAPE), False)
+        return mask if pc.any(mask).as_py() else None
+    offsets_buf, data_buf = values.buffers()[1], values.buffers()[2]
+    if data_buf is None or len(values) == 0:
+        return None
+    offsets = np.frombuffer(offsets_buf, np.int32)[values.offset : values.offset + len(values) + 1]
+    lo = int(offsets[0])
+    data = np.frombuffer(data_buf, np.uint8)[lo : int(offsets[-1])]
+    hits = np.flatnonzero((data < 0x20) | (data == 0x22) | (data == 0x5C))
+    if not len(hits):
+        return None
+    mask = np.zeros(len(values), dtype=bool)
+    mask[np.searchsorted(offsets, hits + lo, side="right") - 1] = True
+    return pa.array(mask)
 
 
 def integer(values: Value) -> pa.Array:
@@ -80,17 +105,27 @@ def required(values: Value) -> pa.Array:
 
 
 def obj(fields: Sequence[Field], n: int) -> pa.Array:
-    """JSON objects from (key, fragments) in key order; null fragments leave their key out."""
-    parts = []
-    for key, values in fields:
-        if values is None:
-            continue
-        prefix = orjson.dumps(key).decode() + ":"
-        parts.append(pc.binary_join_element_wise(prefix, values, ""))
-    if not parts:
+    """JSON objects from (key, fragments) in key order; null fragments leave their key out.
+
+    Built in one join of the literal key prefixes and the fragments (a field with nulls joined
+    to its prefix first, so a null drops the key): two passes over the rows, not three per field.
+    """
+    present = [(orjson.dumps(key).decode() + ":", values) for key, values in fields if values is not None]
+    if not present:
         return constant({}, n)
-    inner = pc.binary_join_element_wise(*parts, ",", null_handling="skip") if len(parts) > 1 else parts[0]
-    return pc.binary_join_element_wise("{", pc.fill_null(inner, ""), "}", "")
+    if present[0][1].null_count:  # the first key may be missing: commas decided row by row
+        parts = [pc.binary_join_element_wise(prefix, values, "") for prefix, values in present]
+        inner = pc.binary_join_element_wise(*parts, ",", null_handling="skip") if len(parts) > 1 else parts[0]
+        return pc.binary_join_element_wise("{", pc.fill_null(inner, ""), "}", "")
+    pieces: list[Value | str] = ["{"]
+    for i, (prefix, values) in enumerate(present):
+        prefix = prefix if i == 0 else "," + prefix
+        if values.null_count:
+            pieces.append(pc.binary_join_element_wise(prefix, values, ""))
+        else:
+            pieces += [prefix, values]
+    pieces.append("}")
+    return pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
 
 
 def per_unique(values: Value, fn: Callable[[str], str | None]) -> pa.Array:
