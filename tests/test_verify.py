@@ -173,11 +173,14 @@ def test_annotate_verifies_distinct_claims_once(catalog, monkeypatch: pytest.Mon
            [{"user_agent": GPTBOT_UA, "client_ip": None}] * 7 + \
            [{"user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
              "client_ip": "203.0.113.9"}] * 11
-    asked: list[str] = []  # every IP the verifier was asked about, by either path
-    one, many = ann.verifier.verify, ann.verifier.verify_v4
-    monkeypatch.setattr(ann.verifier, "verify", lambda a, ip, d=None: asked.append(ip) or one(a, ip, d))
-    monkeypatch.setattr(ann.verifier, "verify_v4", lambda a, ips, days: asked.extend(
-        str(ipaddress.IPv4Address(int(i))) for i in ips) or many(a, ips, days))
+    asked: list[str] = []  # every IP the verifier was asked about
+    many = ann.verifier.verdict_codes
+
+    def recording(agent, ip4, texts, days):
+        asked.extend(str(ipaddress.IPv4Address(int(i))) if i >= 0 else texts[k] for k, i in enumerate(ip4))
+        return many(agent, ip4, texts, days)
+
+    monkeypatch.setattr(ann.verifier, "verdict_codes", recording)
     out = ann.annotate(events_table(rows))
     assert out.num_rows == len(rows)
     assert out["line_number"].to_pylist() == list(range(1, len(rows) + 1))
@@ -187,8 +190,8 @@ def test_annotate_verifies_distinct_claims_once(catalog, monkeypatch: pytest.Mon
 
 
 def test_vectorized_ipv4_and_one_by_one_paths_agree(catalog) -> None:
-    """The numpy path (plain dotted IPv4), the integer path (IPv6, mapped) and `verify` (odd spellings,
-    zone ids) give the same verdicts."""
+    """The pipeline's path (dotted IPv4 in numpy, IPv6 and mapped as integers, odd spellings and
+    zone ids through `verify`) gives what `verify` gives for each claim alone."""
     from tests.test_enrich import events_table
 
     snaps = {"openai-gptbot": _snap("openai-gptbot", ["74.7.227.0/25", "2001:db8:1::/48"])}
@@ -204,3 +207,21 @@ def test_vectorized_ipv4_and_one_by_one_paths_agree(catalog) -> None:
         "verified", "spoofed", "verified", "verified", "verified",
         "spoofed", "unverifiable", "unverifiable", "verified", "spoofed", "spoofed",
         "verified", "spoofed", "spoofed", "spoofed", "spoofed", "unverifiable"]
+
+
+def test_list_freshness_is_judged_per_claim_day_in_the_pipeline_path(catalog) -> None:
+    """The same outside address is spoofed on a day the list is fresh for, unverifiable 40 days on."""
+    from datetime import UTC, datetime
+
+    from tests.test_enrich import events_table
+
+    ann = Annotator.build(catalog=catalog, snapshots={
+        "openai-gptbot": _snap("openai-gptbot", ["74.7.227.0/25", "2001:db8:1::/48"])})
+    fresh, stale = datetime(2026, 11, 21, 12, tzinfo=UTC), datetime(2026, 12, 31, 12, tzinfo=UTC)
+    rows = [{"user_agent": GPTBOT_UA, "client_ip": ip, "ts": ts}
+            for ts in (fresh, stale) for ip in ("203.0.113.9", "2001:db8:2::7", "74.7.227.5", "2001:db8:1::9")]
+    out = ann.annotate(events_table(rows))
+    assert out["verification"].to_pylist() == [
+        "spoofed", "spoofed", "verified", "verified", "unverifiable", "unverifiable", "verified", "verified"]
+    assert out["verification"].to_pylist() == [
+        ann.verifier.verify("GPTBot", r["client_ip"], r["ts"].date()) for r in rows]

@@ -30,7 +30,7 @@ from agent_traffic.enrich import (
 )
 from agent_traffic.ranges import Snapshot, load_snapshots
 from agent_traffic.storage import Store
-from agent_traffic.verify import Verifier
+from agent_traffic.verify import VERDICTS, Verifier
 
 __all__ = ["ANNOTATION_COLUMNS", "Annotator"]
 
@@ -99,14 +99,18 @@ class Annotator:
             con.execute("SET TimeZone = 'UTC'")  # an event's day is its UTC date
             con.register("e", events)
             con.register("c", self._classified(events))
-            # The join keys, extracted once: narrow, so every later scan is cheap.
+            # The join keys, extracted once: narrow, so every later scan is cheap. The regular
+            # expressions run only where they can match: an extension is at most 11 characters
+            # at the end of the path; referrals are looked up for visits that are not bots.
             con.execute(f"""
                 CREATE TEMP TABLE k AS
                 SELECT e.line_number, c.uid, c.agent, c.is_bot, e.client_ip, CAST(e.ts AS DATE) AS day,
                        coalesce(e.content_type, '') AS ct,
-                       coalesce(regexp_extract(e.path, '{EXTENSION_RE}', 1), '') AS ext,
-                       lower(regexp_extract(e.referer, '{HOST_RE}', 1)) AS ref,
-                       lower(regexp_extract(e.query, '{UTM_SOURCE_RE}', 1)) AS utm
+                       coalesce(regexp_extract(right(e.path, 11), '{EXTENSION_RE}', 1), '') AS ext,
+                       CASE WHEN NOT c.is_bot AND contains(e.referer, '://')
+                            THEN lower(regexp_extract(e.referer, '{HOST_RE}', 1)) END AS ref,
+                       CASE WHEN NOT c.is_bot AND contains(e.query, 'utm_source=')
+                            THEN lower(regexp_extract(e.query, '{UTM_SOURCE_RE}', 1)) END AS utm
                 FROM e JOIN c USING (user_agent)
             """)
             con.register("v", self._verdicts(con))
@@ -145,10 +149,10 @@ class Annotator:
                         | {k: pa.array([getattr(found[u], k) for u in uas]) for k in COLUMNS[1:]})
 
     def _verdicts(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
-        """Distinct claims of agents with range lists; IPv4 answered in numpy, the rest as integers by bisect."""
+        """Distinct claims of agents with range lists, answered an agent at a time in numpy."""
         checked = ", ".join(f"'{a}'" for a in (x.replace("'", "''") for x in self.verifier.checked_agents))
         claims = con.sql(f"""
-            SELECT agent, client_ip, day,
+            SELECT agent, client_ip, day, CAST(day - DATE '1970-01-01' AS INTEGER) AS day_number,
                    CASE WHEN regexp_full_match(client_ip, '{_IPV4_RE}')
                         THEN CAST(split_part(client_ip, '.', 1) AS BIGINT) * 16777216
                              + CAST(split_part(client_ip, '.', 2) AS BIGINT) * 65536
@@ -158,22 +162,17 @@ class Annotator:
                   WHERE client_ip IS NOT NULL AND agent IN ({checked or "NULL"}))
             ORDER BY agent
         """).to_arrow_table()
-        verdicts: list[str | None] = [None] * claims.num_rows
+        codes = np.full(claims.num_rows, -1, dtype=np.int8)
         agents = claims["agent"].to_numpy(zero_copy_only=False)
-        ips, days = claims["client_ip"].to_pylist(), claims["day"].to_pylist()
         ip4 = claims["ip4"].fill_null(-1).to_numpy()
+        days = claims["day_number"].to_numpy()
+        ips = claims["client_ip"]
         firsts = np.flatnonzero(np.r_[True, agents[1:] != agents[:-1]]).tolist() if len(agents) else []
         for lo, hi in pairwise([*firsts, len(agents)]):  # one agent's claims (they are sorted by agent)
-            agent, rows = agents[lo], np.arange(lo, hi)
-            v4 = rows[ip4[lo:hi] >= 0]
-            for i, verdict in zip(v4, self.verifier.verify_v4(agent, ip4[v4], [days[i] for i in v4]),
-                                  strict=True):
-                verdicts[i] = verdict
-            other = rows[ip4[lo:hi] < 0].tolist()
-            for i, verdict in zip(other, self.verifier.verify_texts(agent, [ips[i] for i in other],
-                                                                     [days[i] for i in other]), strict=True):
-                verdicts[i] = verdict
-        return claims.drop_columns(["ip4"]).append_column("verification", pa.array(verdicts, pa.string()))
+            texts = ips.slice(lo, hi - lo).to_pylist() if (ip4[lo:hi] < 0).any() else []
+            codes[lo:hi] = self.verifier.verdict_codes(agents[lo], ip4[lo:hi], texts, days[lo:hi])
+        verdicts = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(VERDICTS))
+        return claims.drop_columns(["ip4", "day_number"]).append_column("verification", verdicts.cast(pa.string()))
 
     def _resource_types(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
         keys = con.sql("SELECT DISTINCT ct, ext FROM k").fetchall()

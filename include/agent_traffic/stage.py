@@ -1,8 +1,9 @@
 """Write one object version's classified events as Hive-partitioned Parquet (site/provider/date).
 
-Rows stream into one local Parquet writer per partition while the object is read, so memory stays
-bounded; nothing reaches the store until `commit()`, after the whole object decompressed and
-parsed cleanly. File names embed the object id, so re-staging a version overwrites its own files
+Rows stream into one local Parquet writer per partition while the object is read (a partition's
+rows held until there are `FLUSH_ROWS`, at most `BUFFER_ROWS` in all), so memory stays bounded;
+nothing reaches the store until `commit()`, after the whole object decompressed and parsed
+cleanly. File names embed the object id, so re-staging a version overwrites its own files
 and never adds duplicates.
 """
 
@@ -57,6 +58,13 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
         start += n
 
 
+#: Rows of one partition written at once, and rows held across partitions before the largest is
+#: written: a block spread over many partitions (a CDN's many hosts and agents) would otherwise be
+#: written in slivers of a few hundred rows, each a row group; that doubled the write time.
+FLUSH_ROWS = 32_768
+BUFFER_ROWS = 98_304
+
+
 class ObjectStager:
     """Collects one object's output in local files; `commit()` puts them in the store."""
 
@@ -66,15 +74,30 @@ class ObjectStager:
         self.source_date = source_date
         self._tmp = tempfile.mkdtemp(prefix=f"stage-{object_id}-")
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._held: dict[str, tuple[pa.Schema, list[pa.Table], int]] = {}  # key -> rows not yet written
+        self._held_rows = 0
         self.rows: dict[str, int] = {}
 
     def _write(self, key: str, table: pa.Table, schema: pa.Schema) -> None:
+        """Hold `table` for its file; write the file's held rows once there are enough of them."""
+        _, parts, n = self._held.get(key, (schema, [], 0))
+        parts.append(table)
+        self._held[key] = (schema, parts, n + table.num_rows)
+        self._held_rows += table.num_rows
+        self.rows[key] = self.rows.get(key, 0) + table.num_rows
+        if n + table.num_rows >= FLUSH_ROWS:
+            self._flush(key)
+        while self._held_rows > BUFFER_ROWS:
+            self._flush(max(self._held, key=lambda k: self._held[k][2]))
+
+    def _flush(self, key: str) -> None:
+        schema, parts, n = self._held.pop(key)
+        self._held_rows -= n
         w = self._writers.get(key)
         if w is None:
             path = os.path.join(self._tmp, key.replace("/", "__"))
             w = self._writers[key] = pq.ParquetWriter(path, schema, **PARQUET_OPTS)
-        w.write_table(table, row_group_size=256_000)
-        self.rows[key] = self.rows.get(key, 0) + table.num_rows
+        w.write_table(pa.concat_tables(parts) if len(parts) > 1 else parts[0], row_group_size=256_000)
 
     def add(self, events: pa.Table, quarantine: pa.Table) -> None:
         if quarantine.num_rows:
@@ -88,6 +111,8 @@ class ObjectStager:
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""
+        for key in list(self._held):
+            self._flush(key)
         for w in self._writers.values():
             w.close()
         for key in self._writers:
@@ -100,4 +125,5 @@ class ObjectStager:
             with contextlib.suppress(Exception):  # already failing; only cleaning up
                 w.close()
         self._writers.clear()
+        self._held.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
