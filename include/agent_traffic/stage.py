@@ -62,7 +62,7 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
 #: written: a block spread over many partitions (a CDN's many hosts and agents) would otherwise be
 #: written in slivers of a few hundred rows, each a row group; that doubled the write time.
 FLUSH_ROWS = 32_768
-BUFFER_ROWS = 98_304
+BUFFER_ROWS = 65_536
 
 
 class ObjectStager:
@@ -87,6 +87,10 @@ class ObjectStager:
         self.rows[key] = self.rows.get(key, 0) + table.num_rows
         if n + table.num_rows >= FLUSH_ROWS:
             self._flush(key)
+            return
+        # Held: copied out of its block, or a few rows of a rare partition would keep every
+        # block they came from alive, and memory would grow with the object.
+        parts[-1] = table.take(pa.array(np.arange(table.num_rows)))
         while self._held_rows > BUFFER_ROWS:
             self._flush(max(self._held, key=lambda k: self._held[k][2]))
 
