@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 
+#: Sent with every request (`deliver.py` builds each request's headers whole).
 USER_AGENT = "agent-traffic/0.1 (+https://github.com/agent-traffic)"
 
 
@@ -36,8 +37,7 @@ def proxy_for(url: str) -> str | None:
 def http_pool(url: str, concurrency: int) -> urllib3.PoolManager:
     """A pool holding up to `concurrency` connections to the destination of `url` (through the
     environment's proxy when one is set). No retries and no redirects here: `retry.send` decides."""
-    kw = {"num_pools": 2, "maxsize": concurrency, "retries": False, "ca_certs": _ca_bundle(),
-          "headers": {"User-Agent": USER_AGENT}}
+    kw = {"num_pools": 2, "maxsize": concurrency, "retries": False, "ca_certs": _ca_bundle()}
     proxy = proxy_for(url)
     if proxy:
         return urllib3.ProxyManager(proxy, **kw)

@@ -9,9 +9,9 @@
 
 Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
 The pipeline asks once per distinct (agent, IP, day), never per row: `verdict_codes` answers all
-the claims of one agent at once (IPv4 in numpy, IPv6 as integers by binary search: crawlers come
-from thousands of addresses a day); `verify` answers one claim (the command line, and addresses
-only `ipaddress` understands, such as zone ids).
+the claims of one agent at once (IPv4 in numpy, the others parsed one by one, freshness judged
+once per distinct day: crawlers come from thousands of addresses a day); `verify` answers one
+claim (the command line).
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ class Verifier:
         """Verdicts for many claims of one agent, as indexes into VERDICTS (-1: no claim).
 
         `ip4`: each claim's IPv4 address as an integer, or -1 when its text is not plain dotted
-        IPv4; those are read from `texts` (IPv6 by the C parser into integers, one binary search
-        each; IPv4-mapped IPv6 as IPv4; anything odder, such as a zone id, through `verify`).
+        IPv4; those are read from `texts` by `parse_ip` (IPv6, IPv4-mapped IPv6 as IPv4, zone ids).
         `days`: each claim's day as days since 1970-01-01 (lists are judged fresh per day).
         """
         n = len(ip4)
@@ -104,24 +103,19 @@ class Verifier:
         v4 = ip4 >= 0
         for snap in loaded:
             inside[v4] |= snap.ranges.contains_v4(ip4[v4])
-        odd: dict[int, str | None] = {}  # claims `verify` decides
+        invalid = []  # not an address at all: unverifiable, as `verify` says
         for i in np.flatnonzero(~v4).tolist():
-            try:
-                addr = int.from_bytes(socket.inet_pton(socket.AF_INET6, (texts[i] or "").strip().strip("[]")), "big")
-            except OSError:
-                odd[i] = self.verify(agent, texts[i], _EPOCH + timedelta(days=int(days[i])))
-                continue
-            version = 6
-            if addr >> 32 == 0xFFFF:  # ::ffff:a.b.c.d is an IPv4 client
-                version, addr = 4, addr & 0xFFFFFFFF
-            inside[i] = any(snap.ranges.contains_int(version, addr) for snap in loaded)
+            addr = parse_ip(texts[i])
+            if addr is None:
+                invalid.append(i)
+            else:
+                inside[i] = any(addr in snap.ranges for snap in loaded)
         uniq, where = np.unique(days, return_inverse=True)
         outside = np.array([_CODE[SPOOFED] if self._conclusive(agent, loaded, _EPOCH + timedelta(days=int(d)))
                             else _CODE[UNVERIFIABLE] for d in uniq], dtype=np.int8)
-        codes = np.where(inside, np.int8(_CODE[VERIFIED]), outside[where] if len(uniq) else np.int8(0))
-        for i, verdict in odd.items():
-            codes[i] = -1 if verdict is None else _CODE[verdict]
-        return codes.astype(np.int8)
+        codes = np.where(inside, np.int8(_CODE[VERIFIED]), outside[where]).astype(np.int8)
+        codes[invalid] = _CODE[UNVERIFIABLE]
+        return codes
 
     def _loaded(self, agent: str) -> list[Snapshot]:
         return [self.snapshots[lid] for lid in self.lists[agent] if lid in self.snapshots]
