@@ -87,10 +87,12 @@ class RangeSet:
         self._ends4 = np.array(self._ends[4], dtype=np.int64)
 
     def __contains__(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        starts = self._starts[ip.version]
-        n = int(ip)
-        i = bisect.bisect_right(starts, n) - 1
-        return i >= 0 and n <= self._ends[ip.version][i]
+        return self.contains_int(ip.version, int(ip))
+
+    def contains_int(self, version: int, n: int) -> bool:
+        """Membership of one address given as its integer (IPv6 does not fit numpy's integers)."""
+        i = bisect.bisect_right(self._starts[version], n) - 1
+        return i >= 0 and n <= self._ends[version][i]
 
     def contains_v4(self, ips: np.ndarray) -> np.ndarray:
         """Membership of many IPv4 addresses (as integers) at once: one binary search each, in numpy."""
