@@ -1,12 +1,13 @@
-"""Chunk files are written without fsync: a missing or torn one (an OS crash) is detected by its
-hash and rebuilt from the staged events in the same delivery, never sent damaged, never lost."""
+"""Packs are written without fsync: a missing or torn one (an OS crash) is detected by the chunks'
+hashes and rebuilt from the staged events in the same delivery, never sent damaged, never lost;
+a pack goes once every chunk in it is acknowledged."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from agent_traffic.deliver import deliver_group
-from agent_traffic.plan import decode_chunk, plan_deliveries
+from agent_traffic.plan import find_chunk, pack_key, plan_deliveries
 from agent_traffic.secrets import Secret
 from tests.test_leases import DAY, SITE_ID, _prefix, planned  # noqa: F401 - the fixture
 
@@ -15,29 +16,58 @@ def _received(sandbox) -> Counter[str]:
     return Counter(e["url"].rsplit("seq=", 1)[1] for e in sandbox.accepted("scrunch", SITE_ID))
 
 
-def test_missing_and_torn_chunk_files_are_rebuilt_and_sent_once(planned, sandbox, api_key) -> None:  # noqa: F811
+def _plan(rt, group) -> tuple[str, dict]:
+    ((key, plan),) = rt.store.iter_json(f"{_prefix(group)}/plans/")
+    return key, plan
+
+
+def test_a_torn_pack_is_rebuilt_and_every_event_sent_once(planned, sandbox, api_key) -> None:  # noqa: F811
     rt, group = planned
     prefix = _prefix(group)
-    expected = sum(decode_chunk(rt.store.get_bytes(f"{prefix}/chunks/{cid}.chunk")).events
-                   for cid in group.chunk_ids)
-    gone, torn = group.chunk_ids[0], group.chunk_ids[2]
-    rt.store.delete(f"{prefix}/chunks/{gone}.chunk")
-    data = rt.store.get_bytes(f"{prefix}/chunks/{torn}.chunk")
-    rt.store.put_bytes(f"{prefix}/chunks/{torn}.chunk", data[: len(data) - 200])  # a torn tail
+    expected = sum(find_chunk(rt.store, prefix, cid).events for cid in group.chunk_ids)
+    _key, plan = _plan(rt, group)
+    data = rt.store.get_bytes(pack_key(prefix, plan["pack"]))
+    rt.store.put_bytes(pack_key(prefix, plan["pack"]), data[: len(data) - 200])  # a torn tail: the last chunk
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="heal")
     got = _received(sandbox)
     assert r.delivered_events == group.events == expected
     assert r.pending_events == 0 and r.failed_events == 0
     assert sum(got.values()) == expected and max(got.values()) == 1  # every event once, none damaged
     assert not plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups  # nothing left to send
+    assert rt.store.list(f"{prefix}/packs/") == []  # every chunk acknowledged: no pack left
 
 
-def test_a_chunk_file_for_another_chunk_id_is_not_sent(planned, sandbox, api_key) -> None:  # noqa: F811
+def test_a_missing_pack_is_rebuilt(planned, sandbox, api_key) -> None:  # noqa: F811
     rt, group = planned
     prefix = _prefix(group)
-    a, b = group.chunk_ids[:2]
-    rt.store.put_bytes(f"{prefix}/chunks/{a}.chunk", rt.store.get_bytes(f"{prefix}/chunks/{b}.chunk"))
+    _key, plan = _plan(rt, group)
+    rt.store.delete(pack_key(prefix, plan["pack"]))
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="heal")
+    got = _received(sandbox)
+    assert r.delivered_events == group.events and r.pending_events == 0
+    assert sum(got.values()) == group.events and max(got.values()) == 1
+
+
+def test_a_pack_offset_pointing_at_another_chunk_is_not_sent(planned, sandbox, api_key) -> None:  # noqa: F811
+    rt, group = planned
+    key, plan = _plan(rt, group)
+    a, b = plan["chunks"][:2]
+    a["offset"], a["length"] = b["offset"], b["length"]  # a's entry now reads b's bytes
+    rt.store.put_json(key, plan)
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="heal")
     got = _received(sandbox)
     assert r.delivered_events == group.events
     assert max(got.values()) == 1  # b's events were not sent twice under a's id
+
+
+def test_a_pack_stays_while_a_chunk_in_it_failed(planned, sandbox, api_key) -> None:  # noqa: F811
+    rt, group = planned
+    prefix = _prefix(group)
+    _key, plan = _plan(rt, group)
+    sandbox.inject("422")  # the first request is refused: a dead letter, resent by the next run
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="one")
+    assert r.failed_events > 0 and rt.store.exists(pack_key(prefix, plan["pack"]))
+    (again,) = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    r2 = deliver_group(rt.cfg, rt.store, again, Secret(api_key), run_id="two")
+    assert r2.delivered_events == r.failed_events and r2.failed_events == 0
+    assert rt.store.list(f"{prefix}/packs/") == []

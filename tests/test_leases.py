@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from agent_traffic.deliver import Leases, deliver_group, lease_key
 from agent_traffic.pipeline import Runtime, discover_objects, process_object
-from agent_traffic.plan import ChunkGroup, decode_chunk, ledger_prefix, plan_deliveries
+from agent_traffic.plan import ChunkGroup, find_chunk, ledger_prefix, pack_key, plan_deliveries
 from agent_traffic.runner import run
 from agent_traffic.samples import write_day
 from agent_traffic.secrets import Secret, env_resolver
@@ -49,7 +50,7 @@ def _prefix(group: ChunkGroup) -> str:
 
 
 def _seqs_of(store: Store, group: ChunkGroup, cid: str) -> set[str]:
-    ch = decode_chunk(store.get_bytes(f"{_prefix(group)}/chunks/{cid}.chunk"))
+    ch = find_chunk(store, _prefix(group), cid)
     return {json.loads(line)["url"].rsplit("seq=", 1)[1] for line in ch.body.splitlines()}
 
 
@@ -203,4 +204,64 @@ def test_a_claim_whose_answer_was_lost_finds_its_own_lease(tmp_path: Path) -> No
     other = Leases(Store(str(tmp_path / "st")), "_delivery/d/site=s/date=2026-11-21", "run-b", 60)
     assert not other.claim("c1")
     mine.release("c1")
+    assert store.list("_delivery/") == []
+
+
+def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(tmp_path: Path, sandbox, api_key) -> None:
+    """Small-request vendors take one lease per `chunks_per_lease` consecutive chunks of an object:
+    a run held by another live worker is left whole to it; every other chunk is sent once."""
+    from agent_traffic.vendors import vendor
+    from tests.vendor_fixtures import SEQ
+
+    per = vendor("knownagents").chunks_per_lease
+    assert per > 1
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=1500, files=1, tag="k")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url, select="all",
+                       extra_dest={"name": "ka", "vendor": "knownagents", "site_id": None, "max_batch_events": 20,
+                                   "send_older_events": True, "secret": {"env": "KA_KEY"}})
+    rt = Runtime.load(str(cfg), "plan")
+    for ref in discover_objects(rt, [DAY]).objects:
+        assert process_object(rt, ref).status == "staged"
+    groups = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    chunk_ids = [c for g in groups for c in g.chunk_ids]
+    assert len(chunk_ids) > 2 * per
+    prefix = _prefix(groups[0])
+    ((_key, plan),) = rt.store.iter_json(f"{prefix}/plans/")
+    theirs = [c for c in plan["chunks"] if c["index"] // per == 1]  # the second run of the object
+    assert len(theirs) == per
+    _lease(rt.store, groups[0], f"{plan['object_id']}.u1")
+    results = [deliver_group(rt.cfg, rt.store, g, Secret(api_key), run_id="mine") for g in groups]
+    assert sum(r.chunks_leased_elsewhere for r in results) == per
+    assert sum(r.leased_elsewhere_events for r in results) == sum(c["events"] for c in theirs)
+    got = Counter(SEQ.search(v["request_path"]).group(1) for v in sandbox.accepted("known_agents"))
+    held_back = {s for c in theirs for s in _visit_seqs(rt.store, prefix, c["chunk_id"])}
+    assert not held_back & set(got) and max(got.values()) == 1
+    assert sum(got.values()) + len(held_back) == sum(g.events for g in groups)
+    assert rt.store.list(f"{prefix}/leases/") == [f"{prefix}/leases/{plan['object_id']}.u1.0.json"]  # only theirs
+    assert rt.store.exists(pack_key(prefix, plan["pack"]))  # their chunks are not acknowledged yet
+
+
+def _visit_seqs(store: Store, prefix: str, cid: str) -> set[str]:
+    from tests.vendor_fixtures import SEQ
+
+    return {SEQ.search(v["request_path"]).group(1) for v in json.loads(find_chunk(store, prefix, cid).body)}
+
+
+def test_a_lease_is_renewed_before_the_next_send_could_outlast_it(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "st"))
+    prefix = "_delivery/d/site=s/date=2026-11-21"
+    mine = Leases(store, prefix, "run-a", ttl_s=10, longest_send_s=9.5)  # renewed with under 9.75 s left
+    assert mine.claim("u1")
+    first = store.get_json(lease_key(prefix, "u1", 0))
+    mine.keep("u1")
+    assert store.get_json(lease_key(prefix, "u1", 0)) == first  # plenty left: no write
+    time.sleep(1.1)  # expiry has second resolution
+    mine.keep("u1")
+    renewed = store.get_json(lease_key(prefix, "u1", 0))
+    assert renewed["expires_at"] > first["expires_at"] and renewed["token"] == first["token"]
+    other = Leases(Store(str(tmp_path / "st")), prefix, "run-b", 10)
+    assert not other.claim("u1")
+    mine.release("u1")
     assert store.list("_delivery/") == []

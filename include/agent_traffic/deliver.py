@@ -1,8 +1,8 @@
 """Send a group of planned chunks to a vendor; ack, dead-letter or expire each one.
 
-An ack (with the chunk's line numbers) is written to the store only after the vendor's 2xx, then
-the chunk file is removed. A crash between the 2xx and the ack resends that chunk on the next run:
-duplicates are bounded by the requests in flight (`delivery.concurrency` per running task).
+An ack (with the chunk's line numbers) is written to the store only after the vendor's 2xx. A
+crash between the 2xx and the ack resends that chunk on the next run: duplicates are bounded by
+the requests in flight (`delivery.concurrency` per running task).
 On local disk, acks are fsynced together every `ACK_SYNC_S` and when the task ends (`AckSync`, a
 group commit, as Vector's disk buffer does): a killed process loses none of them (the operating
 system holds them), and an operating-system crash or power cut can lose at most that last half
@@ -16,9 +16,13 @@ older than the destination's max age while it waited (a failed key fixed days la
 it is recorded as too old, like the events the planner already held back.
 
 Workers running side by side (several command-line runs, or delivery tasks of overlapping Airflow
-runs on different workers) never send one chunk at the same time: each takes a lease on a chunk
-before sending it (`Leases`), and a chunk leased by a live worker is left to it and counted as
-pending here (`leased_elsewhere_events`), not lost.
+runs on different workers) never send one chunk at the same time: each takes a lease before
+sending (`Leases`), and a chunk leased by a live worker is left to it and counted as pending here
+(`leased_elsewhere_events`), not lost. A lease covers one chunk, or for small-request vendors a
+run of `chunks_per_lease` consecutive chunks of one object (a lease file per 100-visit request
+cost more than the request), sent one after another by the thread that holds it.
+Chunks are read from their object's pack at the offset the plan records; a pack is removed when
+every chunk of its plan is acknowledged or expired.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,9 +53,11 @@ from agent_traffic.plan import (
     ChunkGroup,
     age_cutoff,
     chunk_intact,
-    decode_chunk,
+    drop_pack_if_done,
     ledger_prefix,
+    pack_key,
     plan_object,
+    read_chunk,
 )
 from agent_traffic.ratelimit import TokenBucket, limiter_for
 from agent_traffic.retry import STOP, SUCCESS, send
@@ -132,8 +138,8 @@ class AckSync:
             self.store.sync(keys)
 
 
-def lease_key(prefix: str, chunk_id: str, gen: int) -> str:
-    return f"{prefix}/leases/{chunk_id}.{gen}.json"
+def lease_key(prefix: str, unit: str, gen: int) -> str:
+    return f"{prefix}/leases/{unit}.{gen}.json"
 
 
 def _process_gone(pid: int) -> bool:
@@ -148,9 +154,10 @@ def _process_gone(pid: int) -> bool:
 
 
 class Leases:
-    """One worker's claims on chunks, so parallel workers never send the same chunk at once.
+    """One worker's claims on lease units (a chunk, or a run of an object's chunks), so parallel
+    workers never send the same chunk at once.
 
-    Before sending chunk `c` a worker creates `<ledger>/leases/<c>.<gen>.json` with the store's
+    Before sending unit `c` a worker creates `<ledger>/leases/<c>.<gen>.json` with the store's
     atomic create (O_EXCL-like locally, `If-None-Match` on S3): of two workers racing, one wins.
     The loser reads the lease: while it has not expired, the chunk is the holder's; once it has
     (the holder died), the next generation `<c>.<gen+1>.json` is claimed, by one worker again.
@@ -158,23 +165,34 @@ class Leases:
     answer (and failed, having succeeded the first time) recognises its own lease.
     A lease taken on this machine by a process that no longer exists has expired at once, so a
     killed command-line run is resumed without waiting out the lease. The lease lasts
-    `delivery.lease_s` (longer than any send with its retries), so a live holder never loses its
-    chunk; expiry compares wall clocks, so workers' clocks must agree to well within that.
-    Released (deleted) once the chunk is acked, dead-lettered or expired; a lease left behind by
-    a crash only delays that chunk until it expires.
+    `delivery.lease_s` (longer than any send with its retries), and a holder sending a unit's
+    chunks one after another renews it (`keep`) before the next send could outlast it, so a live
+    holder never loses its unit; expiry compares wall clocks, so workers' clocks must agree to
+    well within that. Released (deleted) once the unit's chunks are acked, dead-lettered or
+    expired; a lease left behind by a crash only delays them until it expires.
     """
 
     MAX_TRIES = 50  # claims lost to workers that released between our create and our read
 
-    def __init__(self, store: Store, prefix: str, run_id: str, ttl_s: float) -> None:
+    def __init__(self, store: Store, prefix: str, run_id: str, ttl_s: float, longest_send_s: float | None = None) -> None:
         self.store = store
         self.prefix = prefix
         self.run_id = run_id
         self.ttl = timedelta(seconds=ttl_s)
+        send = ttl_s / 2 if longest_send_s is None else min(longest_send_s, ttl_s)
+        self.renew_within = timedelta(seconds=send + (ttl_s - send) / 2)  # renewed with half the slack left
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self._held: dict[str, int] = {}
+        self._held: dict[str, tuple[int, str, datetime]] = {}  # unit -> (gen, token, expires)
         self._lock = threading.Lock()
+
+    def _body(self, unit: str, gen: int, token: str, now: datetime) -> bytes:
+        return orjson.dumps({
+            "unit": unit, "gen": gen, "token": token, "run_id": self.run_id, "host": self.host,
+            "pid": self.pid,
+            "claimed_at": now.isoformat(timespec="seconds"),
+            "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
+        })
 
     def _expired(self, lease: dict[str, Any] | None, now: datetime) -> bool:
         """Unreadable counts as expired: atomic creates never leave one, and a chunk must not stay stuck."""
@@ -187,22 +205,17 @@ class Leases:
             return True
         return host == self.host and pid != self.pid and _process_gone(pid)
 
-    def claim(self, chunk_id: str) -> bool:
-        """True if this worker now owns the chunk; False if a live worker does."""
+    def claim(self, unit: str) -> bool:
+        """True if this worker now owns the unit; False if a live worker does."""
         gen = 0
         for _ in range(self.MAX_TRIES):
-            key = lease_key(self.prefix, chunk_id, gen)
+            key = lease_key(self.prefix, unit, gen)
             now = datetime.now(UTC)
             token = uuid.uuid4().hex
-            body = orjson.dumps({
-                "chunk_id": chunk_id, "gen": gen, "token": token, "run_id": self.run_id, "host": self.host,
-                "pid": self.pid,
-                "claimed_at": now.isoformat(timespec="seconds"),
-                "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
-            })
+            body = self._body(unit, gen, token, now)
             if self.store.create_exclusive(key, body, durable=False):  # lost in an OS crash = not held
                 with self._lock:
-                    self._held[chunk_id] = gen
+                    self._held[unit] = (gen, token, now + self.ttl)
                 return True
             try:
                 lease = self.store.get_json(key)
@@ -213,22 +226,35 @@ class Leases:
             if isinstance(lease, dict) and lease.get("token") == token:
                 # ours: a conditional PUT retried after a lost answer finds its own first write
                 with self._lock:
-                    self._held[chunk_id] = gen
+                    self._held[unit] = (gen, token, now + self.ttl)
                 return True
             if not self._expired(lease, now):
                 return False
             gen += 1
         return False
 
-    def release(self, chunk_id: str) -> None:
+    def keep(self, unit: str) -> None:
+        """Before the next send of a held unit: renew the lease if that send could outlast it
+        (rare: only after slow sends or long retries, so a lease costs no write per chunk)."""
+        with self._lock:
+            held = self._held.get(unit)
+        now = datetime.now(UTC)
+        if held is None or now + self.renew_within < held[2]:
+            return
+        gen, token, _ = held
+        self.store.put_bytes(lease_key(self.prefix, unit, gen), self._body(unit, gen, token, now), durable=False)
+        with self._lock:
+            self._held[unit] = (gen, token, now + self.ttl)
+
+    def release(self, unit: str) -> None:
         """Delete our lease and the expired ones below it (best effort: an expired lease is harmless)."""
         with self._lock:
-            gen = self._held.pop(chunk_id, None)
-        if gen is None:
+            held = self._held.pop(unit, None)
+        if held is None:
             return
-        for g in range(gen, -1, -1):
+        for g in range(held[0], -1, -1):
             with contextlib.suppress(OSError):
-                self.store.delete(lease_key(self.prefix, chunk_id, g))
+                self.store.delete(lease_key(self.prefix, unit, g))
 
 
 def _limiter(dest: Destination) -> TokenBucket | None:
@@ -271,36 +297,41 @@ def deliver_group(
     for cid in group.chunk_ids:  # a retried task finds some of its chunks done already
         if store.exists(f"{prefix}/acks/{cid}.json"):
             res.chunks_already_acked += 1
-            store.delete(f"{prefix}/chunks/{cid}.chunk")  # rewritten by a planner that overlapped the ack
         elif not store.exists(f"{prefix}/too_old/{cid}.json"):
             todo.append(cid)
     cutoff = age_cutoff(dest, now or datetime.now(UTC))
     lock = threading.Lock()
     stop_marker = f"_delivery/{dest.name}/stopped/{run_id}.json"
+    index = _PlanIndex.of(store, prefix)
+    finished: set[str] = set()  # acked or expired by this group: its packs may go
 
     def done(cid: str) -> bool:
         """Acked or expired meanwhile, by another worker (or a run that overlapped this one)."""
         return store.exists(f"{prefix}/acks/{cid}.json") or store.exists(f"{prefix}/too_old/{cid}.json")
 
-    replanned: set[str] = set()  # chunks whose file was unusable and is not in the rebuilt plan
+    replanned: set[str] = set()  # chunks whose bytes were unusable and are not in the rebuilt plan
     replan_lock = threading.Lock()
 
     def read(cid: str) -> Chunk | None:
-        """The chunk file if it is there and holds the bytes it was planned with (its id hashes them)."""
+        """The chunk from its pack if it holds the bytes it was planned with (its id hashes them)."""
+        meta = index.meta(cid)
+        if meta is None:
+            return None
         try:
-            ch = decode_chunk(store.get_bytes(f"{prefix}/chunks/{cid}.chunk"))
+            ch = read_chunk(store, prefix, meta)
         except (FileNotFoundError, ValueError, TypeError, KeyError):
-            return None  # missing, or torn by a crash: chunk files are written without fsync
+            return None  # missing, or torn by a crash: packs are written without fsync
         return ch if ch.chunk_id == cid and chunk_intact(ch, dest.name, group.site) else None
 
     def load(cid: str) -> Chunk | None:
-        """The chunk, or None when it was finished meanwhile (its file is deleted after the ack) or
-        cannot be rebuilt as planned (then counted pending: the next run's plan has its events)."""
+        """The chunk, or None when it was finished meanwhile or cannot be rebuilt as planned (then
+        counted pending: the next run's plan has its events)."""
         ch = read(cid)
         if ch is not None or done(cid):
             return ch
         with replan_lock:
-            ch = read(cid)  # another thread may have rebuilt this object's chunks meanwhile
+            index.refresh()  # another thread or worker may have planned this object again meanwhile
+            ch = read(cid)
             if ch is None:
                 ch = replan(cid)
         return ch
@@ -309,19 +340,19 @@ def deliver_group(
         """Plan the chunk's object again: its chunks are rebuilt byte for byte from the staged
         events (acked ones kept, never resent). If the rebuilt plan differs (a receive-time
         vendor's age cutoff moved), the chunk's events are pending in new chunks."""
-        events = 0
-        for key, plan in store.iter_json(f"{prefix}/plans/"):
-            meta = next((c for c in plan.get("chunks", []) if c.get("chunk_id") == cid), None)
-            if meta is None:
-                continue
-            events, oid = meta["events"], plan.get("object_id")
+        meta = index.meta(cid)
+        events = meta["events"] if meta else 0
+        if meta is not None:
+            oid = meta["object_id"]
             log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
                         dest.name, group.site, group.date, cid, oid)
-            store.delete(key)
+            if meta.get("pack"):
+                store.delete(pack_key(prefix, meta["pack"]))  # damaged: the new plan writes a new one
+            store.delete(f"{prefix}/plans/{oid}.json")
             manifest = store.get_json_or_none(manifest_key(group.date, oid))
             if manifest is not None and manifest.get("status") == STAGED:
                 plan_object(store, cfg.site(group.site), dest, manifest, now=now)
-            break
+            index.refresh()
         ch = read(cid)
         if ch is None and not done(cid):
             replanned.add(cid)
@@ -345,9 +376,9 @@ def deliver_group(
                 "cutoff": cutoff.isoformat(timespec="seconds"), "run_id": run_id, "expired_at": _now(),
             })
             store.delete(f"{prefix}/dead/{ch.chunk_id}.json")
-            store.delete(f"{prefix}/chunks/{ch.chunk_id}.chunk")
         with lock:
             res.too_old_events += ch.events
+            finished.add(ch.chunk_id)
         return True
 
     if dry_run:
@@ -377,7 +408,7 @@ def deliver_group(
     limiter = _limiter(dest)
     url = v.url(dest)
     http = http_pool(url, cfg.delivery.concurrency)
-    leases = Leases(store, prefix, run_id, cfg.delivery.lease_s)
+    leases = Leases(store, prefix, run_id, cfg.delivery.lease_s, cfg.delivery.longest_send_s)
     acks = AckSync(store)
 
     def scrub(text: str) -> str:
@@ -396,22 +427,35 @@ def deliver_group(
             else:
                 res.pending_events += ch.events
 
-    def one(cid: str) -> None:
+    def one(unit: tuple[str, list[str]]) -> None:
+        """Send a lease unit's chunks in order, under one lease."""
+        name, cids = unit
         if stop.is_set():
-            return skip(cid, leased=False)
-        if not leases.claim(cid):
-            return skip(cid, leased=True)
+            for cid in cids:
+                skip(cid, leased=False)
+            return
+        if not leases.claim(name):
+            for cid in cids:
+                skip(cid, leased=True)
+            return
         try:
-            if done(cid):  # finished by another worker between our first look and our claim
-                with lock:
-                    res.chunks_already_acked += 1
-                return
-            ch = load(cid)
-            if ch is None:
-                return finished_elsewhere(cid)
-            send_chunk(ch)
+            for cid in cids:
+                if stop.is_set():
+                    skip(cid, leased=False)
+                    continue
+                leases.keep(name)
+                if done(cid):  # finished by another worker between our first look and our claim
+                    with lock:
+                        res.chunks_already_acked += 1
+                        finished.add(cid)
+                    continue
+                ch = load(cid)
+                if ch is None:
+                    finished_elsewhere(cid)
+                    continue
+                send_chunk(ch)
         finally:
-            leases.release(cid)
+            leases.release(name)
 
     def send_chunk(ch: Chunk) -> None:
         """Send a chunk this worker holds the lease on; ack, dead-letter or expire it."""
@@ -434,10 +478,10 @@ def deliver_group(
                 "run_id": run_id,
             })
             store.delete(f"{prefix}/dead/{ch.chunk_id}.json")
-            store.delete(f"{prefix}/chunks/{ch.chunk_id}.chunk")
             with lock:
                 res.chunks_sent += 1
                 res.delivered_events += ch.events
+                finished.add(ch.chunk_id)
             return
         if r.outcome == STOP and not stop.is_set():
             stop.set()
@@ -453,13 +497,70 @@ def deliver_group(
             res.failed_events += ch.events
             res.failures.append(failure)
 
+    units: dict[str, list[str]] = {}
+    for cid in todo:
+        units.setdefault(index.unit(cid, v.chunks_per_lease), []).append(cid)
     try:
         with ThreadPoolExecutor(max_workers=cfg.delivery.concurrency) as pool:
-            list(pool.map(one, todo))
+            list(pool.map(one, units.items()))
     finally:
         acks.flush()
         http.clear()
+    for plan in index.plans_of(group.chunk_ids):  # the packs this group emptied
+        drop_pack_if_done(store, prefix, plan, lambda c: c in finished or done(c))
     return res
+
+
+class _PlanIndex:
+    """Chunk id -> its plan's chunk meta (object, index, pack, offset, length), read from the
+    date's plans on first use and again after a re-plan. Kept for the process's next groups of
+    the same date (a backfill delivers dozens): a stale entry costs only a refresh, because a
+    chunk read through it must still match its id's hash."""
+
+    _cache: dict[tuple[str, str], _PlanIndex] = {}
+    _cache_lock = threading.Lock()
+    CACHED = 8  # dates x destinations x sites; a few suffice for a run that goes date by date
+
+    @classmethod
+    def of(cls, store: Store, prefix: str) -> _PlanIndex:
+        key = (store.root_url, prefix)
+        with cls._cache_lock:
+            index = cls._cache.pop(key, None) or cls(store, prefix)
+            cls._cache[key] = index  # most recent last
+            while len(cls._cache) > cls.CACHED:
+                cls._cache.pop(next(iter(cls._cache)))
+        return index
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
+        self._metas: dict[str, dict[str, Any]] | None = None
+        self._plans: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        metas: dict[str, dict[str, Any]] = {}
+        plans: dict[str, dict[str, Any]] = {}
+        for _key, plan in self.store.iter_json(f"{self.prefix}/plans/"):
+            plans[plan["object_id"]] = plan
+            for c in plan.get("chunks", []):
+                metas[c["chunk_id"]] = {**c, "pack": plan.get("pack")}
+        with self._lock:
+            self._metas, self._plans = metas, plans
+
+    def meta(self, cid: str) -> dict[str, Any] | None:
+        if self._metas is None:
+            self.refresh()
+        assert self._metas is not None
+        return self._metas.get(cid)
+
+    def unit(self, cid: str, per_lease: int) -> str:
+        """The lease unit: the chunk itself, or its run of `per_lease` chunks in its object."""
+        meta = self.meta(cid) if per_lease > 1 else None
+        return cid if meta is None else f"{meta['object_id']}.u{meta['index'] // per_lease}"
+
+    def plans_of(self, cids: Sequence[str]) -> list[dict[str, Any]]:
+        oids = {m["object_id"] for c in cids if (m := self.meta(c)) is not None}
+        return [self._plans[o] for o in sorted(oids) if o in self._plans]
 
 
 def _destination(cfg: Config, name: str) -> Destination:

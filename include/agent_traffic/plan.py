@@ -12,22 +12,29 @@ configuration changes (a new batch size, `send_older_events` switched on), the o
 again, but chunks already acknowledged are kept as they are and their lines are left out of the
 new chunks: a delivered event is never sent again because a setting changed.
 
-Chunk files live under the ledger until acknowledged (dlt's load packages are the model):
+The chunks live under the ledger until acknowledged (dlt's load packages are the model), all of
+an object's in one pack file, each at the offset its plan records:
 ```
-_delivery/<dest>/site=<site>/date=<D>/plans/<object_id>.json    outcomes and chunk list
-_delivery/<dest>/site=<site>/date=<D>/chunks/<chunk_id>.chunk   meta line + request body
+_delivery/<dest>/site=<site>/date=<D>/plans/<object_id>.json    outcomes, chunk list, pack offsets
+_delivery/<dest>/site=<site>/date=<D>/packs/<object_id>.<token>.pack  chunks: meta line + request body
 _delivery/<dest>/site=<site>/date=<D>/acks/<chunk_id>.json      after the vendor's 2xx (with lines)
 _delivery/<dest>/site=<site>/date=<D>/dead/<chunk_id>.json      status, vendor body, attempts
 _delivery/<dest>/site=<site>/date=<D>/too_old/<chunk_id>.json   expired before it could be sent
-_delivery/<dest>/site=<site>/date=<D>/leases/<chunk_id>.<gen>.json  a worker is sending it (deliver.py)
+_delivery/<dest>/site=<site>/date=<D>/leases/<unit>.<gen>.json  a worker is sending it (deliver.py)
 ```
-Chunk files are written without fsync: their id hashes their bytes, so delivery detects a missing
-or torn one and plans its object again (`deliver.py`).
+One pack per object, not a file per chunk: a small-batch vendor (Known Agents' 100 visits, HitKeep's
+one event) has thousands of chunks per object, and a file created and removed per request cost
+more than the request (on S3 two requests more per request; on local disk, inode allocation). A
+pack is removed once every chunk of its plan is acknowledged or expired. Packs are written
+without fsync: a chunk's id hashes its bytes, so delivery detects a missing or torn pack and
+plans its object again (`deliver.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +55,7 @@ from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 from agent_traffic.vendors import vendor
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3  # 3: chunks in one pack per object
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
 
@@ -57,6 +64,27 @@ Ranges = tuple[tuple[int, int], ...]
 
 def ledger_prefix(dest: str, site: str, day: str) -> str:
     return f"_delivery/{dest}/site={site}/date={day}"
+
+
+def pack_key(prefix: str, pack: str) -> str:
+    return f"{prefix}/packs/{pack}"
+
+
+def find_chunk(store: Store, prefix: str, chunk_id: str) -> Chunk:
+    """A planned chunk by id, looked up in the date's plans (for tools and tests; delivery indexes them)."""
+    for _key, plan in store.iter_json(f"{prefix}/plans/"):
+        for meta in plan.get("chunks", []):
+            if meta["chunk_id"] == chunk_id:
+                return read_chunk(store, prefix, {**meta, "pack": plan.get("pack")})
+    raise FileNotFoundError(f"no plan under {prefix} has chunk {chunk_id}")
+
+
+def read_chunk(store: Store, prefix: str, meta: dict[str, Any]) -> Chunk:
+    """A planned chunk from its object's pack (FileNotFoundError, ValueError when it is not there)."""
+    if not meta.get("pack"):
+        raise FileNotFoundError(f"chunk {meta.get('chunk_id')} has no pack (acknowledged when it was planned)")
+    start = int(meta["offset"])
+    return decode_chunk(store.get_range(pack_key(prefix, meta["pack"]), start, start + int(meta["length"])))
 
 
 def line_ranges(lines: Iterable[int] | np.ndarray) -> Ranges:
@@ -89,7 +117,7 @@ class Chunk:
     oldest_ts: float  # Unix seconds of the oldest event: the age check at send time
     content_type: str
     body: bytes
-    lines: Ranges = ()  # every line in the chunk; kept in the chunk file and its ack, not the plan
+    lines: Ranges = ()  # every line in the chunk; kept in the pack and its ack, not the plan
 
     def meta(self) -> dict[str, Any]:
         """Everything but the body and the line list (`asdict` would deep-copy both: it showed up
@@ -256,8 +284,8 @@ def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count:
 
 
 def chunk_intact(ch: Chunk, dest: str, site: str) -> bool:
-    """The chunk file holds the bytes it was planned with (its id hashes them): a torn or
-    damaged file is detected, so chunk files need no fsync."""
+    """The pack holds the bytes the chunk was planned with (its id hashes them): a torn or
+    damaged pack is detected, so packs need no fsync."""
     return chunk_id(dest, site, ch.object_id, ch.first_line, ch.last_line, ch.events, ch.body) == ch.chunk_id
 
 
@@ -273,11 +301,12 @@ class ObjectPlan:
     fingerprint: str
     events_total: int
     not_selected: dict[str, int]
-    chunks: list[dict[str, Any]]  # chunk metas, in order (kept acknowledged ones first)
+    chunks: list[dict[str, Any]]  # chunk metas, in order (kept acknowledged ones first); packed ones with offset, length
     not_eligible: dict[str, int] = field(default_factory=dict)
     too_old: int = 0
     too_old_before: str | None = None  # the cutoff used, ISO 8601
     planned_at: str | None = None
+    pack: str | None = None  # the pack file holding the chunks not yet acknowledged when planned
 
     def as_dict(self) -> dict[str, Any]:
         """The plan record (shallow: `asdict` deep-copied every chunk meta, thousands for small batches)."""
@@ -328,13 +357,16 @@ def _delivered_before(
         ack = store.get_json_or_none(f"{prefix}/acks/{c['chunk_id']}.json") or {}
         if not ack.get("lines"):
             continue
-        kept.append(c)
+        kept.append({k: v for k, v in c.items() if k not in ("offset", "length")})  # not in the new pack
         lines.update(lines_in(ack["lines"]))
     return kept, lines
 
 
 def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]) -> None:
-    """Remove the files of a previous plan's unacknowledged chunks: the new plan replaces them."""
+    """Remove a previous plan's pack and the records of its unacknowledged chunks: the new plan
+    replaces them (`chunks/` files are the layout before packs)."""
+    if previous and previous.get("pack"):
+        store.delete(pack_key(prefix, previous["pack"]))
     for c in (previous or {}).get("chunks", []):
         cid = c["chunk_id"]
         if cid not in acked:
@@ -342,11 +374,22 @@ def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None,
                 store.delete(f"{prefix}/{kind}/{cid}.{ext}")
 
 
+def drop_pack_if_done(store: Store, prefix: str, plan: dict[str, Any] | ObjectPlan, done: Callable[[str], bool]) -> bool:
+    """Remove a plan's pack once every chunk in it is acknowledged or expired (dead letters keep
+    it: a later run resends them). True if it was removed."""
+    p = plan.as_dict() if isinstance(plan, ObjectPlan) else plan
+    packed = [c["chunk_id"] for c in p.get("chunks", []) if "offset" in c]
+    if not p.get("pack") or not all(done(c) for c in reversed(packed)):  # the last chunks finish last
+        return False
+    store.delete(pack_key(prefix, p["pack"]))
+    return True
+
+
 def plan_object(
     store: Store, site: Site, dest: Destination, manifest: dict[str, Any], *, now: datetime | None = None,
     acked: set[str] | None = None,
 ) -> ObjectPlan:
-    """Plan (or re-read the plan of) one object for one destination; writes unacked chunk files.
+    """Plan (or re-read the plan of) one object for one destination; packs the unacked chunks.
 
     `acked`: the destination's acknowledged chunk ids for the date, when the caller has them.
     """
@@ -382,6 +425,7 @@ def plan_object(
     too_old = 0
     cutoff = age_cutoff(dest, now)
     metas = list(kept)
+    pack: str | None = None
     if table is not None and total:
         if counts["open"] - table.num_rows:
             not_selected[not_selected_reason(dest.select)] += counts["open"] - table.num_rows
@@ -395,10 +439,26 @@ def plan_object(
             too_old = pc.sum(old).as_py() or 0
             table = table.filter(pc.invert(old))
         start = 1 + max((c["index"] for c in kept), default=-1)  # kept chunks keep their numbers
-        for ch in build_chunks(table, site, dest, oid, not_eligible, start_index=start):
-            if ch.chunk_id not in acked:
-                store.put_bytes(f"{prefix}/chunks/{ch.chunk_id}.chunk", encode_chunk(ch), durable=False)
-            metas.append(ch.meta())
+        pack = f"{oid}.{uuid.uuid4().hex[:12]}.pack"  # new per planning: never one a reader uses
+        offset = 0
+
+        def packed() -> Iterator[bytes]:
+            nonlocal offset
+            for ch in build_chunks(table, site, dest, oid, not_eligible, start_index=start):
+                meta = ch.meta()
+                if ch.chunk_id not in acked:
+                    data = encode_chunk(ch)
+                    meta.update(offset=offset, length=len(data))
+                    offset += len(data)
+                    yield data
+                metas.append(meta)
+
+        parts = packed()
+        first = next(parts, None)
+        if first is None:  # every chunk acknowledged already (or none): no pack
+            pack = None
+        else:
+            store.put_stream(pack_key(prefix, pack), itertools.chain((first,), parts), durable=False)
     plan = ObjectPlan(
         destination=dest.name,
         site=site.name,
@@ -413,6 +473,7 @@ def plan_object(
         too_old=too_old,
         too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
         planned_at=now.isoformat(timespec="seconds"),
+        pack=pack,
     )
     store.put_json(f"{prefix}/plans/{oid}.json", plan.as_dict())
     return plan
@@ -501,6 +562,8 @@ def plan_deliveries(
                 these = list(pool.map(partial(plan_object, store, site, dest, now=now, acked=acked), manifests))
                 plans += these
                 done = acked | set(too_old_ids(store, prefix))
+                for p in these:  # a run killed after its last ack left the pack behind
+                    drop_pack_if_done(store, prefix, p, done.__contains__)
                 pending.setdefault((dest.name, site.name, day), []).extend(
                     (c["chunk_id"], c["events"]) for p in these for c in p.chunks if c["chunk_id"] not in done
                 )

@@ -28,6 +28,9 @@ class Vendor(ABC):
     #: chunks per delivery task, as a multiple of `delivery.chunks_per_group`: small requests
     #: make small chunks, and a task should still carry a task's worth of work
     group_scale: int = 1
+    #: consecutive chunks of an object under one delivery lease: 1 for megabyte requests; more
+    #: for small ones, whose lease file would otherwise cost more than the request
+    chunks_per_lease: int = 1
 
     @property
     def stamps_receive_time(self) -> bool:

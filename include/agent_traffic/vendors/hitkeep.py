@@ -52,6 +52,7 @@ class HitKeep(Vendor):
     title = "HitKeep"
     success = frozenset({202})  # anything else, a 200 from a proxy's page included, is not stored
     group_scale = 25  # one event per request
+    chunks_per_lease = 20
     columns = ("path", "query", "host", "status", "content_type", "duration_ms", "bytes", "user_agent")
 
     def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:

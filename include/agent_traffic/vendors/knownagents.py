@@ -33,6 +33,7 @@ class KnownAgents(Vendor):
     title = "Known Agents"
     success = frozenset({200, 201, 202})
     group_scale = 5  # a hundred visits per request
+    chunks_per_lease = 10
     columns = ("path", "query", "method", "user_agent", "referer", "client_ip", "status", "duration_ms",
                "content_type")
 
