@@ -265,3 +265,35 @@ def test_a_lease_is_renewed_before_the_next_send_could_outlast_it(tmp_path: Path
     assert not other.claim("u1")
     mine.release("u1")
     assert store.list("_delivery/") == []
+
+
+def test_groups_never_split_a_lease_run_so_side_by_side_tasks_all_send(tmp_path: Path, sandbox, api_key) -> None:
+    """Mapped delivery tasks run side by side: if two groups shared a lease run, one task would
+    leave its chunks pending. Groups end at run boundaries; run together, everything is sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent_traffic.plan import lease_unit
+    from agent_traffic.vendors import vendor
+
+    per = vendor("knownagents").chunks_per_lease
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=3000, files=2, tag="k")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url, select="all",
+                       delivery={"chunks_per_group": 3},  # 15 Known Agents chunks a group: not a multiple of the run
+                       extra_dest={"name": "ka", "vendor": "knownagents", "site_id": None, "max_batch_events": 10,
+                                   "send_older_events": True, "secret": {"env": "KA_KEY"}})
+    rt = Runtime.load(str(cfg), "plan")
+    for ref in discover_objects(rt, [DAY]).objects:
+        assert process_object(rt, ref).status == "staged"
+    groups = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    assert len(groups) >= 4
+    metas = {c["chunk_id"]: c for _k, p in rt.store.iter_json(f"{_prefix(groups[0])}/plans/") for c in p["chunks"]}
+    units = [{lease_unit(metas[c], per) for c in g.chunk_ids} for g in groups]
+    assert all(not (a & b) for i, a in enumerate(units) for b in units[i + 1:]), "a lease run spans two groups"
+    with ThreadPoolExecutor(len(groups)) as pool:
+        results = list(pool.map(lambda g: deliver_group(rt.cfg, rt.store, g, Secret(api_key), run_id="side"), groups))
+    assert sum(r.chunks_leased_elsewhere for r in results) == 0
+    assert sum(r.delivered_events for r in results) == sum(g.events for g in groups)
+    got = Counter(v["request_path"] for v in sandbox.accepted("known_agents"))
+    assert sum(got.values()) == sum(g.events for g in groups)

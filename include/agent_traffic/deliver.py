@@ -54,6 +54,7 @@ from agent_traffic.plan import (
     age_cutoff,
     chunk_intact,
     drop_pack_if_done,
+    lease_unit,
     ledger_prefix,
     pack_key,
     plan_object,
@@ -554,9 +555,9 @@ class _PlanIndex:
         return self._metas.get(cid)
 
     def unit(self, cid: str, per_lease: int) -> str:
-        """The lease unit: the chunk itself, or its run of `per_lease` chunks in its object."""
+        """The lease unit (`plan.lease_unit`); a chunk no plan lists is its own."""
         meta = self.meta(cid) if per_lease > 1 else None
-        return cid if meta is None else f"{meta['object_id']}.u{meta['index'] // per_lease}"
+        return cid if meta is None else lease_unit(meta, per_lease)
 
     def plans_of(self, cids: Sequence[str]) -> list[dict[str, Any]]:
         oids = {m["object_id"] for c in cids if (m := self.meta(c)) is not None}

@@ -70,6 +70,13 @@ def pack_key(prefix: str, pack: str) -> str:
     return f"{prefix}/packs/{pack}"
 
 
+def lease_unit(meta: dict[str, Any], per_lease: int) -> str:
+    """The lease a chunk is sent under: the chunk itself, or its run of `per_lease` chunks in its
+    object (small-request vendors). Groups never split a run (`_group`), so two mapped tasks
+    never want the same lease."""
+    return meta["chunk_id"] if per_lease <= 1 else f"{meta['object_id']}.u{meta['index'] // per_lease}"
+
+
 def find_chunk(store: Store, prefix: str, chunk_id: str) -> Chunk:
     """A planned chunk by id, looked up in the date's plans (for tools and tests; delivery indexes them)."""
     for _key, plan in store.iter_json(f"{prefix}/plans/"):
@@ -542,7 +549,7 @@ def plan_deliveries(
     """
     now = now or datetime.now(UTC)
     plans: list[ObjectPlan] = []
-    pending: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+    pending: dict[tuple[str, str, str], list[tuple[str, int, str]]] = {}  # (chunk id, events, lease unit)
     held: dict[tuple[str, str], list[str]] = {}
     with ThreadPoolExecutor(PLAN_THREADS) as pool:  # objects side by side: Arrow kernels and file writes release the GIL
         for day in days:
@@ -564,18 +571,22 @@ def plan_deliveries(
                 done = acked | set(too_old_ids(store, prefix))
                 for p in these:  # a run killed after its last ack left the pack behind
                     drop_pack_if_done(store, prefix, p, done.__contains__)
+                per_lease = vendor(dest.vendor).chunks_per_lease
                 pending.setdefault((dest.name, site.name, day), []).extend(
-                    (c["chunk_id"], c["events"]) for p in these for c in p.chunks if c["chunk_id"] not in done
+                    (c["chunk_id"], c["events"], lease_unit(c, per_lease))
+                    for p in these for c in p.chunks if c["chunk_id"] not in done
                 )
     groups = _group(cfg, pending)
     return PlanResult(plans, groups, held)
 
 
-def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]]]) -> list[ChunkGroup]:
+def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int, str]]]) -> list[ChunkGroup]:
     """Cut pending chunks into groups; grow the group size so no vendor exceeds max_groups.
 
     A group is `delivery.chunks_per_group` chunks times the vendor's `group_scale`: a task's worth
-    of requests, whatever their size (20 Scrunch megabyte batches, 500 HitKeep single events).
+    of requests, whatever their size (20 Scrunch megabyte batches, 500 HitKeep single events),
+    rounded up to the end of a lease unit, so mapped tasks running side by side never want the
+    same lease (the second would leave its chunks pending).
     """
     vendors = {d.name: d.vendor for _, d in cfg.destinations()}
     scale = {name: vendor(v).group_scale for name, v in vendors.items()}
@@ -592,9 +603,14 @@ def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int]
     groups = []
     for (dest, site, day), ids in sorted(pending.items()):
         size = per * scale[dest]
-        for i in range(0, len(ids), size):
-            part = ids[i : i + size]
-            groups.append(
-                ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _ in part), sum(n for _, n in part))
-            )
+        part: list[tuple[str, int, str]] = []
+        for entry in ids:
+            if len(part) >= size and entry[2] != part[-1][2]:
+                groups.append(ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _, _ in part),
+                                         sum(n for _, n, _ in part)))
+                part = []
+            part.append(entry)
+        if part:
+            groups.append(ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _, _ in part),
+                                     sum(n for _, n, _ in part)))
     return groups
