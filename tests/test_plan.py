@@ -187,3 +187,38 @@ def test_too_old_depends_on_now_and_the_vendor(tmp_path) -> None:
                         send_older_events=True)
     assert plan_object(store, SITE, opted, manifest, now=now).too_old == 0
     assert plan_object(store, SITE, dest(name="sc"), manifest, now=now).too_old == 0  # Scrunch backfills
+
+
+def test_row_groups_a_destination_selects_nothing_of_are_counted_not_read(tmp_path) -> None:
+    """Human traffic is most of a log: for `select: ai`, row groups whose statistics show no AI
+    agent are skipped unread, and their rows are still counted, as not selected."""
+    import pyarrow.parquet as pq
+
+    from agent_traffic.plan import plan_object, read_object_events
+    from agent_traffic.storage import Store
+
+    store = Store(str(tmp_path / "staging"))
+    n = 300
+    humans = events(n).append_column("is_ai", pa.array([False] * n)).append_column("is_bot", pa.array([False] * n))
+    mixed = events(n, start_line=n + 1)
+    mixed = mixed.append_column("is_ai", pa.array([i % 3 == 0 for i in range(n)])).append_column(
+        "is_bot", pa.array([i % 3 == 0 for i in range(n)]))
+    key = "events/site=example.com/provider=x/date=2026-11-21/part-obj1.parquet"
+    (tmp_path / "staging" / key).parent.mkdir(parents=True)
+    with pq.ParquetWriter(tmp_path / "staging" / key, humans.schema) as w:  # two row groups, as staging writes them
+        w.write_table(humans)
+        w.write_table(mixed)
+    skipped: list[int] = []
+    t = read_object_events(store, [key], selection="ai", skipped=skipped.append)
+    assert skipped == [n] and t.num_rows == n  # the human row group was not read
+    assert read_object_events(store, [key], selection="all", skipped=skipped.append).num_rows == 2 * n
+    manifest = {"date": "2026-11-21", "object_id": "obj1", "url": "s3://logs/a.gz", "files": {key: 2 * n}}
+    plan = plan_object(store, SITE, dest(select="ai"), manifest)
+    assert plan.events_total == 2 * n and plan.selected == n // 3 and plan.balanced
+    assert plan.not_selected == {"not an AI agent": 2 * n - n // 3}
+    only_humans = "events/site=example.com/provider=y/date=2026-11-21/part-obj2.parquet"
+    (tmp_path / "staging" / only_humans).parent.mkdir(parents=True)
+    pq.write_table(humans, tmp_path / "staging" / only_humans)
+    plan = plan_object(store, SITE, dest(select="ai"), {**manifest, "object_id": "obj2", "files": {only_humans: n}})
+    assert plan.events_total == n and plan.selected == 0 and plan.not_selected == {"not an AI agent": n}
+    assert plan.balanced and plan.pack is None
