@@ -106,3 +106,19 @@ def test_sync_without_syncfs_fsyncs_each_file_and_skips_removed_ones(tmp_path: P
     store.put_bytes("a/b.json", b"{}", durable=False)
     store.sync(["a/b.json", "a/gone.json"])
     assert store.get_bytes("a/b.json") == b"{}"
+
+
+def test_put_stream_writes_parts_whole_and_get_range_reads_a_slice(store: Store) -> None:
+    parts = [bytes([i]) * (300_000 + i) for i in range(20)]  # 6 MB: more than one S3 multipart part
+    assert store.put_stream("p/pack", iter(parts), durable=False) == sum(map(len, parts))
+    data = b"".join(parts)
+    assert store.get_bytes("p/pack") == data
+    assert store.get_range("p/pack", 300_000, 600_005) == data[300_000:600_005]
+
+    def failing():
+        yield b"half"
+        raise RuntimeError("serializer failed")
+
+    with pytest.raises(RuntimeError):
+        store.put_stream("p/broken", failing())
+    assert store.list("p/") == ["p/pack"]  # a failed stream leaves nothing behind

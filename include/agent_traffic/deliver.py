@@ -498,6 +498,8 @@ def deliver_group(
             res.failed_events += ch.events
             res.failures.append(failure)
 
+    if any(index.meta(cid) is None for cid in todo):
+        index.refresh()  # planned since this process last read the plans: same lease runs as other workers
     units: dict[str, list[str]] = {}
     for cid in todo:
         units.setdefault(index.unit(cid, v.chunks_per_lease), []).append(cid)

@@ -197,9 +197,15 @@ class Store:
                     os.unlink(tmp)
                 raise
             return size
-        with self.fs.open(target, "wb") as f:
+        f = self.fs.open(target, "wb")
+        try:
             for part in parts:
                 size += f.write(part) or len(part)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.discard()  # an aborted multipart upload: nothing becomes visible
+            raise
+        f.close()
         return size
 
     def put_file(self, key: str, local_path: str) -> None:
