@@ -207,6 +207,22 @@ def test_a_claim_whose_answer_was_lost_finds_its_own_lease(tmp_path: Path) -> No
     assert store.list("_delivery/") == []
 
 
+def _known_agents_planned(tmp_path: Path, url: str, *, lines: int, files: int, batch: int,
+                          chunks_per_group: int = 20) -> tuple[Runtime, list[ChunkGroup]]:
+    """Sample logs staged and planned for one Known Agents destination (every event, small batches)."""
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=lines, files=files, tag="k")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=url, select="all",
+                       delivery={"chunks_per_group": chunks_per_group},
+                       extra_dest={"name": "ka", "vendor": "knownagents", "site_id": None, "max_batch_events": batch,
+                                   "send_older_events": True, "secret": {"env": "KA_KEY"}})
+    rt = Runtime.load(str(cfg), "plan")
+    for ref in discover_objects(rt, [DAY]).objects:
+        assert process_object(rt, ref).status == "staged"
+    return rt, plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+
+
 def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(tmp_path: Path, sandbox, api_key) -> None:
     """Small-request vendors take one lease per `chunks_per_lease` consecutive chunks of an object:
     a run held by another live worker is left whole to it; every other chunk is sent once."""
@@ -215,16 +231,7 @@ def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(
 
     per = vendor("knownagents").chunks_per_lease
     assert per > 1
-    logs = tmp_path / "logs"
-    write_day(logs, DAY, lines=1500, files=1, tag="k")
-    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
-                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url, select="all",
-                       extra_dest={"name": "ka", "vendor": "knownagents", "site_id": None, "max_batch_events": 20,
-                                   "send_older_events": True, "secret": {"env": "KA_KEY"}})
-    rt = Runtime.load(str(cfg), "plan")
-    for ref in discover_objects(rt, [DAY]).objects:
-        assert process_object(rt, ref).status == "staged"
-    groups = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    rt, groups = _known_agents_planned(tmp_path, sandbox.url, lines=1500, files=1, batch=20)
     chunk_ids = [c for g in groups for c in g.chunk_ids]
     assert len(chunk_ids) > 2 * per
     prefix = _prefix(groups[0])
@@ -276,17 +283,8 @@ def test_groups_never_split_a_lease_run_so_side_by_side_tasks_all_send(tmp_path:
     from agent_traffic.vendors import vendor
 
     per = vendor("knownagents").chunks_per_lease
-    logs = tmp_path / "logs"
-    write_day(logs, DAY, lines=3000, files=2, tag="k")
-    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
-                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url, select="all",
-                       delivery={"chunks_per_group": 3},  # 15 Known Agents chunks a group: not a multiple of the run
-                       extra_dest={"name": "ka", "vendor": "knownagents", "site_id": None, "max_batch_events": 10,
-                                   "send_older_events": True, "secret": {"env": "KA_KEY"}})
-    rt = Runtime.load(str(cfg), "plan")
-    for ref in discover_objects(rt, [DAY]).objects:
-        assert process_object(rt, ref).status == "staged"
-    groups = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
+    # 15 Known Agents chunks a group (3 x its group scale): not a multiple of the run
+    rt, groups = _known_agents_planned(tmp_path, sandbox.url, lines=3000, files=2, batch=10, chunks_per_group=3)
     assert len(groups) >= 4
     metas = {c["chunk_id"]: c for _k, p in rt.store.iter_json(f"{_prefix(groups[0])}/plans/") for c in p["chunks"]}
     units = [{lease_unit(metas[c], per) for c in g.chunk_ids} for g in groups]
