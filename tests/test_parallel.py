@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from agent_traffic.ledger import ledger_rows
 from agent_traffic.samples import combined_lines, gzip_log
 from agent_traffic.storage import Store, StoreOptions
 from tests.conftest import make_bucket, put_object, write_config
@@ -64,13 +65,16 @@ def test_three_runs_at_once_deliver_every_event_exactly_once(tmp_path: Path, s3_
         tmp_path / "cfg.yaml", staging="s3://par-staging/staging", fmt="combined",
         source_url="s3://par-logs/example.com/{date:%Y/%m/%d}/", base_url=sandbox.url,
         extra_dest={"max_batch_events": 20}, delivery={"concurrency": 2},
+        # Known Agents in requests of 3 visits: its leases cover runs of 10 chunks, raced for too
+        more_destinations=[{"name": "knownagents-example", "vendor": "knownagents", "base_url": sandbox.url,
+                            "secret": {"env": "KA_KEY"}, "max_batch_events": 3, "send_older_events": True}],
         object_store={"endpoint_url": s3_env, "region": "us-east-1"},
         sources=[{"name": "blog", "url": "s3://par-logs/blog.example.org/{date:%Y/%m/%d}/", "format": "combined",
                   "site": "blog.example.org"}],
         sites=[{"name": "blog.example.org", "destinations": [scrunch("blog.example.org")]}],
     )
     sandbox.set_fault_rates({"slow:0.02": 1.0})  # every answer takes a moment: sends overlap
-    env = {**os.environ, "SCRUNCH_API_KEY_EXAMPLE": api_key, "AWS_ACCESS_KEY_ID": "testing",
+    env = {**os.environ, "SCRUNCH_API_KEY_EXAMPLE": api_key, "KA_KEY": api_key, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     cmd = [sys.executable, "-m", "agent_traffic", "run", "--config", str(cfg), "--date", str(DAYS[0]),
            "--until", str(DAYS[-1])]
@@ -87,20 +91,29 @@ def test_three_runs_at_once_deliver_every_event_exactly_once(tmp_path: Path, s3_
         got = Counter(e["url"].rsplit("seq=", 1)[1] for e in sandbox.accepted("scrunch", site_id))
         assert set(got) == want[site], f"{site}: {len(want[site] - set(got))} missing"
         assert max(got.values()) == 1, f"{site}: {sum(n - 1 for n in got.values())} duplicate(s)"
+    ka = Counter(v["request_path"].rsplit("seq=", 1)[1] for v in sandbox.accepted("known_agents"))
+    assert set(ka) == want["example.com"] and max(ka.values()) == 1, "Known Agents: missing or twice"
 
     # No chunk was sent twice: one successful request per acknowledged chunk, and the runs'
     # own counts of chunks sent add up to the acks.
     opts = StoreOptions(endpoint_url=s3_env, key="testing", secret="testing", region="us-east-1")
     store = Store("s3://par-staging/staging", opts)
     acks = [k for k in store.list("_delivery/") if "/acks/" in k]
-    assert sandbox.requests_seen["scrunch"] == {"200": len(acks)}
+    ka_acks = [k for k in acks if k.startswith("_delivery/knownagents-example/")]
+    assert sandbox.requests_seen["scrunch"] == {"200": len(acks) - len(ka_acks)}
+    assert sandbox.requests_seen["known_agents"] == {"200": len(ka_acks)}
     summaries = [json.loads((tmp_path / f"s{i}.json").read_text()) for i in range(WORKERS)]
     assert sum(s["this_run"].get("chunks_sent", 0) for s in summaries) == len(acks)
     assert not [k for k in store.list("_delivery/") if "/leases/" in k or "/dead/" in k]
+    assert not [k for k in store.list("_delivery/") if "/packs/" in k]  # every chunk acked: packs removed
     for s in summaries:
         assert all(d["balanced"] and d["failed"] == 0 for d in s["destinations"])
-    final = {d["destination"]: d for d in summaries[-1]["destinations"]}
-    assert final["scrunch-example"]["delivered"] + final["scrunch-blog"]["delivered"] == sum(map(len, want.values()))
+    # The ledger once every run has ended (a run's own summary may predate another run's last acks).
+    delivered: Counter[str] = Counter()
+    for row in ledger_rows(store, [d.isoformat() for d in DAYS])[0]:
+        delivered[row["destination"]] += row["events"] if row["outcome"] == "delivered" else 0
+    assert delivered["scrunch-example"] + delivered["scrunch-blog"] == sum(map(len, want.values()))
+    assert delivered["knownagents-example"] == len(want["example.com"])
 
     # Staging is not corrupted by the runs parsing the same objects at once: every line parsed
     # is staged once, each object has one staged manifest, and no temporary object is left.

@@ -345,14 +345,16 @@ def deliver_group(
         events = meta["events"] if meta else 0
         if meta is not None:
             oid = meta["object_id"]
-            log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
-                        dest.name, group.site, group.date, cid, oid)
-            if meta.get("pack"):
-                store.delete(pack_key(prefix, meta["pack"]))  # damaged: the new plan writes a new one
-            store.delete(f"{prefix}/plans/{oid}.json")
-            manifest = store.get_json_or_none(manifest_key(group.date, oid))
-            if manifest is not None and manifest.get("status") == STAGED:
-                plan_object(store, cfg.site(group.site), dest, manifest, now=now)
+            current = store.get_json_or_none(f"{prefix}/plans/{oid}.json")
+            if current is None or current.get("pack") == meta.get("pack"):  # nobody healed it meanwhile
+                log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
+                            dest.name, group.site, group.date, cid, oid)
+                if meta.get("pack"):
+                    store.delete(pack_key(prefix, meta["pack"]))  # damaged: the new plan writes a new one
+                store.delete(f"{prefix}/plans/{oid}.json")
+                manifest = store.get_json_or_none(manifest_key(group.date, oid))
+                if manifest is not None and manifest.get("status") == STAGED:
+                    plan_object(store, cfg.site(group.site), dest, manifest, now=now)
             index.refresh()
         ch = read(cid)
         if ch is None and not done(cid):

@@ -526,8 +526,18 @@ def plan_object(
         planned_at=now.isoformat(timespec="seconds"),
         pack=pack,
     )
-    store.put_json(f"{prefix}/plans/{oid}.json", plan.as_dict())
-    return plan
+    key = f"{prefix}/plans/{oid}.json"
+    if existing is not None:  # a setting changed: this plan replaces that one
+        store.put_json(key, plan.as_dict())
+        return plan
+    body = orjson.dumps(plan.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    if store.create_exclusive(key, body):
+        return plan
+    # Another worker planned this object meanwhile (runs side by side): its plan is the one
+    # everyone reads, so ours and its pack go (a pack no plan names would never be removed).
+    if pack is not None:
+        store.delete(pack_key(prefix, pack))
+    return ObjectPlan(**store.get_json(key))
 
 
 def _ids(store: Store, prefix: str, kind: str, ext: str) -> Iterator[str]:
