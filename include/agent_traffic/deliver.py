@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,12 +51,13 @@ from agent_traffic.extract import STAGED, manifest_key
 from agent_traffic.plan import (
     Chunk,
     ChunkGroup,
+    PlanIndex,
     age_cutoff,
     chunk_intact,
     drop_pack_if_done,
-    lease_unit,
     ledger_prefix,
     pack_key,
+    plan_key,
     plan_object,
     read_chunk,
 )
@@ -303,7 +304,7 @@ def deliver_group(
     cutoff = age_cutoff(dest, now or datetime.now(UTC))
     lock = threading.Lock()
     stop_marker = f"_delivery/{dest.name}/stopped/{run_id}.json"
-    index = _PlanIndex.of(store, prefix)
+    index = PlanIndex.of(store, prefix)
     finished: set[str] = set()  # acked or expired by this group: its packs may go
 
     def done(cid: str) -> bool:
@@ -345,13 +346,13 @@ def deliver_group(
         events = meta["events"] if meta else 0
         if meta is not None:
             oid = meta["object_id"]
-            current = store.get_json_or_none(f"{prefix}/plans/{oid}.json")
+            current = store.get_json_or_none(plan_key(prefix, oid))
             if current is None or current.get("pack") == meta.get("pack"):  # nobody healed it meanwhile
                 log.warning("%s %s %s: chunk %s is missing or damaged; planning object %s again",
                             dest.name, group.site, group.date, cid, oid)
                 if meta.get("pack"):
                     store.delete(pack_key(prefix, meta["pack"]))  # damaged: the new plan writes a new one
-                store.delete(f"{prefix}/plans/{oid}.json")
+                store.delete(plan_key(prefix, oid))
                 manifest = store.get_json_or_none(manifest_key(group.date, oid))
                 if manifest is not None and manifest.get("status") == STAGED:
                     plan_object(store, cfg.site(group.site), dest, manifest, now=now)
@@ -514,58 +515,6 @@ def deliver_group(
     for plan in index.plans_of(group.chunk_ids):  # the packs this group emptied
         drop_pack_if_done(store, prefix, plan, lambda c: c in finished or done(c))
     return res
-
-
-class _PlanIndex:
-    """Chunk id -> its plan's chunk meta (object, index, pack, offset, length), read from the
-    date's plans on first use and again after a re-plan. Kept for the process's next groups of
-    the same date (a backfill delivers dozens): a stale entry costs only a refresh, because a
-    chunk read through it must still match its id's hash."""
-
-    _cache: dict[tuple[str, str], _PlanIndex] = {}
-    _cache_lock = threading.Lock()
-    CACHED = 8  # dates x destinations x sites; a few suffice for a run that goes date by date
-
-    @classmethod
-    def of(cls, store: Store, prefix: str) -> _PlanIndex:
-        key = (store.root_url, prefix)
-        with cls._cache_lock:
-            index = cls._cache.pop(key, None) or cls(store, prefix)
-            cls._cache[key] = index  # most recent last
-            while len(cls._cache) > cls.CACHED:
-                cls._cache.pop(next(iter(cls._cache)))
-        return index
-
-    def __init__(self, store: Store, prefix: str) -> None:
-        self.store, self.prefix = store, prefix
-        self._metas: dict[str, dict[str, Any]] | None = None
-        self._plans: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def refresh(self) -> None:
-        metas: dict[str, dict[str, Any]] = {}
-        plans: dict[str, dict[str, Any]] = {}
-        for _key, plan in self.store.iter_json(f"{self.prefix}/plans/"):
-            plans[plan["object_id"]] = plan
-            for c in plan.get("chunks", []):
-                metas[c["chunk_id"]] = {**c, "pack": plan.get("pack")}
-        with self._lock:
-            self._metas, self._plans = metas, plans
-
-    def meta(self, cid: str) -> dict[str, Any] | None:
-        if self._metas is None:
-            self.refresh()
-        assert self._metas is not None
-        return self._metas.get(cid)
-
-    def unit(self, cid: str, per_lease: int) -> str:
-        """The lease unit (`plan.lease_unit`); a chunk no plan lists is its own."""
-        meta = self.meta(cid) if per_lease > 1 else None
-        return cid if meta is None else lease_unit(meta, per_lease)
-
-    def plans_of(self, cids: Sequence[str]) -> list[dict[str, Any]]:
-        oids = {m["object_id"] for c in cids if (m := self.meta(c)) is not None}
-        return [self._plans[o] for o in sorted(oids) if o in self._plans]
 
 
 def _destination(cfg: Config, name: str) -> Destination:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,20 +71,15 @@ def pack_key(prefix: str, pack: str) -> str:
     return f"{prefix}/packs/{pack}"
 
 
+def plan_key(prefix: str, object_id: str) -> str:
+    return f"{prefix}/plans/{object_id}.json"
+
+
 def lease_unit(meta: dict[str, Any], per_lease: int) -> str:
     """The lease a chunk is sent under: the chunk itself, or its run of `per_lease` chunks in its
     object (small-request vendors). Groups never split a run (`_group`), so two mapped tasks
     never want the same lease."""
     return meta["chunk_id"] if per_lease <= 1 else f"{meta['object_id']}.u{meta['index'] // per_lease}"
-
-
-def find_chunk(store: Store, prefix: str, chunk_id: str) -> Chunk:
-    """A planned chunk by id, looked up in the date's plans (for tools and tests; delivery indexes them)."""
-    for _key, plan in store.iter_json(f"{prefix}/plans/"):
-        for meta in plan.get("chunks", []):
-            if meta["chunk_id"] == chunk_id:
-                return read_chunk(store, prefix, {**meta, "pack": plan.get("pack")})
-    raise FileNotFoundError(f"no plan under {prefix} has chunk {chunk_id}")
 
 
 def read_chunk(store: Store, prefix: str, meta: dict[str, Any]) -> Chunk:
@@ -233,7 +229,7 @@ def read_object_events(store: Store, keys: Sequence[str],
                 none = [i for i in groups if _none_selected(pf.metadata.row_group(i), columns, selection)]
                 if none:
                     skipped(sum(pf.metadata.row_group(i).num_rows for i in none))
-                    groups = [i for i in groups if i not in set(none)]
+                    groups = sorted(set(groups) - set(none))
                     if not groups:
                         continue
             t = pf.read_row_groups(groups, columns=[c for c in PLAN_COLUMNS if c in present])
@@ -416,14 +412,13 @@ def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None,
                 store.delete(f"{prefix}/{kind}/{cid}.{ext}")
 
 
-def drop_pack_if_done(store: Store, prefix: str, plan: dict[str, Any] | ObjectPlan, done: Callable[[str], bool]) -> bool:
+def drop_pack_if_done(store: Store, prefix: str, plan: dict[str, Any], done: Callable[[str], bool]) -> bool:
     """Remove a plan's pack once every chunk in it is acknowledged or expired (dead letters keep
     it: a later run resends them). True if it was removed."""
-    p = plan.as_dict() if isinstance(plan, ObjectPlan) else plan
-    packed = [c["chunk_id"] for c in p.get("chunks", []) if "offset" in c]
-    if not p.get("pack") or not all(done(c) for c in reversed(packed)):  # the last chunks finish last
+    packed = [c["chunk_id"] for c in plan.get("chunks", []) if "offset" in c]
+    if not plan.get("pack") or not all(done(c) for c in reversed(packed)):  # the last chunks finish last
         return False
-    store.delete(pack_key(prefix, p["pack"]))
+    store.delete(pack_key(prefix, plan["pack"]))
     return True
 
 
@@ -440,7 +435,7 @@ def plan_object(
     oid = manifest["object_id"]
     prefix = ledger_prefix(dest.name, site.name, day)
     fp = _fingerprint(dest, manifest)
-    existing = store.get_json_or_none(f"{prefix}/plans/{oid}.json")
+    existing = store.get_json_or_none(plan_key(prefix, oid))
     if existing and existing.get("fingerprint") == fp:
         return ObjectPlan(**existing)
     v = vendor(dest.vendor)
@@ -526,12 +521,11 @@ def plan_object(
         planned_at=now.isoformat(timespec="seconds"),
         pack=pack,
     )
-    key = f"{prefix}/plans/{oid}.json"
+    key = plan_key(prefix, oid)
     if existing is not None:  # a setting changed: this plan replaces that one
         store.put_json(key, plan.as_dict())
         return plan
-    body = orjson.dumps(plan.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    if store.create_exclusive(key, body):
+    if store.create_json(key, plan.as_dict()):
         return plan
     # Another worker planned this object meanwhile (runs side by side): its plan is the one
     # everyone reads, so ours and its pack go (a pack no plan names would never be removed).
@@ -624,7 +618,7 @@ def plan_deliveries(
                 plans += these
                 done = acked | set(too_old_ids(store, prefix))
                 for p in these:  # a run killed after its last ack left the pack behind
-                    drop_pack_if_done(store, prefix, p, done.__contains__)
+                    drop_pack_if_done(store, prefix, p.as_dict(), done.__contains__)
                 per_lease = vendor(dest.vendor).chunks_per_lease
                 pending.setdefault((dest.name, site.name, day), []).extend(
                     (c["chunk_id"], c["events"], lease_unit(c, per_lease))
@@ -657,14 +651,72 @@ def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int,
     groups = []
     for (dest, site, day), ids in sorted(pending.items()):
         size = per * scale[dest]
-        part: list[tuple[str, int, str]] = []
-        for entry in ids:
-            if len(part) >= size and entry[2] != part[-1][2]:
-                groups.append(ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _, _ in part),
-                                         sum(n for _, n, _ in part)))
-                part = []
-            part.append(entry)
-        if part:
+        starts = [0] if ids else []  # a group closes at `size` chunks, or at the end of the lease unit it reached
+        for i in range(1, len(ids)):
+            if i - starts[-1] >= size and ids[i][2] != ids[i - 1][2]:
+                starts.append(i)
+        for a, b in itertools.pairwise([*starts, len(ids)]):
+            part = ids[a:b]
             groups.append(ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _, _ in part),
                                      sum(n for _, n, _ in part)))
     return groups
+
+
+class PlanIndex:
+    """Chunk id -> its plan's chunk meta (object, index, pack, offset, length), read from the
+    date's plans on first use and again after a re-plan. `of` keeps it for the process's next
+    delivery groups of the same date (a backfill delivers dozens): a stale entry costs only a
+    refresh, because a chunk read through it must still match its id's hash."""
+
+    _cache: dict[tuple[str, str], PlanIndex] = {}
+    _cache_lock = threading.Lock()
+    CACHED = 8  # dates x destinations x sites; a few suffice for a run that goes date by date
+
+    @classmethod
+    def of(cls, store: Store, prefix: str) -> PlanIndex:
+        key = (store.root_url, prefix)
+        with cls._cache_lock:
+            index = cls._cache.pop(key, None) or cls(store, prefix)
+            cls._cache[key] = index  # most recent last
+            while len(cls._cache) > cls.CACHED:
+                cls._cache.pop(next(iter(cls._cache)))
+        return index
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
+        self._metas: dict[str, dict[str, Any]] | None = None
+        self._plans: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        metas: dict[str, dict[str, Any]] = {}
+        plans: dict[str, dict[str, Any]] = {}
+        for _key, plan in self.store.iter_json(f"{self.prefix}/plans/"):
+            plans[plan["object_id"]] = plan
+            for c in plan.get("chunks", []):
+                metas[c["chunk_id"]] = {**c, "pack": plan.get("pack")}
+        with self._lock:
+            self._metas, self._plans = metas, plans
+
+    def meta(self, cid: str) -> dict[str, Any] | None:
+        if self._metas is None:
+            self.refresh()
+        assert self._metas is not None
+        return self._metas.get(cid)
+
+    def unit(self, cid: str, per_lease: int) -> str:
+        """The lease unit (`plan.lease_unit`); a chunk no plan lists is its own."""
+        meta = self.meta(cid) if per_lease > 1 else None
+        return cid if meta is None else lease_unit(meta, per_lease)
+
+    def plans_of(self, cids: Sequence[str]) -> list[dict[str, Any]]:
+        oids = {m["object_id"] for c in cids if (m := self.meta(c)) is not None}
+        return [self._plans[o] for o in sorted(oids) if o in self._plans]
+
+
+def find_chunk(store: Store, prefix: str, chunk_id: str) -> Chunk:
+    """A planned chunk by id (for tools and tests; delivery keeps a `PlanIndex`)."""
+    meta = PlanIndex(store, prefix).meta(chunk_id)
+    if meta is None:
+        raise FileNotFoundError(f"no plan under {prefix} has chunk {chunk_id}")
+    return read_chunk(store, prefix, meta)

@@ -115,17 +115,28 @@ def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectIn
     return sorted(out, key=lambda o: o.url)
 
 
-def _finished_tmp(target: str, data: bytes, durable: bool) -> str:
-    """A temporary file beside `target` holding `data` (fsynced if `durable`), ready to move in;
-    `.tmp-` names are never listed."""
+def _finished_tmp(target: str, parts: Iterable[bytes], durable: bool) -> str:
+    """A temporary file beside `target` holding the concatenated `parts` (fsynced if `durable`),
+    ready to move in; removed if writing fails. `.tmp-` names are never listed."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return tmp
+
+
+def _json(obj: Any) -> bytes:
+    """Records as the store keeps them: indented, keys sorted (people read them)."""
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
 def _syncfs(folder: str) -> bool:
@@ -172,38 +183,26 @@ class Store:
         """
         target = self.path(key)
         if self.is_local:
-            os.replace(_finished_tmp(target, data, durable), target)
+            os.replace(_finished_tmp(target, (data,), durable), target)
         else:
             self.fs.pipe_file(target, data)
 
     def put_stream(self, key: str, parts: Iterable[bytes], *, durable: bool = True) -> int:
-        """Write the concatenated `parts` atomically without holding them all in memory (a
-        temporary file renamed in on local disk, a streamed upload elsewhere); returns the size."""
+        """`put_bytes` of the concatenated `parts`, without holding them all in memory (a streamed
+        upload on object stores: a failed one is discarded, nothing becomes visible); returns the size."""
         target = self.path(key)
-        size = 0
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb") as f:
-                    for part in parts:
-                        size += f.write(part)
-                    if durable:
-                        f.flush()
-                        os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            return size
+            os.replace(_finished_tmp(target, parts, durable), target)
+            return os.path.getsize(target)
+        size = 0
         f = self.fs.open(target, "wb")
         try:
             for part in parts:
-                size += f.write(part) or len(part)
+                f.write(part)
+                size += len(part)
         except BaseException:
             with contextlib.suppress(Exception):
-                f.discard()  # an aborted multipart upload: nothing becomes visible
+                f.discard()  # the multipart upload is aborted
             raise
         f.close()
         return size
@@ -227,7 +226,7 @@ class Store:
         `durable=False`: no fsync on local disk, for files an OS crash may lose (a lease)."""
         target = self.path(key)
         if self.is_local:
-            tmp = _finished_tmp(target, data, durable)
+            tmp = _finished_tmp(target, (data,), durable)
             try:
                 os.link(tmp, target)
             except FileExistsError:
@@ -247,7 +246,11 @@ class Store:
         )
 
     def put_json(self, key: str, obj: Any, *, durable: bool = True) -> None:
-        self.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS), durable=durable)
+        self.put_bytes(key, _json(obj), durable=durable)
+
+    def create_json(self, key: str, obj: Any) -> bool:
+        """`create_exclusive` of a JSON record (durable): False if `key` exists already."""
+        return self.create_exclusive(key, _json(obj))
 
     def sync(self, keys: Iterable[str]) -> None:
         """Make files written with `durable=False` durable, with their renames (local disk; on
