@@ -9,6 +9,7 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent_traffic.annotate import Annotator
@@ -44,6 +45,33 @@ def test_rangeset_boundaries_and_merging() -> None:
     for outside in ["9.255.255.255", "10.0.2.0", "192.0.2.7", "192.0.2.16", "2001:db8:0:1::",
                     "::a00:1"]:
         assert ipaddress.ip_address(outside) not in rs, outside
+
+def test_rangeset_vectorized_lookups_agree_with_the_integer_search() -> None:
+    """contains_v4 / contains_v6 (numpy, the pipeline's path) answer what contains_int answers,
+    at every range edge and for random addresses, including ranges whose bytes end in zeros."""
+    import random
+
+    nets = [ipaddress.ip_network(c) for c in
+            ["10.0.0.0/25", "10.0.1.0/24", "192.0.2.8/29", "2001:db8::/64", "2001:db8:1::/48",
+             "2600:1f00::/24", "fe80::/10", "::/112"]]
+    rs = RangeSet(nets)
+    rng = random.Random(7)
+    probes: dict[int, set[int]] = {4: set(), 6: set()}
+    for net in nets:
+        for n in (int(net.network_address), int(net.broadcast_address)):
+            probes[net.version].update({n - 1, n, n + 1})
+    probes[4].update(rng.getrandbits(32) for _ in range(2000))
+    probes[6].update(rng.getrandbits(128) for _ in range(2000))
+    probes[6].update(int(ipaddress.ip_address("2001:db8::")) + rng.getrandbits(65) for _ in range(2000))
+    v4 = sorted(n for n in probes[4] if 0 <= n < 2**32)
+    v6 = sorted(n for n in probes[6] if 0 <= n < 2**128)
+    assert rs.contains_v4(np.array(v4, dtype=np.int64)).tolist() == [rs.contains_int(4, n) for n in v4]
+    packed = np.array([n.to_bytes(16, "big") for n in v6], dtype="S16")
+    expected = [rs.contains_int(6, n) for n in v6]
+    assert rs.contains_v6(packed).tolist() == expected
+    assert 100 < sum(expected) < len(v6)  # both answers are exercised
+    assert not RangeSet([]).contains_v6(packed).any()
+
 
 
 def test_parse_ip_accepts_log_forms_and_rejects_junk() -> None:

@@ -1,10 +1,11 @@
 """Everything the stage adds to an event: who (agent...), verified or not, what, and referred by whom.
 
 One `Annotator` per run holds the classifier, the IP verifier and the referrer table. `annotate`
-works on a block of parsed events and keeps every per-row step inside DuckDB: Python only sees
-the distinct keys (user agents; (agent, IP, day) claims of agents that have range lists; content
-type + extension; referrer hosts), each answered once and joined back. The command line's
-`classify` uses `describe`, the same pieces for one user agent and IP.
+works on a block of parsed events in Arrow: each key is dictionary-encoded once, Python (or one
+vectorized step) answers the distinct values only (user agents; (agent, IP, day) claims of agents
+that have range lists; content type + extension; referrer hosts and utm_source values), and the
+answers are spread back to the rows by index. The command line's `classify` uses `describe`, the
+same pieces for one user agent and IP.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from datetime import date
 from itertools import pairwise
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,10 +23,10 @@ from agent_traffic.catalog import Catalog, load_catalog
 from agent_traffic.classify import COLUMNS, Classifier
 from agent_traffic.enrich import (
     EXTENSION_RE,
-    HOST_RE,
-    UTM_SOURCE_RE,
     ReferrerTable,
+    referrer_host,
     resource_type_of,
+    utm_source,
 )
 from agent_traffic.ranges import Snapshot, load_snapshots
 from agent_traffic.storage import Store
@@ -37,6 +37,10 @@ __all__ = ["ANNOTATION_COLUMNS", "Annotator"]
 #: A dotted IPv4 address as Python's ipaddress accepts it (no leading zeros); others go one by one.
 _IPV4_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_RE = rf"{_IPV4_OCTET}\.{_IPV4_OCTET}\.{_IPV4_OCTET}\.{_IPV4_OCTET}"
+
+
+#: EXTENSION_RE with its group named, as Arrow's extract_regex wants.
+_EXTENSION_NAMED = EXTENSION_RE.replace("(", "(?P<ext>", 1)
 
 
 def _in_line_order(events: pa.Table) -> bool:
@@ -93,102 +97,116 @@ class Annotator:
     # -- a block of events (pipeline) ---------------------------------------------------------
 
     def annotate(self, events: pa.Table) -> pa.Table:
-        """`events` with ANNOTATION_COLUMNS added, same rows, in line order."""
-        con = duckdb.connect(":memory:")
-        try:
-            con.execute("SET TimeZone = 'UTC'")  # an event's day is its UTC date
-            con.register("e", events)
-            con.register("c", self._classified(events))
-            # The join keys, extracted once: narrow, so every later scan is cheap. The regular
-            # expressions run only where they can match: an extension is at most 11 characters
-            # at the end of the path; referrals are looked up for visits that are not bots.
-            con.execute(f"""
-                CREATE TEMP TABLE k AS
-                SELECT e.line_number, c.uid, c.agent, c.is_bot, e.client_ip, CAST(e.ts AS DATE) AS day,
-                       coalesce(e.content_type, '') AS ct,
-                       coalesce(regexp_extract(right(e.path, 11), '{EXTENSION_RE}', 1), '') AS ext,
-                       CASE WHEN NOT c.is_bot AND contains(e.referer, '://')
-                            THEN lower(regexp_extract(e.referer, '{HOST_RE}', 1)) END AS ref,
-                       CASE WHEN NOT c.is_bot AND contains(e.query, 'utm_source=')
-                            THEN lower(regexp_extract(e.query, '{UTM_SOURCE_RE}', 1)) END AS utm
-                FROM e JOIN c USING (user_agent)
-            """)
-            con.register("v", self._verdicts(con))
-            con.register("r", self._resource_types(con))
-            con.register("f", self._referrals(con))
-            added = con.sql(f"""
-                SELECT k.line_number, {", ".join(f"c.{col}" for col in COLUMNS[1:])},
-                       CASE WHEN k.agent IN ('human', 'unknown') THEN NULL
-                            ELSE coalesce(v.verification, 'unverifiable') END AS verification,
-                       r.resource_type,
-                       CASE WHEN k.is_bot THEN NULL ELSE coalesce(f1.provider, f2.provider) END
-                           AS referred_by
-                FROM k
-                JOIN c USING (uid)
-                LEFT JOIN v ON v.agent = k.agent AND v.client_ip = k.client_ip AND v.day = k.day
-                LEFT JOIN r ON r.ct = k.ct AND r.ext = k.ext
-                LEFT JOIN f AS f1 ON f1.key = k.ref
-                LEFT JOIN f AS f2 ON f2.key = k.utm
-                ORDER BY k.line_number
-            """).to_arrow_table()
-        finally:
-            con.close()
-        # Only the narrow result is sorted in DuckDB; the wide events are put in line order here
-        # (they already are, from the parser) and the new columns appended.
-        ordered = events if _in_line_order(events) else events.sort_by("line_number")
-        if not _in_line_order(ordered):
-            raise ValueError("line numbers repeat within the block; cannot align the annotations")
+        """`events` with ANNOTATION_COLUMNS added, same rows, in line order.
+
+        Each column is answered per distinct key and spread back to the rows by index (`take`):
+        no join, no per-row Python, and no per-row regular expression.
+        """
+        if not _in_line_order(events):
+            events = events.sort_by("line_number")
+            if not _in_line_order(events):
+                raise ValueError("line numbers repeat within the block; cannot align the annotations")
+        ua = _encoded(events["user_agent"])
+        classes = self._classified(ua.dictionary)
+        uid = ua.indices
+        columns = {name: classes[name].take(uid) for name in COLUMNS[1:]}
+        is_bot = columns["is_bot"].to_numpy(zero_copy_only=False)
+        columns["verification"] = self._verification(events, classes, uid.to_numpy())
+        columns["resource_type"] = self._resource_types(events)
+        columns["referred_by"] = self._referrals(events, is_bot)
         for name in ANNOTATION_COLUMNS:
-            ordered = ordered.append_column(added.schema.field(name), added[name])
-        return ordered
+            events = events.append_column(name, columns[name])
+        return events
 
-    def _classified(self, events: pa.Table) -> pa.Table:
-        uas = events["user_agent"].unique().to_pylist()
-        found = self.classifier.classify_many(uas)
-        return pa.table({"user_agent": pa.array(uas, pa.string()), "uid": pa.array(range(len(uas)), pa.int32())}
-                        | {k: pa.array([getattr(found[u], k) for u in uas]) for k in COLUMNS[1:]})
+    def _classified(self, uas: pa.Array) -> pa.Table:
+        """One row per distinct user agent (the dictionary's order): its classification."""
+        texts = uas.to_pylist()
+        found = self.classifier.classify_many(texts)
+        return pa.table({k: pa.array([getattr(found[u], k) for u in texts]) for k in COLUMNS[1:]})
 
-    def _verdicts(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
-        """Distinct claims of agents with range lists, answered an agent at a time in numpy."""
-        checked = ", ".join(f"'{a}'" for a in (x.replace("'", "''") for x in self.verifier.checked_agents))
-        claims = con.sql(f"""
-            SELECT agent, client_ip, day, CAST(day - DATE '1970-01-01' AS INTEGER) AS day_number,
-                   CASE WHEN regexp_full_match(client_ip, '{_IPV4_RE}')
-                        THEN CAST(split_part(client_ip, '.', 1) AS BIGINT) * 16777216
-                             + CAST(split_part(client_ip, '.', 2) AS BIGINT) * 65536
-                             + CAST(split_part(client_ip, '.', 3) AS BIGINT) * 256
-                             + CAST(split_part(client_ip, '.', 4) AS BIGINT) END AS ip4
-            FROM (SELECT DISTINCT agent, client_ip, day FROM k
-                  WHERE client_ip IS NOT NULL AND agent IN ({checked or "NULL"}))
-            ORDER BY agent
-        """).to_arrow_table()
-        codes = np.full(claims.num_rows, -1, dtype=np.int8)
-        agents = claims["agent"].to_numpy(zero_copy_only=False)
-        ip4 = claims["ip4"].fill_null(-1).to_numpy()
-        days = claims["day_number"].to_numpy()
-        ips = claims["client_ip"]
-        firsts = np.flatnonzero(np.r_[True, agents[1:] != agents[:-1]]).tolist() if len(agents) else []
-        for lo, hi in pairwise([*firsts, len(agents)]):  # one agent's claims (they are sorted by agent)
-            texts = ips.slice(lo, hi - lo).to_pylist() if (ip4[lo:hi] < 0).any() else []
-            codes[lo:hi] = self.verifier.verdict_codes(agents[lo], ip4[lo:hi], texts, days[lo:hi])
+    def _verification(self, events: pa.Table, classes: pa.Table, uid: np.ndarray) -> pa.Array:
+        """verified | spoofed | unverifiable per row (None for no claim): the distinct
+        (agent, IP, day) claims of agents with range lists are answered an agent at a time."""
+        agents = classes["agent"].to_pylist()
+        checked = set(self.verifier.checked_agents)
+        # per distinct user agent: -1 no claim (human, unknown), 2 unverifiable, -2 look it up
+        base = np.array([-1 if a in ("human", "unknown") else -2 if a in checked else 2 for a in agents],
+                        dtype=np.int8)
+        codes = base[uid] if len(base) else np.full(len(uid), -1, np.int8)
+        ips = events["client_ip"]
+        rows = np.flatnonzero((codes == -2) & ~_null_mask(ips))
+        codes[codes == -2] = 2  # no IP: unverifiable
+        if len(rows):
+            ip = _encoded(ips.take(rows))
+            day = _encoded(pc.cast(events["ts"].take(rows), pa.date32()))
+            n_ip, n_day = len(ip.dictionary), len(day.dictionary)
+            key = (uid[rows].astype(np.int64) * n_ip + ip.indices.to_numpy()) * n_day + day.indices.to_numpy()
+            claims, where = np.unique(key, return_inverse=True)  # sorted: grouped by user agent
+            claim_uid, rest = np.divmod(claims, n_ip * n_day)
+            claim_ip, claim_day = np.divmod(rest, n_day)
+            ip_texts = ip.dictionary.take(pa.array(claim_ip))
+            ip4 = _ipv4_ints(ip_texts)
+            day_numbers = pc.cast(day.dictionary, pa.int32()).to_numpy()[claim_day]
+            found = np.full(len(claims), -1, dtype=np.int8)
+            claim_agents = np.array(agents, dtype=object)[claim_uid]
+            order = np.argsort(claim_agents, kind="stable")  # one agent's claims together
+            sorted_agents = claim_agents[order]
+            firsts = np.flatnonzero(np.r_[True, sorted_agents[1:] != sorted_agents[:-1]]).tolist()
+            for lo, hi in pairwise([*firsts, len(order)]):
+                pick = order[lo:hi]
+                texts = ip_texts.take(pa.array(pick)).to_pylist() if (ip4[pick] < 0).any() else []
+                found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], texts, day_numbers[pick])
+            found[found < 0] = 2  # an answer of "no claim" for a catalog agent: unverifiable
+            codes[rows] = found[where]
         verdicts = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(VERDICTS))
-        return claims.drop_columns(["ip4", "day_number"]).append_column("verification", verdicts.cast(pa.string()))
+        return verdicts.cast(pa.string())
 
-    def _resource_types(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
-        keys = con.sql("SELECT DISTINCT ct, ext FROM k").fetchall()
-        return pa.table({
-            "ct": pa.array([ct for ct, _ in keys], pa.string()),
-            "ext": pa.array([ext for _, ext in keys], pa.string()),
-            "resource_type": pa.array([resource_type_of(ct, ext) for ct, ext in keys], pa.string()),
-        })
+    def _resource_types(self, events: pa.Table) -> pa.Array:
+        """From the content type, else the extension in the path's last 11 characters."""
+        ct = _encoded(pc.fill_null(events["content_type"], ""))
+        tail = _encoded(pc.utf8_slice_codeunits(events["path"], -11))
+        ext = _encoded(pc.fill_null(pc.struct_field(pc.extract_regex(tail.dictionary, _EXTENSION_NAMED), 0), ""))
+        ext_of_row = ext.indices.to_numpy()[tail.indices.to_numpy()]
+        n_ext = len(ext.dictionary)
+        pairs, where = np.unique(ct.indices.to_numpy().astype(np.int64) * n_ext + ext_of_row, return_inverse=True)
+        cts, exts = ct.dictionary.to_pylist(), ext.dictionary.to_pylist()
+        types = [resource_type_of(cts[p // n_ext], exts[p % n_ext]) for p in pairs.tolist()]
+        return pa.array(types, pa.string()).take(pa.array(where))
 
-    def _referrals(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
-        keys = [key for (key,) in con.sql("""
-            SELECT DISTINCT key FROM (SELECT ref AS key FROM k WHERE NOT is_bot
-                                      UNION ALL SELECT utm FROM k WHERE NOT is_bot)
-            WHERE key <> ''
-        """).fetchall()]
-        found = [(k, self.referrers.provider(k)) for k in keys]
-        found = [(k, p) for k, p in found if p is not None]
-        return pa.table({"key": pa.array([k for k, _ in found], pa.string()),
-                         "provider": pa.array([p for _, p in found], pa.string())})
+    def _referrals(self, events: pa.Table, is_bot: np.ndarray) -> pa.Array:
+        """The provider whose assistant sent a visit that is not a bot: Referer host, else utm_source."""
+        slugs: dict[str, int] = {}
+        codes = np.full(events.num_rows, -1, dtype=np.int32)
+        for column, marker, key_of in (("referer", "://", referrer_host), ("query", "utm_source=", utm_source)):
+            values = events[column]
+            has = pc.fill_null(pc.match_substring(values, marker), False).to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(~is_bot & (codes < 0) & has)
+            if not len(rows):
+                continue
+            enc = _encoded(values.take(rows))
+            found = [self.referrers.provider(key_of(v)) for v in enc.dictionary.to_pylist()]
+            ids = np.array([-1 if p is None else slugs.setdefault(p, len(slugs)) for p in found], dtype=np.int32)
+            codes[rows] = ids[enc.indices.to_numpy()]
+        names = pa.array(list(slugs), pa.string())
+        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), names).cast(pa.string())
+
+
+def _encoded(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """Dictionary-encoded, one chunk, nulls as their own dictionary entry (so every row has an index)."""
+    enc = pc.dictionary_encode(values, null_encoding="encode")
+    return enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+
+
+def _null_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.is_null(values).to_numpy(zero_copy_only=False)
+
+
+def _ipv4_ints(texts: pa.Array) -> np.ndarray:
+    """Each dotted IPv4 text as an integer (the form Python's ipaddress accepts), else -1."""
+    ok = pc.fill_null(pc.match_substring_regex(texts, f"^{_IPV4_RE}$"), False).to_numpy(zero_copy_only=False)
+    out = np.full(len(texts), -1, dtype=np.int64)
+    if ok.any():
+        parts = pc.split_pattern(texts.filter(pa.array(ok)), ".")
+        octets = pc.cast(pc.list_flatten(parts), pa.int64()).to_numpy().reshape(-1, 4)
+        out[ok] = octets @ np.array([16777216, 65536, 256, 1], dtype=np.int64)
+    return out

@@ -85,6 +85,9 @@ class RangeSet:
             self._ends[version] = [hi for _, hi in merged]
         self._starts4 = np.array(self._starts[4], dtype=np.int64)
         self._ends4 = np.array(self._ends[4], dtype=np.int64)
+        # IPv6 as 16 big-endian bytes: numpy orders fixed-width bytes as the integers they spell
+        self._starts6 = np.array([n.to_bytes(16, "big") for n in self._starts[6]], dtype="S16")
+        self._ends6 = np.array([n.to_bytes(16, "big") for n in self._ends[6]], dtype="S16")
 
     def __contains__(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return self.contains_int(ip.version, int(ip))
@@ -100,6 +103,13 @@ class RangeSet:
             return np.zeros(len(ips), dtype=bool)
         i = np.searchsorted(self._starts4, ips, side="right") - 1
         return (i >= 0) & (ips <= self._ends4[np.maximum(i, 0)])
+
+    def contains_v6(self, packed: np.ndarray) -> np.ndarray:
+        """Membership of many IPv6 addresses given as 16 big-endian bytes each (dtype S16)."""
+        if not len(self._starts6):
+            return np.zeros(len(packed), dtype=bool)
+        i = np.searchsorted(self._starts6, packed, side="right") - 1
+        return (i >= 0) & (packed <= self._ends6[np.maximum(i, 0)])
 
 
 @dataclass(frozen=True)
