@@ -91,6 +91,14 @@ def test_run_stages_and_delivers_every_ai_event_once(config: Path, sandbox, api_
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{tmp_path}/staging/events/**/*.parquet',"
         " hive_partitioning=true)").fetchall()[0]
     assert n == (lines["parsed"], lines["parsed"])
+    # Readers see the contract's plain types (the stage writes classifier columns as dictionaries)
+    import pyarrow.parquet as pq
+
+    from agent_traffic.schema import EVENT_SCHEMA
+    for f in files:
+        staged = pq.read_table(f"{tmp_path}/staging/{f}")
+        assert staged.schema.equals(EVENT_SCHEMA), f
+        assert staged.num_rows and staged["agent"].null_count == 0
     q = duckdb.sql(f"SELECT reason, raw FROM read_parquet('{tmp_path}/staging/quarantine/**/*.parquet')").fetchall()
     assert len(q) == 3 and all(r[0] and r[1] for r in q)
 

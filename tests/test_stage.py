@@ -38,7 +38,7 @@ def test_one_partition_is_the_block_itself() -> None:
 
 def _block(first_line: int, n: int, rare_every: int) -> pa.Table:
     """A block of staged-schema events: most rows one provider, every `rare_every`-th another."""
-    from agent_traffic.schema import EVENT_SCHEMA
+    from agent_traffic.schema import CLASS_FIELDS, EVENT_SCHEMA
 
     cols = {}
     for f in EVENT_SCHEMA:
@@ -50,6 +50,8 @@ def _block(first_line: int, n: int, rare_every: int) -> pa.Table:
             cols[f.name] = pa.array(range(first_line, first_line + n), pa.int64())
         elif f.name == "ts":
             cols[f.name] = pa.array([datetime(2026, 11, 21, 12, tzinfo=UTC)] * n, f.type)
+        elif pa.types.is_string(f.type) and f in CLASS_FIELDS:  # the classifier's few answers
+            cols[f.name] = pa.array([f"{f.name}-{i % 7}" for i in range(n)])
         elif pa.types.is_string(f.type):
             cols[f.name] = pa.array([f"{f.name}-{first_line + i}-" + "x" * 40 for i in range(n)])
         elif pa.types.is_boolean(f.type):

@@ -29,6 +29,7 @@ from agent_traffic.enrich import (
     utm_source,
 )
 from agent_traffic.ranges import Snapshot, load_snapshots
+from agent_traffic.schema import CLASS_FIELDS
 from agent_traffic.storage import Store
 from agent_traffic.verify import VERDICTS, Verifier
 
@@ -38,6 +39,8 @@ __all__ = ["ANNOTATION_COLUMNS", "Annotator"]
 _IPV4_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_RE = rf"{_IPV4_OCTET}\.{_IPV4_OCTET}\.{_IPV4_OCTET}\.{_IPV4_OCTET}"
 
+
+_TYPES = {f.name: f.type for f in CLASS_FIELDS}
 
 #: EXTENSION_RE with its group named, as Arrow's extract_regex wants.
 _EXTENSION_NAMED = EXTENSION_RE.replace("(", "(?P<ext>", 1)
@@ -109,8 +112,8 @@ class Annotator:
         ua = _encoded(events["user_agent"])
         classes = self._classified(ua.dictionary)
         uid = ua.indices
-        columns = {name: classes[name].take(uid) for name in COLUMNS[1:]}
-        is_bot = columns["is_bot"].to_numpy(zero_copy_only=False)
+        columns = {name: _spread(classes[name], uid) for name in COLUMNS[1:]}
+        is_bot = classes["is_bot"].to_numpy(zero_copy_only=False)[uid.to_numpy()]
         columns["verification"] = self._verification(events, classes, uid.to_numpy())
         columns["resource_type"] = self._resource_types(events)
         columns["referred_by"] = self._referrals(events, is_bot)
@@ -122,7 +125,7 @@ class Annotator:
         """One row per distinct user agent (the dictionary's order): its classification."""
         texts = uas.to_pylist()
         found = self.classifier.classify_many(texts)
-        return pa.table({k: pa.array([getattr(found[u], k) for u in texts]) for k in COLUMNS[1:]})
+        return pa.table({k: pa.array([getattr(found[u], k) for u in texts], _TYPES[k]) for k in COLUMNS[1:]})
 
     def _verification(self, events: pa.Table, classes: pa.Table, uid: np.ndarray) -> pa.Array:
         """verified | spoofed | unverifiable per row (None for no claim): the distinct
@@ -158,8 +161,7 @@ class Annotator:
                 found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], texts, day_numbers[pick])
             found[found < 0] = 2  # an answer of "no claim" for a catalog agent: unverifiable
             codes[rows] = found[where]
-        verdicts = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(VERDICTS))
-        return verdicts.cast(pa.string())
+        return _spread(pa.array(VERDICTS), pa.array(codes.astype(np.int32), mask=codes < 0))
 
     def _resource_types(self, events: pa.Table) -> pa.Array:
         """From the content type, else the extension in the path's last 11 characters."""
@@ -171,7 +173,7 @@ class Annotator:
         pairs, where = np.unique(ct.indices.to_numpy().astype(np.int64) * n_ext + ext_of_row, return_inverse=True)
         cts, exts = ct.dictionary.to_pylist(), ext.dictionary.to_pylist()
         types = [resource_type_of(cts[p // n_ext], exts[p % n_ext]) for p in pairs.tolist()]
-        return pa.array(types, pa.string()).take(pa.array(where))
+        return _spread(pa.array(types, pa.string()), pa.array(where.astype(np.int32)))
 
     def _referrals(self, events: pa.Table, is_bot: np.ndarray) -> pa.Array:
         """The provider whose assistant sent a visit that is not a bot: Referer host, else utm_source."""
@@ -188,7 +190,20 @@ class Annotator:
             ids = np.array([-1 if p is None else slugs.setdefault(p, len(slugs)) for p in found], dtype=np.int32)
             codes[rows] = ids[enc.indices.to_numpy()]
         names = pa.array(list(slugs), pa.string())
-        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), names).cast(pa.string())
+        return _spread(names, pa.array(codes, mask=codes < 0))
+
+
+def _spread(answers: pa.Array | pa.ChunkedArray, index: pa.Array) -> pa.Array:
+    """Each row's answer: text as a dictionary array over the distinct answers (free to make,
+    and the stage writes it to Parquet as is); other types taken out."""
+    if isinstance(answers, pa.ChunkedArray):
+        answers = answers.combine_chunks()
+    if not pa.types.is_string(answers.type):
+        return answers.take(index)
+    # Unique values (grouping by a dictionary column groups by index), no null inside (Parquet
+    # cannot write one there): a null answer becomes a null index.
+    distinct = pc.dictionary_encode(answers)
+    return pa.DictionaryArray.from_arrays(distinct.indices.take(index), distinct.dictionary)
 
 
 def _encoded(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:

@@ -198,7 +198,7 @@ def _choose_format(rt: Runtime, src: Source, head: bytes) -> tuple[LogFormat, st
 
 
 def _count_ai(events: pa.Table) -> dict[str, int]:
-    ai = events.filter(events["is_ai"])
+    ai = events.select(["provider", "is_ai"]).filter(events["is_ai"])  # not the wide rows
     if not ai.num_rows:
         return {}
     return {r["provider"]: r["count"] for r in ai.group_by("provider").aggregate([("provider", "count")])

@@ -51,6 +51,12 @@ CLASS_FIELDS: list[pa.Field] = [
 #: and `provider` are also kept in the file so a single file is self-describing.
 EVENT_SCHEMA = pa.schema(PARSED_FIELDS + CLASS_FIELDS)
 
+#: EVENT_SCHEMA as the stage writes it: the classifier's text columns dictionary-encoded (the
+#: annotator makes them so for free, and Parquet then need not hash them again). Files are written
+#: without the Arrow schema, so every reader sees EVENT_SCHEMA's plain strings.
+STAGED_SCHEMA = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f in CLASS_FIELDS
+                           and f.type == pa.string() else f for f in EVENT_SCHEMA])
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("object_id", pa.string(), nullable=False),

@@ -20,10 +20,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA, conform
+from agent_traffic.schema import QUARANTINE_SCHEMA, STAGED_SCHEMA, conform
 from agent_traffic.storage import Store
 
 PARQUET_OPTS = {"compression": "zstd", "compression_level": 1}  # level 3: 25% slower to write, same size
+#: Event files: no Arrow schema inside (readers see plain strings, not STAGED_SCHEMA's dictionaries),
+#: and no dictionary for columns that are unique per row, where it only costs time and bytes.
+EVENT_PARQUET_OPTS = PARQUET_OPTS | {
+    "store_schema": False,
+    "use_dictionary": [n for n in STAGED_SCHEMA.names if n not in ("event_id", "ts", "line_number", "bytes")],
+}
 
 
 def event_key(site: str, provider: str, day: str, object_id: str) -> str:
@@ -58,6 +64,15 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
         start += n
 
 
+def _owned(table: pa.Table) -> pa.Table:
+    """A copy that shares no buffer with `table`; dictionaries cut to the values these rows use."""
+    table = table.take(pa.array(np.arange(table.num_rows)))
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f, pc.dictionary_encode(table.column(i).cast(f.type.value_type)))
+    return table
+
+
 #: Rows of one partition written at once, and rows held across partitions before the largest is
 #: written: a block spread over many partitions (a CDN's many hosts and agents) would otherwise be
 #: written in slivers of a few hundred rows, each a row group; that doubled the write time.
@@ -90,7 +105,7 @@ class ObjectStager:
             return
         # Held: copied out of its block, or a few rows of a rare partition would keep every
         # block they came from alive, and memory would grow with the object.
-        parts[-1] = table.take(pa.array(np.arange(table.num_rows)))
+        parts[-1] = _owned(table)
         while self._held_rows > BUFFER_ROWS:
             self._flush(max(self._held, key=lambda k: self._held[k][2]))
 
@@ -100,7 +115,8 @@ class ObjectStager:
         w = self._writers.get(key)
         if w is None:
             path = os.path.join(self._tmp, key.replace("/", "__"))
-            w = self._writers[key] = pq.ParquetWriter(path, schema, **PARQUET_OPTS)
+            opts = EVENT_PARQUET_OPTS if schema is STAGED_SCHEMA else PARQUET_OPTS
+            w = self._writers[key] = pq.ParquetWriter(path, schema, **opts)
         w.write_table(pa.concat_tables(parts) if len(parts) > 1 else parts[0], row_group_size=256_000)
 
     def add(self, events: pa.Table, quarantine: pa.Table) -> None:
@@ -109,9 +125,9 @@ class ObjectStager:
             self._write(quarantine_key(self.source_date, self.object_id), qt, QUARANTINE_SCHEMA)
         if not events.num_rows:
             return
-        events = conform(events, EVENT_SCHEMA)
+        events = conform(events, STAGED_SCHEMA)
         for (site, provider, day), part in partitions(events):
-            self._write(event_key(site, provider, day, self.object_id), part, EVENT_SCHEMA)
+            self._write(event_key(site, provider, day, self.object_id), part, STAGED_SCHEMA)
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""
