@@ -157,3 +157,19 @@ def test_row_suite_flags_each_bad_row_by_its_expectation(tmp_path: Path, validat
         ("expect_column_values_to_match_regex", "path"): ["path"],
         ("expect_column_values_to_be_between", "ts_naive"): ["late", "year-1000", "year-2999"],
     }
+
+
+def test_gx_batches_are_not_fingerprinted(tmp_path: Path, validator_cache: dict) -> None:
+    """The Validator turns off GX's per-batch md5 of every cell (half the row suite's time); the
+    knob is a module constant of GX's pandas engine, so an upgrade that drops it must fail here."""
+    import pandas as pd
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    _rt, _objects, v = stage(tmp_path, {"a.log.gz": combined_lines(DAY, 3, seed=7)}, validator_cache)
+    v._gx  # noqa: B018 - builds the GX context, which sets the knob
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
+    engine = pandas_execution_engine.PandasExecutionEngine()
+    from great_expectations.core.batch_spec import RuntimeDataBatchSpec
+
+    _data, markers = engine.get_batch_data_and_markers(RuntimeDataBatchSpec(batch_data=pd.DataFrame({"a": [1, 2]})))
+    assert "pandas_data_fingerprint" not in markers and "ge_load_time" in markers
