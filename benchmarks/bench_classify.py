@@ -184,8 +184,8 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
         "notes": [
             "Distinct user agents are classified once per block (and cached across blocks); verification "
             "looks up each distinct (agent, IP, day) of agents that have range lists; resource type and "
-            "referrals are computed per distinct content type + extension and referrer host, all joined "
-            "back in DuckDB.",
+            "referrals are computed per distinct content type + path tail and referrer (or utm_source); "
+            "every answer is spread back to the rows by index in Arrow (dictionary arrays, no join).",
             "`spoofed` depends on list freshness: the shipped lists are months older than the benchmark's "
             "day, so outside-range claims are `unverifiable`, as the pipeline would say.",
         ],

@@ -9,8 +9,9 @@ Referral: a visit that is not a bot, whose Referer host (or `utm_source`, which 
 links) is one of a provider's AI-assistant hostnames in the catalog, or a subdomain of one, is
 `referred_by` that provider.
 
-Both work on the few distinct keys (content type + extension, referrer host) and are joined back in
-DuckDB; the regexes below extract those keys identically in DuckDB (RE2) and Python (`re`).
+Both work on the few distinct keys (content type + path extension, referrer host, utm_source) and
+are spread back to the rows by index (annotate.py); the extension regex runs the same in Arrow
+(RE2) and Python (`re`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ CLASS_COLUMNS = ANNOTATION_COLUMNS
 
 
 def classify_table(annotator: Annotator, events: pa.Table) -> pa.Table:
-    """Classify, verify and enrich: each distinct key answered once, joined back in DuckDB."""
+    """Classify, verify and enrich: each distinct key answered once, spread back to the rows by index."""
     return annotator.annotate(events)
 
 
