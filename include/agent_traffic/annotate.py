@@ -31,7 +31,7 @@ from agent_traffic.enrich import (
 from agent_traffic.ranges import Snapshot, load_snapshots
 from agent_traffic.schema import CLASS_FIELDS
 from agent_traffic.storage import Store
-from agent_traffic.verify import VERDICTS, Verifier
+from agent_traffic.verify import NO_CLAIM, VERDICTS, Verifier
 
 __all__ = ["ANNOTATION_COLUMNS", "Annotator"]
 
@@ -133,9 +133,8 @@ class Annotator:
         agents = classes["agent"].to_pylist()
         checked = set(self.verifier.checked_agents)
         # per distinct user agent: -1 no claim (human, unknown), 2 unverifiable, -2 look it up
-        base = np.array([-1 if a in ("human", "unknown") else -2 if a in checked else 2 for a in agents],
-                        dtype=np.int8)
-        codes = base[uid] if len(base) else np.full(len(uid), -1, np.int8)
+        base = np.array([-1 if a in NO_CLAIM else -2 if a in checked else 2 for a in agents], dtype=np.int8)
+        codes = base[uid]
         ips = events["client_ip"]
         rows = np.flatnonzero((codes == -2) & ~_null_mask(ips))
         codes[codes == -2] = 2  # no IP: unverifiable

@@ -89,15 +89,16 @@ class ObjectStager:
         self.source_date = source_date
         self._tmp = tempfile.mkdtemp(prefix=f"stage-{object_id}-")
         self._writers: dict[str, pq.ParquetWriter] = {}
-        self._held: dict[str, tuple[pa.Schema, list[pa.Table], int]] = {}  # key -> rows not yet written
+        self._held: dict[str, tuple[dict, list[pa.Table], int]] = {}  # key -> writer options, rows not yet written
         self._held_rows = 0
         self.rows: dict[str, int] = {}
 
-    def _write(self, key: str, table: pa.Table, schema: pa.Schema) -> None:
-        """Hold `table` for its file; write the file's held rows once there are enough of them."""
-        _, parts, n = self._held.get(key, (schema, [], 0))
+    def _write(self, key: str, table: pa.Table, opts: dict) -> None:
+        """Hold `table` (conformed: its schema is the file's) for its file; write the file's held
+        rows once there are enough of them."""
+        _, parts, n = self._held.get(key, (opts, [], 0))
         parts.append(table)
-        self._held[key] = (schema, parts, n + table.num_rows)
+        self._held[key] = (opts, parts, n + table.num_rows)
         self._held_rows += table.num_rows
         self.rows[key] = self.rows.get(key, 0) + table.num_rows
         if n + table.num_rows >= FLUSH_ROWS:
@@ -110,24 +111,23 @@ class ObjectStager:
             self._flush(max(self._held, key=lambda k: self._held[k][2]))
 
     def _flush(self, key: str) -> None:
-        schema, parts, n = self._held.pop(key)
+        opts, parts, n = self._held.pop(key)
         self._held_rows -= n
         w = self._writers.get(key)
         if w is None:
             path = os.path.join(self._tmp, key.replace("/", "__"))
-            opts = EVENT_PARQUET_OPTS if schema is STAGED_SCHEMA else PARQUET_OPTS
-            w = self._writers[key] = pq.ParquetWriter(path, schema, **opts)
+            w = self._writers[key] = pq.ParquetWriter(path, parts[0].schema, **opts)
         w.write_table(pa.concat_tables(parts) if len(parts) > 1 else parts[0], row_group_size=256_000)
 
     def add(self, events: pa.Table, quarantine: pa.Table) -> None:
         if quarantine.num_rows:
             qt = conform(quarantine, QUARANTINE_SCHEMA)
-            self._write(quarantine_key(self.source_date, self.object_id), qt, QUARANTINE_SCHEMA)
+            self._write(quarantine_key(self.source_date, self.object_id), qt, PARQUET_OPTS)
         if not events.num_rows:
             return
         events = conform(events, STAGED_SCHEMA)
         for (site, provider, day), part in partitions(events):
-            self._write(event_key(site, provider, day, self.object_id), part, STAGED_SCHEMA)
+            self._write(event_key(site, provider, day, self.object_id), part, EVENT_PARQUET_OPTS)
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""

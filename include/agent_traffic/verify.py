@@ -9,9 +9,9 @@
 
 Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
 The pipeline asks once per distinct (agent, IP, day), never per row: `verdict_codes` answers all
-the claims of one agent at once (binary searches in numpy, IPv4 as integers and IPv6 as 16 bytes:
-crawlers come from thousands of addresses a day); `verify` answers one claim (the command line, and addresses
-only `ipaddress` understands, such as zone ids).
+the claims of one agent at once (binary searches in numpy, IPv4 as integers and IPv6 as 16
+bytes: crawlers come from thousands of addresses a day); `verify` answers one claim (the command
+line, and addresses only `ipaddress` understands, such as zone ids).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from agent_traffic.catalog import Catalog
 from agent_traffic.classify import HUMAN, UNKNOWN
 from agent_traffic.ranges import Snapshot
 
-__all__ = ["SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verifier", "parse_ip"]
+__all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verifier", "parse_ip"]
 
 VERIFIED, SPOOFED, UNVERIFIABLE = "verified", "spoofed", "unverifiable"
 VERDICTS = (VERIFIED, SPOOFED, UNVERIFIABLE)
 _CODE = {v: i for i, v in enumerate(VERDICTS)}
 _EPOCH = date(1970, 1, 1)
-_NO_CLAIM = frozenset({HUMAN.agent, UNKNOWN.agent})
+NO_CLAIM = frozenset({HUMAN.agent, UNKNOWN.agent})  # agents that claim no operator: no verdict
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
@@ -81,7 +81,7 @@ class Verifier:
 
     def verify(self, agent: str, ip: str | None, day: date | None = None) -> str | None:
         """The verdict for one claim; None when `agent` is not a catalog agent (no claim)."""
-        if agent in _NO_CLAIM or agent not in self.agents:
+        if agent in NO_CLAIM or agent not in self.agents:
             return None
         lists = self.lists.get(agent)
         addr = parse_ip(ip)
@@ -97,35 +97,32 @@ class Verifier:
         """Verdicts for many claims of one agent, as indexes into VERDICTS (-1: no claim).
 
         `ip4`: each claim's IPv4 address as an integer, or -1 when its text is not plain dotted
-        IPv4; those are read from `texts` (IPv6 by the C parser, then binary searches in numpy; anything
-        odder, such as a zone id, through `verify`).
+        IPv4; those are read from `texts` (IPv6 by the C parser, then binary searches in numpy;
+        anything odder, such as a zone id, through `verify`).
         `days`: each claim's day as days since 1970-01-01 (lists are judged fresh per day).
         """
         n = len(ip4)
-        if agent in _NO_CLAIM or agent not in self.agents:
+        if agent in NO_CLAIM or agent not in self.agents:
             return np.full(n, -1, dtype=np.int8)
         if not self.lists.get(agent):
             return np.full(n, _CODE[UNVERIFIABLE], dtype=np.int8)
         loaded = self._loaded(agent)
         inside = np.zeros(n, dtype=bool)
-        v4 = ip4 >= 0
-        for snap in loaded:
-            inside[v4] |= snap.ranges.contains_v4(ip4[v4])
+        ip4 = ip4.copy()  # ::ffff:a.b.c.d claims join the IPv4 ones
         odd: dict[int, str | None] = {}  # claims `verify` decides
-        mapped_rows, mapped, v6_rows, v6 = [], [], [], []
-        for i in np.flatnonzero(~v4).tolist():
+        v6_rows, v6 = [], []
+        for i in np.flatnonzero(ip4 < 0).tolist():
             packed = _ipv6_bytes(texts[i] or "")
             if packed is None:
                 odd[i] = self.verify(agent, texts[i], _EPOCH + timedelta(days=int(days[i])))
-            elif packed[:12] == _MAPPED:  # ::ffff:a.b.c.d is an IPv4 claim
-                mapped_rows.append(i)
-                mapped.append(int.from_bytes(packed[12:], "big"))
+            elif packed[:12] == _MAPPED:
+                ip4[i] = int.from_bytes(packed[12:], "big")
             else:
                 v6_rows.append(i)
                 v6.append(packed)
+        v4 = ip4 >= 0
         for snap in loaded:
-            if mapped_rows:
-                inside[mapped_rows] |= snap.ranges.contains_v4(np.array(mapped, dtype=np.int64))
+            inside[v4] |= snap.ranges.contains_v4(ip4[v4])
             if v6_rows:
                 inside[v6_rows] |= snap.ranges.contains_v6(np.array(v6, dtype="S16"))
         uniq, where = np.unique(days, return_inverse=True)
