@@ -7,6 +7,8 @@ field map; the expected event of each line is computed from the request it was r
 from __future__ import annotations
 
 import gzip
+import random
+import re
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -14,12 +16,19 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.errors import ConfigError
-from agent_traffic.formats import detect_format, load_formats, regex_batches
+from agent_traffic.formats import (
+    detect_format,
+    duck_connection,
+    load_formats,
+    quote_split,
+    regex_batches,
+)
 from agent_traffic.parse import (
     NOT_REQUEST,
     UNKNOWN_HOST,
     ParseContext,
     ParseStats,
+    _raw_select,
     parse_blocks,
     sample_match,
 )
@@ -288,3 +297,48 @@ def test_nothing_known_is_a_clear_error() -> None:
 def test_aliases_name_the_same_format() -> None:
     assert FORMATS["nginx_combined"] is FORMATS["combined"] is FORMATS["apache_combined"]
     assert FORMATS["aws_cloudfront"].id == "cloudfront"
+
+
+@pytest.mark.parametrize("fid", ["combined", "common", "alb"])
+def test_quote_split_reads_the_same_fields_as_the_regex(fid: str) -> None:
+    """Lines cut at their quotes (formats.QuoteSplit) give exactly what the whole regex gives.
+
+    The oracle is Python's `re` on the format's regex (leftmost-first, like RE2). The lines are
+    the format's fixtures, mutated where structure breaks: stray quotes, spaces, brackets,
+    backslashes, a doubled quote, a trailing quoted field, a dropped character.
+    """
+    fmt = FORMATS[fid]
+    split = quote_split(fmt.regex or "")
+    assert split is not None and split.quoted
+    rng = random.Random(7)
+    base = [line for line, _ in getattr(samples, fid)(samples.requests(300, seed=3))]
+    marks = ['"', " ", "]", "[", "\\", "-", "x", '\\"', '""', '" "', "\t"]
+    lines = list(base)
+    for line in base * 10:
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(line) + 1)
+            op = rng.random()
+            if op < 0.15:
+                line = line[:at] + line[at + 1 :]
+            elif op < 0.25:
+                line += ' "-"'
+            else:
+                line = line[:at] + rng.choice(marks) + line[at:]
+        lines.append(line)
+    table = pa.table({"line_number": pa.array(range(len(lines)), pa.int64()), "line": pa.array(lines, pa.large_string())})
+    con = duck_connection()
+    con.register("lines_in", table)
+    try:
+        got = con.sql("WITH l AS (SELECT * FROM lines_in) " + _raw_select(fmt, None)).to_arrow_table().to_pylist()
+    finally:
+        con.unregister("lines_in")
+    rx = re.compile(fmt.regex or "", re.ASCII)
+    fast = 0
+    for row, line in zip(got, lines, strict=True):
+        m = rx.match(line)
+        raw = {n: (m.group(n) or "") if m else "" for n in fmt.fields}
+        want = {n: None if v == "" or (v == "-" and n != "bytes") else v for n, v in raw.items()}
+        assert {n: row[f"f_{n}"] for n in fmt.fields} == want, line
+        assert row["matched"] == any(raw.values()), line
+        fast += row["fast"]
+    assert len(base) <= fast < len(lines) - len(base)  # both paths were taken

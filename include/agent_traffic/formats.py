@@ -178,6 +178,82 @@ def regex_batches(regex: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+
+# A quoted field as log formats write it: `"(?:[^"\\]|\\.)*"` (backslash escapes allowed) or
+# `"[^"]*"`, captured by a named group or not.
+_QUOTED_BODY = "(?:" + re.escape('(?:[^"\\\\]|\\\\.)*') + "|" + re.escape('[^"]*') + ")"
+_QUOTED = re.compile('"(?:' + r"\(\?P?<(?P<name>[A-Za-z_][A-Za-z0-9_]*)>" + _QUOTED_BODY + r"\)|" + _QUOTED_BODY + ')"')
+
+
+@dataclass(frozen=True)
+class QuoteSplit:
+    """A regex read as pieces between quoted fields, for lines without a backslash.
+
+    In such a line a quoted field holds no `"`, so cutting the line at its double quotes gives
+    the quoted fields and the text between them directly; only the short pieces between quotes
+    need the regex engine. parse.py uses this when a line has exactly the format's quotes (or
+    more, when nothing follows the last quoted field) and every piece matches; other lines take
+    the whole regex. Both read the same fields: a test compares them on fuzzed lines.
+    """
+
+    pieces: tuple[str, ...]  # the pattern before, between and after the quoted fields
+    quoted: tuple[str | None, ...]  # the group each quoted field fills (None: not captured)
+
+    @property
+    def open_tail(self) -> bool:
+        """Nothing is required after the last quoted field, so later quotes may follow."""
+        return self.pieces[-1] == ""
+
+    def pattern(self, i: int) -> str:
+        """Piece i anchored to its whole part (the last piece: to the part's start)."""
+        return "^(?:" + self.pieces[i] + (")" if i == len(self.pieces) - 1 else ")$")
+
+    def literal(self, i: int) -> str | None:
+        """Piece i as plain text, when it has no regex syntax (compared, not matched)."""
+        piece = self.pieces[i]
+        return piece if re.fullmatch(r"[^\\^$.|?*+()\[\]{}]*", piece) else None
+
+
+def quote_split(regex: str) -> QuoteSplit | None:
+    """The regex's quoted fields and the pieces around them, or None when it cannot be cut.
+
+    Cut only at quoted fields outside any group, only when the pattern is anchored at the start,
+    has no inline flags (they would not carry into later pieces) and no other double quote.
+    """
+    if not regex.startswith("^") or re.search(r"\(\?[a-zA-Z-]*[:)]", regex.replace("(?:", "")):
+        return None
+    cuts: list[tuple[int, int, str | None]] = []
+    depth, i, in_class = 0, 1, False
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1 if regex[i + 1 : i + 2] == "]" else 2 if regex[i + 1 : i + 3] == "^]" else 0
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == '"' and depth == 0:
+            m = _QUOTED.match(regex, i)
+            if m:
+                cuts.append((i, m.end(), m.group("name")))
+                i = m.end()
+                continue
+        i += 1
+    pieces, pos = [], 1
+    for start, end, _ in cuts:
+        pieces.append(regex[pos:start])
+        pos = end
+    pieces.append(regex[pos:])
+    if not cuts or any('"' in p for p in pieces):
+        return None
+    return QuoteSplit(tuple(pieces), tuple(name for _, _, name in cuts))
+
 # ---------------------------------------------------------------------------------------------
 # JSON paths
 

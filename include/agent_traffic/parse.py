@@ -25,7 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_traffic.formats import TIME_UNITS, LogFormat, duck_connection, json_path, regex_batches
+from agent_traffic.formats import (
+    TIME_UNITS,
+    LogFormat,
+    duck_connection,
+    json_path,
+    quote_split,
+    regex_batches,
+)
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -281,15 +288,7 @@ def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field."""
     names = fmt.fields
     if fmt.kind == "regex":
-        batches = regex_batches(fmt.regex or "")
-        exprs = ", ".join(
-            f"regexp_extract(line, {_q(rx)}, [{', '.join(_q(n) for n in ns)}]) AS m{i}"
-            for i, (rx, ns) in enumerate(batches)
-        )
-        where = {n: f'm{i}."{n}"' for i, (_, ns) in enumerate(batches) for n in ns}
-        matched = "coalesce(" + ", ".join(f"NULLIF({where[n]}, '')" for n in names) + ") IS NOT NULL"
-        cols = ", ".join(f"{_null_if_empty(where[n], n)} AS {_f(n)}" for n in names)
-        return f"SELECT line_number, line, {matched} AS matched, {cols} FROM (SELECT line_number, line, {exprs} FROM l)"
+        return _regex_select(fmt.regex or "", names)
     if fmt.kind == "json":
         paths = list(dict.fromkeys(fmt.columns))
         plist = "[" + ", ".join(_q(json_path(p)) for p in paths) + "]"
@@ -317,6 +316,44 @@ def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None) -> str:
         )
     cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
     return f"SELECT line_number, line, matched, {cols} FROM l"
+
+
+def _extracts(subject: str, regex: str, prefix: str, when: str) -> tuple[list[str], dict[str, str]]:
+    """regexp_extract in one-pass batches: the SELECT items and each group's expression."""
+    exprs, where = [], {}
+    for i, (rx, ns) in enumerate(regex_batches(regex)):
+        if ns:
+            names = ", ".join(_q(n) for n in ns)
+            exprs.append(f"CASE WHEN {when} THEN regexp_extract({subject}, {_q(rx)}, [{names}]) END AS {prefix}{i}")
+            where |= {n: f'{prefix}{i}."{n}"' for n in ns}
+    return exprs, where
+
+
+def _regex_select(regex: str, names: tuple[str, ...]) -> str:
+    """Lines without a backslash that have the format's quotes are cut at them, and only the
+    pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex."""
+    split = quote_split(regex)
+    exprs, where = _extracts("line", regex, "m", "NOT fast" if split else "true")
+    fast, parts = "false", "l"
+    if split:
+        k = len(split.quoted)
+        checks = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
+        quick = {name: f"p[{2 * j + 2}]" for j, name in enumerate(split.quoted) if name}
+        for i in range(len(split.pieces)):
+            part, lit = f"p[{2 * i + 1}]", split.literal(i)
+            if lit is None:
+                checks.append(f"regexp_matches({part}, {_q(split.pattern(i))})")
+                more, at = _extracts(part, split.pattern(i), f"s{i}_", "fast")
+                exprs, quick = exprs + more, quick | at
+            elif lit or i < len(split.pieces) - 1:
+                checks.append(f"{part} = {_q(lit)}" if i < len(split.pieces) - 1 else f"starts_with({part}, {_q(lit)})")
+        fast = " AND ".join(checks)
+        parts = "(SELECT line_number, line, string_split(line, '\"') AS p FROM l)"
+        where = {n: f"CASE WHEN fast THEN {quick[n]} ELSE {where[n]} END" for n in names}
+    matched = "coalesce(" + ", ".join(f"NULLIF({where[n]}, '')" for n in names) + ") IS NOT NULL"
+    cols = ", ".join(f"{_null_if_empty(where[n], n)} AS {_f(n)}" for n in names)
+    return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT *, {', '.join(exprs)} FROM "
+            f"(SELECT *, {fast} AS fast FROM {parts}))")
 
 
 def _decode(expr: str, how: str | None) -> str:
