@@ -163,9 +163,11 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
                   "Seconds are the work inside a fresh process (imports excluded); ratio = seconds / gzip -dc seconds."),
         "rows": rows,
         "notes": [
-            "parse = decompress + frame lines (numpy newline scan, Arrow string views over the block, no copy) "
-            "+ one DuckDB query per block (RE2 one-pass group batches for regex formats, one json_extract_string "
-            "per line for JSON, string_split for W3C) + canonicalisation; events discarded.",
+            "parse = decompress (gzip through ISA-L) + frame lines (numpy newline scan, Arrow string views over "
+            "the block, no copy) + one DuckDB query per block (regex formats: lines without a backslash cut at "
+            "their double quotes, RE2 only on the pieces between them, the whole regex in one-pass group batches "
+            "for the rest; one json_extract_string per line for JSON; string_split for W3C) + canonicalisation; "
+            "events discarded.",
             "parse+stage = pipeline.process_object: parse, classify/verify/enrich (annotate.py), Parquet staging "
             "(stage.py) and commit; the difference between the two columns is those stages' cost, less what "
             "overlaps: reading/decompressing/framing, the DuckDB parse, and annotating/writing run in three "
