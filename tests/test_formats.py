@@ -342,3 +342,29 @@ def test_quote_split_reads_the_same_fields_as_the_regex(fid: str) -> None:
         assert row["matched"] == any(raw.values()), line
         fast += row["fast"]
     assert len(base) <= fast < len(lines) - len(base)  # both paths were taken
+
+
+@pytest.mark.parametrize(
+    "regex",
+    [
+        r'(?P<client_ip>\S+) "(?P<request>[^"]*)" (?P<status>\d{3})',  # not anchored
+        r'^(?i)(?P<client_ip>\S+) "(?P<request>[^"]*)" (?P<status>\d{3})',  # inline flag
+        r'^(?P<client_ip>\S+) "(?P<request>[^"]*)" (?P<status>\d{3})|^(?P<x>-)',  # top-level alternative
+        r'^(?P<status>\d{3})(?: "(?P<request>[^"]*)")?',  # quoted field inside a group
+        r'^(?P<status>\d{3}) "(?P<request>[^"]*)" [^"]+',  # another double quote
+        r'^(?P<status>\d{3}) (?P<request>\S+)',  # no quoted field
+    ],
+)
+def test_quote_split_declines_patterns_it_cannot_cut(regex: str) -> None:
+    assert quote_split(regex) is None
+
+
+def test_quote_split_pieces() -> None:
+    split = quote_split(FORMATS["common"].regex or "")
+    assert split is not None
+    assert split.quoted == ("request",)
+    assert split.pattern(0) == r"^(?:(?P<client_ip>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] )$"
+    assert split.pattern(1) == r"^(?: (?P<status>\d{3}) (?P<bytes>\d+|-)\s*$)"  # the tail: from the start
+    assert not split.open_tail and split.literal(1) is None
+    alb = quote_split(FORMATS["alb"].regex or "")
+    assert alb is not None and alb.open_tail and alb.quoted[2] is None and alb.literal(1) == " "

@@ -218,7 +218,8 @@ def quote_split(regex: str) -> QuoteSplit | None:
     """The regex's quoted fields and the pieces around them, or None when it cannot be cut.
 
     Cut only at quoted fields outside any group, only when the pattern is anchored at the start,
-    has no inline flags (they would not carry into later pieces) and no other double quote.
+    has no alternatives at the top, no inline flags (they would not carry into later pieces) and
+    no other double quote.
     """
     if not regex.startswith("^") or re.search(r"\(\?[a-zA-Z-]*[:)]", regex.replace("(?:", "")):
         return None
@@ -238,6 +239,8 @@ def quote_split(regex: str) -> QuoteSplit | None:
             depth += 1
         elif c == ")":
             depth -= 1
+        elif c == "|" and depth == 0:  # alternatives: the pieces would not line up
+            return None
         elif c == '"' and depth == 0:
             m = _QUOTED.match(regex, i)
             if m:
