@@ -19,7 +19,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -128,10 +128,11 @@ def duck_connection() -> duckdb.DuckDBPyConnection:
 # Regex helpers: named groups, and splitting into one-pass batches
 
 
-def _scan_groups(regex: str) -> Iterable[tuple[int, int, str | None]]:
-    """(start, end of the group opener, name or None) for each capturing group, in order."""
-    i, n, in_class = 0, len(regex), False
-    while i < n:
+def _syntax(regex: str) -> Iterator[tuple[int, str, int]]:
+    """(position, character, group depth) of each character that is syntax: not escaped, not in
+    a [class]. A group's own parentheses are at the depth outside it."""
+    depth, i, in_class = 0, 0, False
+    while i < len(regex):
         c = regex[i]
         if c == "\\":
             i += 2
@@ -140,17 +141,23 @@ def _scan_groups(regex: str) -> Iterable[tuple[int, int, str | None]]:
             in_class = c != "]"
         elif c == "[":
             in_class = True
-            if regex[i + 1 : i + 2] == "]":
-                i += 1
-            elif regex[i + 1 : i + 3] == "^]":
-                i += 2
-        elif c == "(":
+            i += 1 if regex[i + 1 : i + 2] == "]" else 2 if regex[i + 1 : i + 3] == "^]" else 0
+        else:
+            depth -= c == ")"
+            yield i, c, depth
+            depth += c == "("
+        i += 1
+
+
+def _scan_groups(regex: str) -> Iterable[tuple[int, int, str | None]]:
+    """(start, end of the group opener, name or None) for each capturing group, in order."""
+    for i, c, _ in _syntax(regex):
+        if c == "(":
             m = re.match(r"\(\?P?<([A-Za-z_][A-Za-z0-9_]*)>", regex[i:])
             if m:
                 yield i, i + m.end(), m.group(1)
             elif regex[i + 1 : i + 2] != "?":
                 yield i, i + 1, None
-        i += 1
 
 
 def group_names(regex: str) -> list[str]:
@@ -224,30 +231,13 @@ def quote_split(regex: str) -> QuoteSplit | None:
     if not regex.startswith("^") or re.search(r"\(\?[a-zA-Z-]*[:)]", regex.replace("(?:", "")):
         return None
     cuts: list[tuple[int, int, str | None]] = []
-    depth, i, in_class = 0, 1, False
-    while i < len(regex):
-        c = regex[i]
-        if c == "\\":
-            i += 2
+    for i, c, depth in _syntax(regex):
+        if depth or (cuts and i < cuts[-1][1]):  # inside a group, or inside the last quoted field
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            i += 1 if regex[i + 1 : i + 2] == "]" else 2 if regex[i + 1 : i + 3] == "^]" else 0
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:  # alternatives: the pieces would not line up
+        if c == "|":  # alternatives: the pieces would not line up
             return None
-        elif c == '"' and depth == 0:
-            m = _QUOTED.match(regex, i)
-            if m:
-                cuts.append((i, m.end(), m.group("name")))
-                i = m.end()
-                continue
-        i += 1
+        if c == '"' and (m := _QUOTED.match(regex, i)):
+            cuts.append((i, m.end(), m.group("name")))
     pieces, pos = [], 1
     for start, end, _ in cuts:
         pieces.append(regex[pos:start])
