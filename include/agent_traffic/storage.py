@@ -203,6 +203,7 @@ class Store:
         except BaseException:
             with contextlib.suppress(Exception):
                 f.discard()  # the multipart upload is aborted
+            f.closed = True  # or the file's finaliser would try to upload the discarded buffer
             raise
         f.close()
         return size
