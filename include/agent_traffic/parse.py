@@ -319,13 +319,15 @@ def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None) -> str:
     return f"SELECT line_number, line, matched, {cols} FROM l"
 
 
-def _extracts(subject: str, regex: str, prefix: str, when: str) -> tuple[list[str], dict[str, str]]:
-    """regexp_extract in one-pass batches: the SELECT items and each group's expression."""
+def _extracts(subject: str, regex: str, prefix: str, when: str | None) -> tuple[list[str], dict[str, str]]:
+    """regexp_extract in one-pass batches (only on rows where `when`, if given): the SELECT items
+    and each group's expression."""
     exprs, where = [], {}
     for i, (rx, ns) in enumerate(regex_batches(regex)):
         if ns:
             names = ", ".join(_q(n) for n in ns)
-            exprs.append(f"CASE WHEN {when} THEN regexp_extract({subject}, {_q(rx)}, [{names}]) END AS {prefix}{i}")
+            extract = f"regexp_extract({subject}, {_q(rx)}, [{names}])"
+            exprs.append(f"{extract if when is None else f'CASE WHEN {when} THEN {extract} END'} AS {prefix}{i}")
             where |= {n: f'{prefix}{i}."{n}"' for n in ns}
     return exprs, where
 
@@ -334,7 +336,7 @@ def _regex_select(regex: str, names: tuple[str, ...]) -> str:
     """Lines without a backslash that have the format's quotes are cut at them, and only the
     pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex."""
     split = quote_split(regex)
-    exprs, where = _extracts("line", regex, "m", "NOT fast" if split else "true")
+    exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
     fast, parts = "false", "l"
     if split:
         k = len(split.quoted)

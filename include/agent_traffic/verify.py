@@ -121,10 +121,11 @@ class Verifier:
                 v6_rows.append(i)
                 v6.append(packed)
         v4 = ip4 >= 0
+        packed6 = np.array(v6, dtype="S16")
         for snap in loaded:
             inside[v4] |= snap.ranges.contains_v4(ip4[v4])
             if v6_rows:
-                inside[v6_rows] |= snap.ranges.contains_v6(np.array(v6, dtype="S16"))
+                inside[v6_rows] |= snap.ranges.contains_v6(packed6)
         uniq, where = np.unique(days, return_inverse=True)
         outside = np.array([_CODE[SPOOFED] if self._conclusive(agent, loaded, _EPOCH + timedelta(days=int(d)))
                             else _CODE[UNVERIFIABLE] for d in uniq], dtype=np.int8)
