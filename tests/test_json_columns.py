@@ -204,3 +204,26 @@ def test_vendor_event_is_the_reference_object() -> None:
         for name, kw in CASES:
             d = dest(name, **kw)
             assert vendor(name).event(row, SITE, d) == reference_event(name, row, d)
+
+
+def test_unquoted_strings_are_quoted_by_obj_as_orjson_would() -> None:
+    """`text` values reach `obj` without quotes and `obj` adds them with the key: a null leaves its
+    key out (JSON null when required), first key or not, escapes included."""
+    from agent_traffic.vendors import json_columns as jc
+
+    some = [None, "", 'a"b\\c', "é\x01\n", "plain"]
+    every = ["x", "y", 'z"', "w", "v"]
+    cases = [
+        [("a", some, False), ("b", some, True), ("c", every, False)],
+        [("a", some, True), ("b", some, False)],
+        [("c", every, False), ("a", some, False)],
+        [("a", some, False)],
+    ]
+    for case in cases:
+        fields = []
+        for key, values, required in case:
+            t = jc.text(pa.array(values, pa.string()))
+            fields.append((key, jc.required(t) if required else t))
+        want = [orjson.dumps({key: values[i] for key, values, required in case
+                              if values[i] is not None or required}).decode() for i in range(len(some))]
+        assert jc.obj(fields, len(some)).to_pylist() == want

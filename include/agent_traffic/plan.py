@@ -179,10 +179,15 @@ def age_cutoff(dest: Destination, now: datetime) -> datetime | None:
     return now - timedelta(hours=dest.max_age_hours)
 
 
-#: The staged columns the planner and the vendors read; the others (ids, classification detail)
-#: are never decoded, which is most of the cost of turning rows into requests.
-PLAN_COLUMNS = ("ts", "host", "method", "path", "query", "url", "status", "bytes", "duration_ms", "client_ip",
-                "user_agent", "referer", "content_type", "line_number", "agent", "is_ai", "is_bot", "referred_by")
+#: The staged columns the planner reads for every vendor (order, age, selection); with the
+#: vendor's own (`plan_columns`), the only ones decoded: the others (ids, classification detail,
+#: what another vendor sends) are most of a staged file.
+PLAN_COLUMNS = ("ts", "line_number", "is_ai", "is_bot", "referred_by")
+
+
+def plan_columns(vendor_name: str) -> list[str]:
+    v = vendor(vendor_name)
+    return list(dict.fromkeys((*PLAN_COLUMNS, *v.columns, *v.reads)))
 
 
 def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: str) -> bool:
@@ -210,9 +215,10 @@ def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: 
 
 
 def read_object_events(store: Store, keys: Sequence[str],
-                       keep: Callable[[pa.Table], pa.Table] | None = None, *,
+                       keep: Callable[[pa.Table], pa.Table] | None = None, *, columns: Sequence[str] | None = None,
                        selection: str | None = None, skipped: Callable[[int], None] | None = None) -> pa.Table | None:
-    """One object's staged events for a site, in line order (the files are its per-provider parts).
+    """One object's staged events for a site, in line order (the files are its per-provider parts):
+    `columns` of them (those the files have), or every column.
 
     `keep` filters each file as it is read, so only the rows a destination takes are held (for
     AI agents, a sixth of a typical object): planning two large objects at once had needed
@@ -232,7 +238,7 @@ def read_object_events(store: Store, keys: Sequence[str],
                     groups = sorted(set(groups) - set(none))
                     if not groups:
                         continue
-            t = pf.read_row_groups(groups, columns=[c for c in PLAN_COLUMNS if c in present])
+            t = pf.read_row_groups(groups, columns=None if columns is None else [c for c in columns if c in present])
         tables.append(keep(t) if keep is not None else t)
     if not tables:
         return None
@@ -462,8 +468,8 @@ def plan_object(
 
     # Skipping by statistics only when no earlier plan delivered lines: those are left out of
     # `open`, which a skipped row group could not tell.
-    table = read_object_events(store, keys, keep, selection=dest.select if done_lines is None else None,
-                               skipped=skipped)
+    table = read_object_events(store, keys, keep, columns=plan_columns(dest.vendor),
+                               selection=dest.select if done_lines is None else None, skipped=skipped)
     total = counts["read"]
     not_selected: Counter[str] = Counter()
     not_eligible: Counter[str] = Counter()

@@ -25,6 +25,8 @@ class Vendor(ABC):
     success: frozenset[int]
     #: the staged columns `fields` reads (the planner selects only these)
     columns: tuple[str, ...]
+    #: staged columns `ineligible` reads besides those
+    reads: tuple[str, ...] = ()
     #: chunks per delivery task, as a multiple of `delivery.chunks_per_group`: small requests
     #: make small chunks, and a task should still carry a task's worth of work
     group_scale: int = 1

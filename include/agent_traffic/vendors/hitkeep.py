@@ -54,18 +54,19 @@ class HitKeep(Vendor):
     group_scale = 25  # one event per request
     chunks_per_lease = 20
     columns = ("path", "query", "host", "status", "content_type", "duration_ms", "bytes", "user_agent")
+    reads = ("agent",)
 
     def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
         n, col = table.num_rows, partial(jc.column, table)
         host, ctype = col("host"), col("content_type")
         return [
-            ("path", jc.required(jc.string(path_with_query(table)))),
+            ("path", jc.required(jc.text(path_with_query(table)))),
             ("hostname", pc.if_else(jc.present(host), jc.string(host), jc.constant(site.domain, n))),
             ("status_code", jc.integer(col("status", pa.int64()))),
-            ("content_type", jc.string(jc.only_where(jc.present(ctype), ctype))),
+            ("content_type", jc.text(jc.only_where(jc.present(ctype), ctype))),
             ("response_ms", _positive_int(col("duration_ms", pa.float64()))),
             ("bytes_served", _positive_int(col("bytes", pa.float64()))),
-            ("user_agent", jc.required(jc.string(col("user_agent")))),
+            ("user_agent", jc.required(jc.text(col("user_agent")))),
         ]
 
     def body(self, joined: bytes, events: int) -> tuple[bytes, str]:

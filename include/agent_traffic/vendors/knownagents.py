@@ -43,23 +43,23 @@ class KnownAgents(Vendor):
         n, col = table.num_rows, partial(jc.column, table)
         referer, ctype = col("referer"), col("content_type")
         headers = jc.obj([
-            ("user-agent", jc.required(jc.string(col("user_agent")))),
-            ("referer", jc.string(jc.only_where(jc.present(referer), referer))),
-            (IP_HEADER, jc.string(ip_values(table, dest.ip_policy))),
+            ("user-agent", jc.required(jc.text(col("user_agent")))),
+            ("referer", jc.text(jc.only_where(jc.present(referer), referer))),
+            (IP_HEADER, jc.text(ip_values(table, dest.ip_policy))),
         ], n)
         out: list[Field] = [
-            ("request_path", jc.required(jc.string(path_with_query(table)))),
-            ("request_method", jc.required(jc.string(col("method")))),
+            ("request_path", jc.required(jc.text(path_with_query(table)))),
+            ("request_method", jc.required(jc.text(col("method")))),
             ("request_headers", headers),
             ("response_status_code", jc.integer(col("status", pa.int64()))),
             ("response_duration_in_milliseconds", jc.integer(col("duration_ms", pa.float64()))),
         ]
         if dest.send_sdk_fields:
-            content = jc.obj([("content-type", jc.string(ctype))], n)
+            content = jc.obj([("content-type", jc.text(ctype))], n)
             created = pc.strftime(pc.cast(col("ts_us", pa.timestamp("us", "UTC")), pa.timestamp("ms", "UTC"), safe=False),
                                   format="%Y-%m-%dT%H:%M:%S") if n else pa.array([], pa.string())
             out += [("response_headers", jc.only_where(jc.present(ctype), content)),
-                    ("created", jc.string(pc.binary_join_element_wise(created, "Z", "")))]
+                    ("created", jc.text(pc.binary_join_element_wise(created, "Z", "")))]
         return out
 
     def body(self, joined: bytes, events: int) -> tuple[bytes, str]:

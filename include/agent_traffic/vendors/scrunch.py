@@ -37,14 +37,14 @@ class Scrunch(Vendor):
         ip = ip_values(table, dest.ip_policy)
         return [
             ("domain", jc.constant(site.domain, n)),
-            ("user_agent", jc.required(jc.string(col("user_agent")))),
-            ("url", jc.required(jc.string(col("url")))),
-            ("path", jc.required(jc.string(col("path")))),
-            ("method", jc.required(jc.string(col("method")))),
+            ("user_agent", jc.required(jc.text(col("user_agent")))),
+            ("url", jc.required(jc.text(col("url")))),
+            ("path", jc.required(jc.text(col("path")))),
+            ("method", jc.required(jc.text(col("method")))),
             ("status_code", jc.integer(col("status", pa.int64()))),
             ("timestamp", jc.epoch_seconds(col("ts_us", pa.int64()), epoch_seconds)),
             ("response_time", jc.integer(duration)),
-            ("ip", jc.string(ip)),
+            ("ip", jc.text(ip)),
         ]
 
     def body(self, joined: bytes, events: int) -> tuple[bytes, str]:
