@@ -296,7 +296,7 @@ def run(repeat: int, quick: bool) -> dict:
         "the same run's sending of those chunks (leases, requests, acks) against the reference's whole time.",
         "The ceiling rows send prebuilt bodies, 4 in flight, through urllib3: the most any sender can "
         "get from that receiver on this machine with that vendor's requests. Against the validating "
-        "receiver it caps every sender near 2x the reference, so 10x can only show against the fast "
+        "receiver it caps every sender at 2-4x the reference, so 10x can only show against the fast "
         "receiver, and only with Scrunch's megabyte batches: with Known Agents' 100-visit requests "
         "(4,000 for 400,000 events) the receiver's own per-request cost caps any sender at the "
         "ceiling row's ratio.",
