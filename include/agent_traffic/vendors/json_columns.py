@@ -6,7 +6,8 @@ compute kernels instead. The output is byte-for-byte what `orjson.dumps` gives f
 object (compact, UTF-8 unescaped, the same control-character escapes, keys in declared order):
 `tests/test_json_columns.py` checks that against a per-row reference on awkward data.
 
-A value is a string array of JSON fragments; null means "leave the key out".
+A value is a string array of JSON fragments; null means "leave the key out". Strings may also be
+handed to `obj` as `Text` (escaped, not yet quoted), which adds their quotes with the key.
 """
 
 from __future__ import annotations
