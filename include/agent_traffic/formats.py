@@ -185,7 +185,6 @@ def regex_batches(regex: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-
 # A quoted field as log formats write it: `"(?:[^"\\]|\\.)*"` (backslash escapes allowed) or
 # `"[^"]*"`, captured by a named group or not.
 _QUOTED_BODY = "(?:" + re.escape('(?:[^"\\\\]|\\\\.)*') + "|" + re.escape('[^"]*') + ")"
@@ -246,6 +245,7 @@ def quote_split(regex: str) -> QuoteSplit | None:
     if not cuts or any('"' in p for p in pieces):
         return None
     return QuoteSplit(tuple(pieces), tuple(name for _, _, name in cuts))
+
 
 # ---------------------------------------------------------------------------------------------
 # JSON paths

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import copy
 import hmac
-import json
 import logging
 import math
 import os
@@ -210,7 +209,7 @@ def _scrunch_handle(content_type: str, body: bytes) -> Outcome:
 
     events: list[dict[str, Any]] = []
     problems: list[tuple[int, str | None, str]] = []
-    received: str | None = None
+    lines: list[str] = []
     if ndjson:
         lines = text.split("\n")
         while lines and not lines[-1].strip():
@@ -228,7 +227,6 @@ def _scrunch_handle(content_type: str, body: bytes) -> Outcome:
                 continue
             problems.extend((number, f, m) for f, m in _scrunch_event_errors(event))
             events.append(event)
-        received = "".join(line.strip() + "\n" for line in lines)
     else:
         if not text.strip():
             return _scrunch_invalid([(1, None, "empty body")])
@@ -244,6 +242,7 @@ def _scrunch_handle(content_type: str, body: bytes) -> Outcome:
         events.append(event)
     if problems:
         return _scrunch_invalid(problems)
+    received = "".join(line.strip() + "\n" for line in lines) if ndjson else None
     return Outcome(200, {"status": "ok"}, tuple(events), received)
 
 
@@ -559,7 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(obj).encode("utf-8"), headers=headers)
+        self._send(status, orjson.dumps(obj), headers=headers)
 
     def _read_body(self, limit: int) -> bytes | None:
         """Read the whole body; None when it exceeds `limit` (it is drained, not kept)."""
