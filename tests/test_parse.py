@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.formats import detect_format, load_formats
-from agent_traffic.parse import ParseContext, ParseStats, parse_blocks
+from agent_traffic.parse import BLANK, ParseContext, ParseStats, blank_lines, parse_blocks
 
 FORMATS = load_formats()
 GPT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)"
@@ -27,6 +27,8 @@ def run(data: bytes, c: ParseContext, block_bytes: int = 1 << 20, pieces: int = 
         stats.add(b.stats)
         events.append(b.events)
         quarantine.append(b.quarantine)
+    if not events:  # no bytes, no block
+        return stats, [], []
     return stats, pa.concat_tables(events).to_pylist(), pa.concat_tables(quarantine).to_pylist()
 
 
@@ -199,3 +201,18 @@ def test_big_blocks_keep_line_order() -> None:
     )
     stats, ev, _ = run(data, ctx(), block_bytes=64 << 20)
     assert stats.parsed == 60_000 and [e["bytes"] for e in ev] == list(range(1, 60_001))
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"  ", b"\n \r\n\t\n  ", b"\x0b\x0c\r\n\r\n", b"\n" * 5000])
+def test_blank_lines_counts_what_the_parser_counts_as_blank(data: bytes) -> None:
+    """An object that is only blank lines is staged without a format (pipeline.py): the lines it
+    reports must be the ones the parser itself would read and skip as blank."""
+    stats, ev, q = run(data, ctx())
+    assert ev == [] and q == [] and stats.skipped == ({BLANK: stats.lines_read} if stats.lines_read else {})
+    assert blank_lines(data) == stats.lines_read
+
+
+@pytest.mark.parametrize("data", [b"x", b"\n\n-\n", b" \x00\n", b"\xa0\n", b"\x1c\n"])
+def test_blank_lines_refuses_any_other_byte(data: bytes) -> None:
+    stats, _, _ = run(data, ctx())
+    assert blank_lines(data) is None and stats.skipped.get(BLANK, 0) < stats.lines_read

@@ -233,3 +233,41 @@ def test_gzip_detected_by_content_not_name(tmp_path: Path, sandbox, api_key: str
                        source_url=str(root) + "/{date:%Y/%m/%d}/", base_url=sandbox.url)
     s, _ = _run(cfg, api_key)
     assert s["ok"] and s["lines"]["read"] == 300
+
+
+def test_empty_and_blank_objects_are_staged_with_nothing_to_parse(
+    config: Path, logs: Path, sandbox, api_key: str, tmp_path: Path
+) -> None:
+    """A quiet hour's log is empty (a 0-byte file, an empty gzip) or holds only blank lines: with
+    `format: auto` there is nothing to detect, and that is not a failure to retry every night."""
+    folder = logs / f"{DAY:%Y/%m/%d}"
+    (folder / "quiet-1.log.gz").write_bytes(b"")
+    (folder / "quiet-2.log.gz").write_bytes(gzip.compress(b""))
+    (folder / "quiet-3.log.gz").write_bytes(gzip.compress(b"\n \r\n\t\n  "))
+    s, _ = _run(config, api_key)
+    assert s["ok"], s["problems"]
+    assert s["objects"]["staged"] == 6 and s["objects"]["failed"] == []
+    assert s["lines"]["read"] == 3000 + 4 and s["lines"]["skipped"] == {"blank": 4} and s["lines"]["balanced"]
+    manifests = {m["url"].rsplit("/", 1)[1]: m for m in
+                 (json.loads(p.read_text()) for p in (tmp_path / "staging" / "_manifests").rglob("*.json"))}
+    quiet = {k: m for k, m in manifests.items() if k.startswith("quiet")}
+    assert {m["status"] for m in quiet.values()} == {"staged"} and all(m["files"] == {} for m in quiet.values())
+    assert all(m["format"] is None and "nothing to parse" in m["format_reason"] for m in quiet.values())
+    assert [quiet[f"quiet-{i}.log.gz"]["stats"]["lines_read"] for i in (1, 2, 3)] == [0, 0, 4]
+    assert set(seqs(sandbox.accepted())) == expected_ai_seqs()
+    again, _ = _run(config, api_key, run_id="again")  # recorded as staged: never parsed again
+    assert again["ok"] and again["objects"]["processed"] == 0 and again["objects"]["unchanged_skipped"] == 6
+
+
+def test_an_object_that_starts_with_more_blank_lines_than_detection_reads_still_fails(
+    config: Path, logs: Path, sandbox, api_key: str
+) -> None:
+    """Only an object read to its end counts as empty: one whose first 256 KiB are blank lines
+    may hold anything after them, so it is a clear failure, never staged as empty."""
+    from agent_traffic.decompress import SNIFF_BYTES
+
+    line = next(iter(combined_lines(DAY, 1, tag="late"))).encode()
+    (logs / f"{DAY:%Y/%m/%d}" / "odd.log.gz").write_bytes(gzip.compress(b"\n" * SNIFF_BYTES + line + b"\n"))
+    s, _ = _run(config, api_key)
+    assert not s["ok"] and [f["url"].rsplit("/", 1)[1] for f in s["objects"]["failed"]] == ["odd.log.gz"]
+    assert "no non-blank line" in s["objects"]["failed"][0]["reason"]

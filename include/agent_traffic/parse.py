@@ -671,6 +671,14 @@ class BlockParser:
         )
 
 
+def blank_lines(data: bytes) -> int | None:
+    """How many lines `data` holds when each is blank as the parser counts blank lines (nothing but
+    spaces, tabs, vertical tabs, form feeds and a CR), else None."""
+    if data.translate(None, b" \t\v\f\r\n"):
+        return None
+    return data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
+
+
 def sample_lines(head: bytes) -> list[str]:
     """The whole lines at the start of an object, for detection (a cut last line is dropped)."""
     text = head.decode("utf-8", errors="replace")

@@ -23,8 +23,10 @@ from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
 from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
 from agent_traffic.formats import LogFormat, detect_format, load_formats
 from agent_traffic.parse import (
+    BLANK,
     ParseContext,
     ParseStats,
+    blank_lines,
     in_background,
     parse_blocks,
     sample_lines,
@@ -143,25 +145,18 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         with fs.open(path, "rb") as f:
             res.compression, blocks = decompressed_blocks(f)
             first, blocks = peek(blocks, SNIFF_BYTES)
-            fmt, why = _choose_format(rt, src, first)
-            res.format, res.format_reason = fmt.id, why
-            site, host, scheme, host_sites = _site_context(cfg, src.site)
-            if site is None and not fmt.yields_host:
-                raise ConfigError(
-                    f"source {src.name!r}: format {fmt.id!r} has no host field, so set `site:` "
-                    "on the source to say which site these logs belong to"
-                )
-            ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites,
-                               cfg.parse.max_line_bytes)
-            # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
-            for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
-                stats.add(block.stats)
-                events = block.events
-                if events.num_rows:
-                    events = classify_table(rt.annotator, events)
-                    for p, n in _count_ai(events).items():
-                        ai[p] = ai.get(p, 0) + n
-                stager.add(events, block.quarantine)  # quarantine rows even when no event parsed
+            # read to its end within the sniffed bytes, and blank: a quiet hour, not an unknown format
+            blank = blank_lines(first) if src.format == "auto" and len(first) < SNIFF_BYTES else None
+            if blank is not None:
+                stats.lines_read = blank
+                if blank:
+                    stats.skipped[BLANK] = blank
+                res.format_reason = ("nothing to parse: the object is empty" if not blank else
+                                     f"nothing to parse: the object holds only {blank} blank line(s)")
+            else:
+                fmt, why = _choose_format(rt, src, first)
+                res.format, res.format_reason = fmt.id, why
+                _stage_blocks(rt, src, ref, fmt, blocks, stager, stats, ai)
         files = stager.commit()
     except (ObjectReadError, ConfigError, OSError, UnicodeError, duckdb.Error) as exc:
         stager.abort()
@@ -175,6 +170,29 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         _drop_version(rt.store, ref.date, ref.previous, keep=set(files))
     rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
     return res
+
+
+def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, blocks: Iterable[bytes],
+                  stager: ObjectStager, stats: ParseStats, ai: dict[str, int]) -> None:
+    """Parse, classify and hand to the stager every block of the object; counts go to `stats`, AI
+    events per provider to `ai`."""
+    cfg = rt.cfg
+    site, host, scheme, host_sites = _site_context(cfg, src.site)
+    if site is None and not fmt.yields_host:
+        raise ConfigError(
+            f"source {src.name!r}: format {fmt.id!r} has no host field, so set `site:` "
+            "on the source to say which site these logs belong to"
+        )
+    ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes)
+    # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
+    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
+        stats.add(block.stats)
+        events = block.events
+        if events.num_rows:
+            events = classify_table(rt.annotator, events)
+            for p, n in _count_ai(events).items():
+                ai[p] = ai.get(p, 0) + n
+        stager.add(events, block.quarantine)  # quarantine rows even when no event parsed
 
 
 def _choose_format(rt: Runtime, src: Source, head: bytes) -> tuple[LogFormat, str]:
