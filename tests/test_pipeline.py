@@ -271,3 +271,24 @@ def test_an_object_that_starts_with_more_blank_lines_than_detection_reads_still_
     s, _ = _run(config, api_key)
     assert not s["ok"] and [f["url"].rsplit("/", 1)[1] for f in s["objects"]["failed"]] == ["odd.log.gz"]
     assert "no non-blank line" in s["objects"]["failed"][0]["reason"]
+
+
+def test_a_source_that_finds_no_object_is_noted_not_failed(tmp_path: Path, logs: Path, sandbox, api_key: str) -> None:
+    """Logs that stop arriving where the url says (a moved bucket, a renamed folder) look like a
+    quiet day: the summary says which source found nothing, and the run still succeeds."""
+    from agent_traffic.summary import render
+
+    (tmp_path / "moved").mkdir()
+    cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "st"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url,
+                       sources=[{"name": "old-path", "url": str(tmp_path / "moved") + "/{date:%Y/%m/%d}/",
+                                 "site": "example.com"}])
+    s, _ = _run(cfg, api_key)
+    assert s["ok"], s["problems"]
+    silent = [n for n in s["notes"] if "no object found" in n]
+    assert len(silent) == 1 and silent[0].startswith(f"source old-path: no object found for {DAY}")
+    assert "NOTE" in render(s) and "source old-path" in render(s)
+    rt = Runtime.load(str(cfg), "backfill")  # over two days the web source found objects: no note for it
+    two = run(rt, DAY, date(2026, 11, 22), resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}),
+              progress=lambda _m: None)
+    assert [n.split(":")[0] for n in two["notes"] if "no object found" in n] == ["source old-path"]

@@ -108,6 +108,18 @@ def _count_unplanned_held(st: DestinationStatus, store: Store, day: str, site: s
     st.held_because = sorted(set(st.held_because or []) | set(hold.get("failures", [])))
 
 
+def _silent_sources(cfg: Config, days: Sequence[str], discovery: dict[str, Any]) -> list[str]:
+    """A source that listed no object at all for the run's dates: a quiet site, or logs that no
+    longer arrive where the url says (a moved bucket, a renamed folder). Said, not failed."""
+    listed = discovery.get("objects")
+    if listed is None:  # no discovery record: nothing to tell
+        return []
+    found = {o["source"] for o in listed if not o.get("lookback")}
+    span = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    return [f"source {src.name}: no object found for {span} at {src.url}; if logs were expected, check "
+            "the url and that they were delivered there" for src in cfg.sources if src.name not in found]
+
+
 def build_summary(
     *,
     run_id: str,
@@ -174,6 +186,7 @@ def build_summary(
                              if f["suite"] == "events_rows" else f"quality {day}: {f['message']}")
     for dest, msg in (secret_errors or {}).items():
         problems.append(f"{dest}: {msg}")
+    notes += _silent_sources(cfg, days, discovery)
     per_source = source_breakdown(objects)
     for name, src in per_source.items():
         if not src["lines"]["balanced"]:
