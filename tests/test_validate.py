@@ -82,6 +82,8 @@ def test_many_failing_rows_hold_the_partition(tmp_path: Path, validator_cache: d
     assert res.statuses == {"example.com": FAIL}
     held = held_partitions(rt.store, str(DAY), ["example.com"])
     assert held["example.com"]["status"] == FAIL
+    said = next(m for m in held["example.com"]["failures"] if "(ts_naive)" in m)  # what the user reads
+    assert "outside 2026-11-19 12:00 .. 2026-11-23 12:00 UTC" in said and "are these logs from another day" in said
 
 
 def test_high_quarantine_ratio_fails_the_run_suite(tmp_path: Path, validator_cache: dict) -> None:
@@ -91,6 +93,7 @@ def test_high_quarantine_ratio_fails_the_run_suite(tmp_path: Path, validator_cac
     assert res.statuses == {"example.com": FAIL}
     status = rt.store.get_json(f"_quality/date={DAY}/site=example.com/status.json")
     assert any("run_counts: expect_column_values_to_be_between(quarantine_ratio) failed" in m
+               and "more than 5% of the source's lines were quarantined (`quality.quarantine_ratio_fail`)" in m
                for m in status["failures"]), status
 
 
@@ -102,6 +105,21 @@ def test_duplicate_event_ids_in_a_partition_fail(tmp_path: Path, validator_cache
     res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
     assert res.statuses == {"example.com": FAIL}
     assert any(f.suite == "partition" and not f.success for f in res.findings)
+    assert any("--reprocess" in f.message() for f in res.findings if f.suite == "partition" and not f.success)
+
+
+def test_every_expectation_of_the_suites_is_explained_in_plain_words(tmp_path: Path, validator_cache: dict) -> None:
+    """A failure names what it means and what to look at: an expectation added to a suite without
+    words for it fails here."""
+    from agent_traffic.validate import Finding, explain
+
+    rt, _, v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 10, malformed_every=0))}, validator_cache)
+    suites = [v.row_definition(str(DAY)), v.partition_definition(), v.run_definition()]
+    for e in (e for d in suites for e in d.suite.expectations):
+        col = getattr(e, "column", None) or getattr(e, "column_A", None)
+        for severity in (FAIL, WARN):
+            f = Finding("suite", e.expectation_type, col, False, severity, 1, 2, "site=example.com")
+            assert explain(f, str(DAY), rt.cfg.quality), (e.expectation_type, col)
 
 
 def test_failed_suite_holds_delivery_until_the_input_is_fixed(tmp_path: Path, sandbox, api_key: str) -> None:

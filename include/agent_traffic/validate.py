@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from agent_traffic.config import Config
+from agent_traffic.config import Config, QualityPolicy
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
 
@@ -70,10 +70,51 @@ class Finding:
     unexpected: int = 0
     checked: int = 0
     scope: str = ""  # site, source or file
+    hint: str = ""  # what the failure means and what to do, in the user's words (`explain`)
 
     def message(self) -> str:
         what = f"{self.expectation}({self.column})" if self.column else self.expectation
-        return f"{self.suite}: {what} failed on {self.unexpected:,} of {self.checked:,} row(s) [{self.scope}]"
+        said = f"{self.suite}: {what} failed on {self.unexpected:,} of {self.checked:,} row(s) [{self.scope}]"
+        return f"{said}: {self.hint}" if self.hint else said
+
+
+def ts_window(day: str, lateness_hours: float) -> tuple[datetime, datetime]:
+    """The UTC times (naive) a day's events may carry: the day, widened by the allowed lateness."""
+    lateness = timedelta(hours=lateness_hours)
+    start = datetime.fromisoformat(day).replace(tzinfo=None)
+    return start - lateness, start + timedelta(days=1) + lateness
+
+
+def explain(f: Finding, day: str, policy: QualityPolicy) -> str:
+    """A failed expectation in plain words, with the setting or input to look at."""
+    e, col = f.expectation.removeprefix("expect_column_values_to_"), f.column
+    if (e, col) == ("be_between", "ts_naive"):
+        start, end = ts_window(day, policy.allowed_lateness_hours)
+        return (f"their time is outside {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC ({day} and "
+                f"{policy.allowed_lateness_hours:g} h either side, `quality.allowed_lateness_hours`): are these "
+                "logs from another day? The date in the source's url must be the day the requests were logged")
+    if e == "not_be_null":
+        return f"no {col}: the log format's field for it is empty or missing on those lines"
+    if (e, col) == ("be_between", "status"):
+        return "the status is not an HTTP status (100-599)"
+    if (e, col) == ("match_regex", "path"):
+        return "the path does not start with '/'"
+    if (e, col) == ("be_in_set", "method"):
+        return "the method is not in `quality.methods`; add it there if your servers really log it"
+    if (e, col) == ("be_in_set", "site"):
+        return "the site is not one of the config's `sites`"
+    if (e, col) == ("be_unique", "event_id"):
+        return "the same event id twice: one log line was staged twice; re-run the date with --reprocess"
+    if f.expectation == "expect_column_pair_values_to_be_equal":
+        return "the partition holds the same event twice; re-run the date with --reprocess"
+    if col == "quarantine_ratio":
+        limit = policy.quarantine_ratio_fail if f.severity == FAIL else policy.quarantine_ratio_warn
+        setting = "quarantine_ratio_fail" if f.severity == FAIL else "quarantine_ratio_warn"
+        return (f"more than {limit:.0%} of the source's lines were quarantined (`quality.{setting}`): the "
+                "summary's quarantine reasons say why; a wrong `format:` on the source is the usual cause")
+    if col == "rows_if_objects":
+        return "objects were staged but not one event came out of them: see the quarantine reasons"
+    return ""
 
 
 @dataclass
@@ -134,9 +175,7 @@ class Validator:
     def row_definition(self, day: str) -> Any:
         import great_expectations.expectations as gxe
 
-        lateness = timedelta(hours=self.policy.allowed_lateness_hours)
-        start = datetime.fromisoformat(day).replace(tzinfo=None) - lateness
-        end = datetime.fromisoformat(day).replace(tzinfo=None) + timedelta(days=1) + lateness
+        start, end = ts_window(day, self.policy.allowed_lateness_hours)
         required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
                     for c in ("event_id", "ts", "site", "method", "path", "status", "url", "user_agent")]
         return self._definition(f"events_rows_{day}", required + [
@@ -292,6 +331,9 @@ def validate_date(
         part_rows = _partition_counts(store, day, sites)
     result.findings += v.check_frame(v.partition_definition(), part_rows, "partition", "site")
     result.findings += v.check_frame(v.run_definition(), _source_counts(staged), "run_counts", "source")
+    for f in result.findings:
+        if not f.success:
+            f.hint = explain(f, day, cfg.quality)
     _decide(cfg, result, sites, row_fail, row_total)
     store.put_json(f"_quality/date={day}/{run_id}.json", result.as_dict())
     for site in sites:
