@@ -81,7 +81,7 @@ def test_keys_never_leak_for_any_vendor(tmp_path: Path) -> None:
             run = _cli(tmp_path / "broken.yaml", good, "--destination", "hitkeep-example",
                        "--destination", "knownagents-blog")
             outputs += [run.stdout, run.stderr]
-            assert "connection error" in run.stdout
+            assert "no answer after 2 attempt(s): connection error: could not connect to http://127.0.0.1:9" in run.stdout
             assert "HTTP 400" in run.stdout and "***" in run.stdout  # the echoed key, blanked
             run = _cli(cfg, good, "--json", str(tmp_path / "good.json"))  # and finally a good run
             outputs += [run.stdout, run.stderr]

@@ -20,6 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
+from urllib3.util import parse_url
 
 from agent_traffic.config import DeliveryPolicy
 
@@ -59,6 +60,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform(0, min(cap, base * 2**attempt)), attempt counted from 0."""
     return rng.uniform(0.0, min(cap, base * (2**attempt)))
+
+
+def _not_connected(url: str, exc: Exception) -> str:
+    """Why no connection was made, and to where: urllib3's reason after its connection's repr
+    (the OS error: refused, unresolvable name, timed out). Headers, so keys, are never in it."""
+    u = parse_url(url)
+    reason = str(exc).split(": ", 1)[-1]
+    return (f"could not connect to {u.scheme}://{u.host}:{u.port or (443 if u.scheme == 'https' else 80)} "
+            f"({reason}); check the destination's base_url and that the service is reachable from here")
 
 
 @dataclass
@@ -104,7 +114,7 @@ def send(
                                 retries=False, redirect=False)
         except (NewConnectionError, ConnectTimeoutError) as exc:  # nothing was sent
             cause = "timeout" if type(exc) is ConnectTimeoutError else "connection"
-            res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
+            res.status, res.body = None, f"{cause} error: {_not_connected(url, exc)}"
         except ValueError as exc:
             # A malformed URL or header: no request left. Only the type is kept, since the
             # library's message may quote a header value, the key included.

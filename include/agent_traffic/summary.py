@@ -90,7 +90,9 @@ def ledger_status(
         failures = [d for d in dead if d["destination"] == dest.name and d["site"] == site.name]
         if failures:
             last = max(failures, key=lambda d: (d["failed_at"] or datetime.min.replace(tzinfo=UTC)))
-            st.last_failure = f"HTTP {last['http_status']}: {(last['vendor_answer'] or '')[:300]}"
+            answer = (last["vendor_answer"] or "")[:300]
+            st.last_failure = (f"HTTP {last['http_status']}: {answer}" if last["http_status"] else
+                               f"no answer after {last['attempts'] or 1} attempt(s): {answer}")
         out.append(st)
     return out
 
