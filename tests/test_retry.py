@@ -150,7 +150,6 @@ def test_a_refused_connection_is_retried_but_is_no_possible_duplicate() -> None:
     assert "check the destination's base_url" in r.body
 
 
-
 def test_proxies_come_from_the_environment_as_with_requests(monkeypatch) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
