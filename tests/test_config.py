@@ -59,6 +59,9 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
          "sites[0].destinations[0].secret: give `env`"),
         (lambda c: c["sources"][0].update(url="logs/*.gz"), "sources[0].url: must contain a {date"),
         (lambda c: c["sources"][0].update(site="nope.com"), "sources[0].site: 'nope.com' is not one of"),
+        (lambda c: c["sources"][0].update(site="exmaple.com"), "(did you mean 'example.com'?)"),
+        (lambda c: c["sources"][0].update(format="nginx_combind"),
+         "\n  - sources[0].format: 'nginx_combind' is not a known format (did you mean 'nginx_combined'?); use auto"),
         (lambda c: c.pop("staging"), "staging: Field required"),
         (lambda c: c.update(stagin="x"), "stagin: Extra inputs are not permitted"),
         (lambda c: c["sites"][0]["destinations"][0].update(max_batch_bytes=2_000_000),
@@ -93,3 +96,19 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     p.write_text("sites: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+def test_a_site_whose_only_destination_is_wrong_is_one_problem_not_two(tmp_path: Path) -> None:
+    """The site list is not also 'too short' because its one site failed: the user sees only the
+    mistake they made."""
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    data["sites"][0]["destinatons"] = data["sites"][0].pop("destinations")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, data))
+    assert str(exc.value).splitlines()[1:] == ["  - sites[0].destinatons: Extra inputs are not permitted"]
+    assert "(1 problem(s))" in str(exc.value)
+    data["sites"] = []  # an empty list on its own still says so
+    with pytest.raises(ConfigError, match="sites: Tuple should have at least 1 item"):
+        load_config(write(tmp_path, data))

@@ -7,9 +7,10 @@ command line, an Airflow Connection id inside Airflow).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -283,8 +284,9 @@ class Config(_Model):
             raise ValueError(str(exc)) from None
         for i, src in enumerate(self.sources):
             if src.format != "auto" and src.format not in known:
-                raise ValueError(f"sources[{i}].format: {src.format!r} is not a known format; use auto or one of "
-                                 f"{sorted(known)}, or define it under `formats:`")
+                raise ValueError(f"sources[{i}].format: {src.format!r} is not a known format"
+                                 f"{did_you_mean(src.format, known)}; use auto or one of {sorted(known)}, "
+                                 "or define it under `formats:`")
             if src.columns is not None:
                 if src.format == "auto":
                     raise ValueError(f"sources[{i}].columns: set `format:` to the format these columns map "
@@ -303,7 +305,8 @@ class Config(_Model):
         _no_dupes("destinations", [d.name for s in self.sites for d in s.destinations])
         for i, src in enumerate(self.sources):
             if src.site is not None and src.site not in site_names:
-                raise ValueError(f"sources[{i}].site: {src.site!r} is not one of the sites {site_names}")
+                raise ValueError(f"sources[{i}].site: {src.site!r} is not one of the sites {site_names}"
+                                 f"{did_you_mean(src.site, site_names)}")
         return self
 
     def site(self, name: str) -> Site:
@@ -337,16 +340,26 @@ def _resolve_local(url: str, base: Path) -> str:
 
 
 def _format_error(path: str, err: ValidationError) -> str:
-    lines = [f"{path}: the config is not valid ({err.error_count()} problem(s)):"]
-    for e in err.errors():
+    errors = err.errors()
+    # a list whose items all failed is also "too short": said once, by its items' own errors
+    errors = [e for e in errors if not (e["type"] == "too_short" and any(
+        len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"] for o in errors))]
+    lines = [f"{path}: the config is not valid ({len(errors)} problem(s)):"]
+    for e in errors:
         loc = ""
         for part in e["loc"]:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  - {loc or '(top level)'}: {msg}{shown}")
+        lines.append(f"  - {loc}: {msg}{shown}" if loc else f"  - {msg}")  # checks across fields name theirs
     return "\n".join(lines)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for a near miss among `choices`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
