@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="discover, parse, stage and deliver one date or a range")
     r.add_argument("--config", required=True, help="the YAML config file")
-    r.add_argument("--date", required=True, type=_date, help="first logical date, YYYY-MM-DD")
-    r.add_argument("--until", type=_date, help="last logical date (inclusive) for a range")
+    r.add_argument("--date", "--from", dest="date", required=True, type=_date, help="first logical date, YYYY-MM-DD")
+    r.add_argument("--until", "--to", dest="until", type=_date, help="last logical date (inclusive) for a range")
     r.add_argument("--site", action="append", default=[], help="only this site (repeatable)")
     r.add_argument("--destination", action="append", default=[], help="only this destination (repeatable)")
     r.add_argument("--dry-run", action="store_true", help="write request bodies to the outbox, send nothing")
@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="DuckDB over staging: events, quarantine, manifests, deliveries, runs, quality")
     q.add_argument("--config", required=True)
-    q.add_argument("--from", dest="first", type=_date, help="only these UTC dates: first, YYYY-MM-DD")
-    q.add_argument("--to", dest="last", type=_date, help="last date, inclusive (default: --from)")
+    q.add_argument("--from", "--date", dest="first", type=_date, help="only these UTC dates: first, YYYY-MM-DD")
+    q.add_argument("--to", "--until", dest="last", type=_date, help="last date, inclusive (default: --from)")
     q.add_argument("--sql", help="run this SQL, print the result and exit (default: an interactive "
                                  "shell, or the SQL read from stdin when it is not a terminal)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table",
@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="write a self-contained HTML report (charts) for a date range")
     rp.add_argument("--config", required=True)
-    rp.add_argument("--from", dest="first", required=True, type=_date, help="first UTC date, YYYY-MM-DD")
-    rp.add_argument("--to", dest="last", type=_date, help="last UTC date, inclusive (default: --from)")
+    rp.add_argument("--from", "--date", dest="first", required=True, type=_date, help="first UTC date, YYYY-MM-DD")
+    rp.add_argument("--to", "--until", dest="last", type=_date, help="last UTC date, inclusive (default: --from)")
     rp.add_argument("--out", help="the HTML file to write (default: agent-traffic-report_<from>[_<to>].html)")
     rp.set_defaults(func=_cmd_report)
 
