@@ -292,3 +292,15 @@ def test_a_source_that_finds_no_object_is_noted_not_failed(tmp_path: Path, logs:
     two = run(rt, DAY, date(2026, 11, 22), resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}),
               progress=lambda _m: None)
     assert [n.split(":")[0] for n in two["notes"] if "no object found" in n] == ["source old-path"]
+
+
+def test_a_silent_source_is_named_without_credentials_its_url_may_carry(tmp_path: Path) -> None:
+    from agent_traffic.config import load_config
+    from agent_traffic.summary import build_summary
+
+    cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "st"), base_url="http://127.0.0.1:9",
+                       source_url="s3://AKIAEXAMPLE:s3cr3t-value@logs-bucket/web/{date:%Y/%m/%d}/a??.log.gz")
+    s = build_summary(run_id="r", cfg=load_config(cfg), days=[str(DAY)], discovery={"objects": []}, objects=[],
+                      deliveries=[], ledger=[], dry_run=False)
+    assert s["notes"] == [f"source web: no object found for {DAY} at s3://logs-bucket/web/{{date:%Y/%m/%d}}/a??.log.gz; "
+                          "if logs were expected, check the url and that they were delivered there"]

@@ -118,8 +118,15 @@ def _silent_sources(cfg: Config, days: Sequence[str], discovery: dict[str, Any])
         return []
     found = {o["source"] for o in listed if not o.get("lookback")}
     span = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
-    return [f"source {src.name}: no object found for {span} at {src.url}; if logs were expected, check "
-            "the url and that they were delivered there" for src in cfg.sources if src.name not in found]
+    return [f"source {src.name}: no object found for {span} at {_without_userinfo(src.url)}; if logs were "
+            "expected, check the url and that they were delivered there" for src in cfg.sources if src.name not in found]
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL less any `user:password@` before its host (a glob's `?` is kept: it is no query)."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else url
 
 
 def build_summary(
