@@ -60,6 +60,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (lambda c: c["sources"][0].update(url="logs/*.gz"), "sources[0].url: must contain a {date"),
         (lambda c: c["sources"][0].update(site="nope.com"), "sources[0].site: 'nope.com' is not one of"),
         (lambda c: c["sources"][0].update(site="exmaple.com"), "(did you mean 'example.com'?)"),
+        (lambda c: c["sources"].append(dict(c["sources"][0], name="web-again")),
+         "sources[1].url: the same as sources[0].url, so each object there would be parsed twice"),
         (lambda c: c["sources"][0].update(format="nginx_combind"),
          "\n  - sources[0].format: 'nginx_combind' is not a known format (did you mean 'nginx_combined'?); use auto"),
         (lambda c: c.pop("staging"), "staging: Field required"),

@@ -303,6 +303,11 @@ class Config(_Model):
         _no_dupes("sites", site_names)
         _no_dupes("sources", [s.name for s in self.sources])
         _no_dupes("destinations", [d.name for s in self.sites for d in s.destinations])
+        urls = [s.url for s in self.sources]
+        for i, url in enumerate(urls):
+            if url in urls[:i]:
+                raise ValueError(f"sources[{i}].url: the same as sources[{urls.index(url)}].url, so each object "
+                                 "there would be parsed twice; list the location once")
         for i, src in enumerate(self.sources):
             if src.site is not None and src.site not in site_names:
                 raise ValueError(f"sources[{i}].site: {src.site!r} is not one of the sites {site_names}"
