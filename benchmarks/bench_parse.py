@@ -1,13 +1,16 @@
 """Parse-and-stage throughput per main log format, beside `gzip -dc` on the same file.
 
 For nginx combined, CloudFront and Cloudflare (NDJSON) a large gzip object is generated from the
-tests' renderers (realistic lines, not one repeated line) and read three ways, each in a fresh
-process: `gzip -dc file > /dev/null` (the floor: decompression alone), `parse` (decompress +
-frame + the DuckDB parse, events discarded: this module's own cost) and `parse+stage`
-(`pipeline.process_object`: parse, classify, stage Parquet, commit; what a run pays per object).
-The ratio is seconds over `gzip -dc`'s seconds. Times of the Python children exclude interpreter
-start-up and imports (measured inside the child around the call), so ratios compare work, not
-start-up; peak memory is the child's maximum RSS (imports included).
+tests' renderers (realistic lines, not one repeated line) and read four ways, each in a fresh
+process: `gzip -dc file > /dev/null` (decompression alone), `parse` (decompress + frame + the
+DuckDB parse, events discarded: this module's own cost), `parse+stage` (`pipeline.process_object`:
+parse, classify, stage Parquet, commit; what a run pays per object) and DuckDB's own reader
+taking the file straight into Parquet of raw text columns (`FLOOR`: no canonical event, no
+accounting; the least any run could cost here). The ratio is seconds over `gzip -dc`'s seconds.
+Times of the Python children exclude interpreter start-up and imports (measured inside the child
+around the call), so ratios compare work, not start-up; CPU seconds count every thread of the
+work, so CPU / 2 is what two cores could at best make of it; peak memory is the child's maximum
+RSS (imports included).
 
 Memory: nginx combined at two sizes (4x apart); peak RSS should be about equal, since objects are
 read in bounded blocks.
