@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+
 import pyarrow as pa
 import pytest
 
 from agent_traffic.formats import detect_format, load_formats
-from agent_traffic.parse import BLANK, ParseContext, ParseStats, blank_lines, parse_blocks
+from agent_traffic.parse import (
+    BLANK,
+    ParseContext,
+    ParseStats,
+    blank_lines,
+    forwarded_client,
+    parse_blocks,
+)
 
 FORMATS = load_formats()
 GPT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)"
@@ -216,3 +226,35 @@ def test_blank_lines_counts_what_the_parser_counts_as_blank(data: bytes) -> None
 def test_blank_lines_refuses_any_other_byte(data: bytes) -> None:
     stats, _, _ = run(data, ctx())
     assert blank_lines(data) is None and stats.skipped.get(BLANK, 0) < stats.lines_read
+
+
+NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "2001:db8:ffff::/48")]
+
+
+@pytest.mark.parametrize(("remote", "forwarded", "client"), [
+    ("10.0.0.5", "203.0.113.9", "203.0.113.9"),  # one load balancer: the address it appended
+    ("10.0.0.5", "20.15.240.64, 203.0.113.9", "203.0.113.9"),  # the client's own header is not believed
+    ("10.0.0.5", "203.0.113.9, 10.9.9.9", "203.0.113.9"),  # two hops of your own proxies
+    ("198.51.100.1", "203.0.113.9", "198.51.100.1"),  # not through your proxies: the header is the client's
+    ("10.0.0.5", None, "10.0.0.5"),  # no header: the proxy itself made the request
+    ("10.0.0.5", "10.1.1.1, 10.2.2.2", "10.1.1.1"),  # every hop yours: the first one
+    ("10.0.0.5", "[2001:db8::7]:443, 203.0.113.9:5678", "203.0.113.9"),  # ports and brackets
+    ("2001:db8:ffff::1", "2001:db8::7", "2001:db8::7"),
+    ("::ffff:10.0.0.5", "203.0.113.9", "203.0.113.9"),  # an IPv4-mapped proxy address
+    ("10.0.0.5", "unknown, 203.0.113.9", "203.0.113.9"),
+    ("10.0.0.5", "203.0.113.9, unknown", "unknown"),  # no address: the walk ends (reads as unverifiable)
+])
+def test_the_client_behind_trusted_proxies(remote: str, forwarded: str | None, client: str) -> None:
+    assert forwarded_client(remote, forwarded, NETS) == client
+
+
+def test_a_source_with_trusted_proxies_stages_the_forwarded_client() -> None:
+    line = (f'10.0.0.5 - - [21/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "{GPT}" '
+            '"20.15.240.64, 203.0.113.9"')
+    data = (line + "\n" + line.replace('"20.15.240.64, 203.0.113.9"', '"-"') + "\n").encode()
+    c = ctx("nginx_main")
+    _, plain, _ = run(data, c)
+    assert [e["client_ip"] for e in plain] == ["10.0.0.5", "10.0.0.5"]  # no proxies named: $remote_addr
+    stats, ev, q = run(data, dataclasses.replace(c, trusted_proxies=("10.0.0.0/8",)))
+    assert stats.parsed == 2 and q == [] and [e["client_ip"] for e in ev] == ["203.0.113.9", "10.0.0.5"]
+    assert "forwarded_for" not in ev[0]  # events keep their schema

@@ -304,3 +304,31 @@ def test_a_silent_source_is_named_without_credentials_its_url_may_carry(tmp_path
                       deliveries=[], ledger=[], dry_run=False)
     assert s["notes"] == [f"source web: no object found for {DAY} at s3://logs-bucket/web/{{date:%Y/%m/%d}}/a??.log.gz; "
                           "if logs were expected, check the url and that they were delivered there"]
+
+
+
+def test_behind_a_load_balancer_the_client_is_the_address_it_forwarded(tmp_path: Path, sandbox, api_key: str) -> None:
+    """nginx `main` behind your load balancer (10.0.0.0/8): events carry the address it appended to
+    X-Forwarded-For, not its own, and not what a client wrote in the header itself."""
+    import yaml
+
+    folder = tmp_path / "lb" / f"{DAY:%Y/%m/%d}"
+    folder.mkdir(parents=True)
+    lines = [f'10.0.0.{i % 3 + 1} - - [{DAY:%d/%b/%Y}:10:00:{i:02d} +0000] "GET /p{i} HTTP/1.1" 200 5 "-" '
+             f'"Mozilla/5.0 (compatible; GPTBot/1.2)" "20.15.240.64, 198.51.100.{i}"' for i in range(40)]
+    (folder / "access.log.gz").write_bytes(gzip_log(lines))
+    cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "st"), base_url=sandbox.url, select="all",
+                       source_url=str(tmp_path / "lb") + "/{date:%Y/%m/%d}/")
+    data = yaml.safe_load(cfg.read_text())
+    data["sources"][0]["trusted_proxies"] = ["10.0.0.0/8"]
+    cfg.write_text(yaml.safe_dump(data))
+    s, _ = _run(cfg, api_key)
+    assert s["ok"], s["problems"]
+    got = duckdb.sql(f"SELECT client_ip FROM read_parquet('{tmp_path}/st/events/**/*.parquet') ORDER BY line_number")
+    assert [r[0] for r in got.fetchall()] == [f"198.51.100.{i}" for i in range(40)]
+    assert {e["ip"] for e in sandbox.accepted()} == {f"198.51.100.{i}" for i in range(40)}
+    # combined lines (no X-Forwarded-For) under the same source: that object fails, and says why
+    (folder / "old.log.gz").write_bytes(gzip_log([ln.rsplit(' "', 1)[0] for ln in lines]))
+    s, _ = _run(cfg, api_key, run_id="combined")
+    assert [f["url"].rsplit("/", 1)[1] for f in s["objects"]["failed"]] == ["old.log.gz"]
+    assert "format 'combined' has no X-Forwarded-For field" in s["objects"]["failed"][0]["reason"]

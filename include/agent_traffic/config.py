@@ -8,6 +8,7 @@ command line, an Airflow Connection id inside Airflow).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -152,6 +153,18 @@ class Source(_Model):
                                "late objects (CloudFront files arrive up to 24 h late)")
     columns: dict[str, str] | None = Field(None, description="this source's own field mapping for a json, "
                                            "csv or w3c format: column or JSON path -> raw field (Fastly)")
+    trusted_proxies: tuple[str, ...] = Field((), description="networks (CIDR) of your own proxies and load "
+                                             "balancers: the client is the last X-Forwarded-For address outside them")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network; write a CIDR such as 10.0.0.0/8 or one address") from None
+        return v
 
     @field_validator("url")
     @classmethod
@@ -287,6 +300,9 @@ class Config(_Model):
                 raise ValueError(f"sources[{i}].format: {src.format!r} is not a known format"
                                  f"{did_you_mean(src.format, known)}; use auto or one of {sorted(known)}, "
                                  "or define it under `formats:`")
+            if src.trusted_proxies and src.format != "auto" and "forwarded_for" not in known[src.format].fields:
+                raise ValueError(f"sources[{i}].trusted_proxies: format {src.format!r} has no X-Forwarded-For "
+                                 "field (`forwarded_for`); use nginx_main, or a format of your own that yields it")
             if src.columns is not None:
                 if src.format == "auto":
                     raise ValueError(f"sources[{i}].columns: set `format:` to the format these columns map "

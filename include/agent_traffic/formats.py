@@ -32,7 +32,7 @@ from agent_traffic.errors import ConfigError
 
 RAW_FIELDS = (
     "client_ip", "time", "request", "method", "target", "path", "query", "url", "scheme", "status",
-    "bytes", "referer", "user_agent", "host", "duration", "content_type",
+    "bytes", "referer", "user_agent", "host", "duration", "content_type", "forwarded_for",
 )  # fmt: skip
 TIME_UNITS = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
 DECODERS = ("backslash", "url", "plus")

@@ -14,10 +14,11 @@ request). Invalid UTF-8 is repaired (U+FFFD) for parsing and counted; quarantine
 from __future__ import annotations
 
 import csv
+import ipaddress
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -102,6 +103,12 @@ class ParseContext:
     scheme: str
     host_sites: dict[str, str]  # hostname (or *.suffix) -> site name
     max_line_bytes: int
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs: the client is read from X-Forwarded-For past them
+
+    @property
+    def forwarded(self) -> bool:
+        """The client address comes from X-Forwarded-For: trusted proxies set, and a field for it."""
+        return bool(self.trusted_proxies) and "forwarded_for" in self.fmt.fields
 
 
 @dataclass
@@ -372,6 +379,50 @@ def _decode(expr: str, how: str | None) -> str:
     return expr
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _bare(address: str) -> str:
+    """An address as X-Forwarded-For may carry it, without port or brackets: [v6]:p, v4:p."""
+    a = address.strip()
+    if a.startswith("[") and "]" in a:
+        return a[1 : a.index("]")]
+    return a.split(":", 1)[0] if a.count(":") == 1 else a
+
+
+def forwarded_client(remote: str | None, forwarded: str | None, proxies: Sequence[Network]) -> str | None:
+    """The client behind your proxies, as nginx's realip module finds it (`real_ip_recursive on`):
+    walking from the connecting address back through X-Forwarded-For, the first address that is not
+    one of `proxies`. Addresses left of it were written by the client and are not trusted, so a bot
+    cannot claim another's address by sending the header itself. A value that is no address ends
+    the walk and is the answer (it reads as unverifiable, never as verified)."""
+    chain = [b for b in (_bare(x) for x in (forwarded or "").split(",")) if b and b != "-"]
+    if remote:
+        chain.append(remote)
+    for address in reversed(chain):
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if not any(ip in net for net in proxies):
+            return address
+    return chain[0] if chain else remote
+
+
+def with_forwarded_clients(out: pa.Table, proxies: Sequence[Network]) -> pa.Table:
+    """client_ip from each row's (connecting address, X-Forwarded-For), answered once per distinct
+    pair; the forwarded_for column is dropped, so events keep their schema."""
+    ips, fwd = out["client_ip"].to_pylist(), out["forwarded_for"].to_pylist()
+    known: dict[tuple[str | None, str | None], str | None] = {}
+    clients = [known[k] if (k := (i, f)) in known else known.setdefault(k, forwarded_client(i, f, proxies))
+               for i, f in zip(ips, fwd, strict=True)]
+    idx = out.schema.get_field_index("client_ip")
+    out = out.set_column(idx, out.schema.field(idx), pa.array(clients, out.schema.field(idx).type))
+    return out.drop_columns(["forwarded_for"])
+
+
 def _epoch_cols(fmt: LogFormat) -> str:
     """t_int / t_dec: the raw time as an integer or a decimal epoch, when it is one."""
     ts = fmt.timestamp
@@ -452,6 +503,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")
     site = _q(ctx.default_site) if ctx.default_site else _site_case(ctx.host_sites)
     skip = f"WHEN skip_field IS NULL THEN {_q(NOT_REQUEST)}" if fmt.skip_without else ""
+    fwd = f" {col('forwarded_for')} AS forwarded_for," if ctx.forwarded else ""
     max_b = int(ctx.max_line_bytes)
     return f"""
     WITH l AS (SELECT * FROM lines_in),
@@ -481,7 +533,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         {col('client_ip')} AS ip,
         coalesce({col('user_agent')}, '') AS user_agent,
         {col('referer')} AS referer,
-        {col('content_type')} AS content_type,
+        {col('content_type')} AS content_type,{fwd}
         lower({host}) AS h,
         lower(coalesce({col('scheme')}, auth.s)) AS sch,
         {_f(fmt.skip_without) if fmt.skip_without else 'NULL'} AS skip_field
@@ -513,7 +565,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
       ts, site, coalesce(host, '') AS host, method, path, query,
       scheme || '://' || coalesce(host, '') || path || CASE WHEN query IS NULL THEN '' ELSE '?' || query END AS url,
       status, bytes, duration_ms, client_ip, user_agent, referer, content_type,
-      {_q(ctx.source_object)} AS source_object, line_number,
+      {_q(ctx.source_object)} AS source_object, line_number,{" forwarded_for," if ctx.forwarded else ""}
       CASE
         WHEN strlen(line) > {max_b} THEN 'line longer than {max_b} bytes'
         WHEN NOT matched AND trim(line, {WHITESPACE}) = '' THEN {_q(BLANK)}
@@ -575,6 +627,7 @@ class BlockParser:
         self.layout: tuple[str, ...] | None = ctx.fmt.default_fields or None
         self._sql: dict[tuple[str, ...] | None, str] = {}
         self.con = duck_connection()
+        self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
 
     def close(self) -> None:
         """The connection is the thread's, reused by the next object (opening one costs ~25 ms)."""
@@ -606,6 +659,8 @@ class BlockParser:
             outs = [self._query(pa.table({"line_number": nums, "line": block.text}), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
+        if self.ctx.forwarded:
+            out = with_forwarded_clients(out, self._proxies)
         return self._split(out, block, stats)
 
     def _w3c(self, block: Lines, nums: pa.Array, stats: ParseStats) -> list[pa.Table]:

@@ -183,7 +183,14 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             f"source {src.name!r}: format {fmt.id!r} has no host field, so set `site:` "
             "on the source to say which site these logs belong to"
         )
-    ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes)
+    if src.trusted_proxies and "forwarded_for" not in fmt.fields:
+        raise ConfigError(
+            f"source {src.name!r} names trusted_proxies, but format {fmt.id!r} has no X-Forwarded-For field, so "
+            "every client address would be a proxy's: log $http_x_forwarded_for (format nginx_main), or remove "
+            "trusted_proxies"
+        )
+    ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
+                       src.trusted_proxies)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
     for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
         stats.add(block.stats)

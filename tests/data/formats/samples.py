@@ -162,6 +162,14 @@ def combined(reqs: list[Request], *, site: str = "example.com") -> list[Line]:
             for r in reqs]
 
 
+def nginx_main(reqs: list[Request], *, site: str = "example.com") -> list[Line]:
+    """nginx `main`: combined plus `"$http_x_forwarded_for"` (`-` when the request had none). The
+    header is not trusted unless the source names its proxies: the client stays `$remote_addr`."""
+    forwarded = ["-", "198.51.100.23", "203.0.113.9, 10.1.2.3", "2001:db8::7, [2001:db8::8]:443"]
+    return [(f'{text} "{forwarded[i % len(forwarded)]}"', want)
+            for i, (text, want) in enumerate(combined(reqs, site=site))]
+
+
 def common(reqs: list[Request], *, site: str = "example.com") -> list[Line]:
     return [(f'{r.client_ip} - frank [{_clf_time(r)}] "{r.method} {r.target} HTTP/1.0" {r.status} '
              f'{r.bytes or "-"}',
@@ -427,7 +435,7 @@ def scrunch_csv(reqs: list[Request]) -> list[Line]:
 
 
 RENDERERS: dict[str, Callable[[list[Request]], list[Line]]] = {
-    "combined": combined, "common": common, "vhost_combined": vhost_combined, "nginx_json": nginx_json,
+    "combined": combined, "nginx_main": nginx_main, "common": common, "vhost_combined": vhost_combined, "nginx_json": nginx_json,
     "caddy_json": caddy_json, "cloudfront": cloudfront, "alb": alb, "cloudflare": cloudflare,
     "fastly_json": fastly_json, "vercel": vercel, "gcp_lb": gcp_lb, "azure_front_door": azure_front_door,
     "iis": iis, "scrunch_csv": scrunch_csv,
