@@ -299,7 +299,7 @@ def test_aliases_name_the_same_format() -> None:
     assert FORMATS["aws_cloudfront"].id == "cloudfront"
 
 
-@pytest.mark.parametrize("fid", ["combined", "common", "alb"])
+@pytest.mark.parametrize("fid", ["combined", "nginx_main", "common", "alb"])
 def test_quote_split_reads_the_same_fields_as_the_regex(fid: str) -> None:
     """Lines cut at their quotes (formats.QuoteSplit) give exactly what the whole regex gives.
 
