@@ -258,3 +258,14 @@ def test_a_source_with_trusted_proxies_stages_the_forwarded_client() -> None:
     stats, ev, q = run(data, dataclasses.replace(c, trusted_proxies=("10.0.0.0/8",)))
     assert stats.parsed == 2 and q == [] and [e["client_ip"] for e in ev] == ["203.0.113.9", "10.0.0.5"]
     assert "forwarded_for" not in ev[0]  # events keep their schema
+
+
+def test_nginx_json_reads_the_forwarded_client_past_trusted_proxies() -> None:
+    import json
+
+    line = {"time_iso8601": "2026-11-21T10:00:00+00:00", "remote_addr": "10.0.0.5", "request": "GET / HTTP/1.1",
+            "status": "200", "body_bytes_sent": "5", "http_user_agent": GPT, "http_host": "example.com",
+            "http_x_forwarded_for": "20.15.240.64, 203.0.113.9"}
+    c = dataclasses.replace(ctx("nginx_json"), trusted_proxies=("10.0.0.0/8",))
+    stats, ev, _ = run((json.dumps(line) + "\n").encode(), c)
+    assert stats.parsed == 1 and ev[0]["client_ip"] == "203.0.113.9"
