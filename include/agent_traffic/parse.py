@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_traffic.formats import (
+    MAX_ONEPASS_GROUPS,
     TIME_UNITS,
     LogFormat,
     duck_connection,
@@ -339,31 +340,54 @@ def _extracts(subject: str, regex: str, prefix: str, when: str | None) -> tuple[
     return exprs, where
 
 
+WHOLE = "__whole"  # a group around a whole piece: it equals the piece exactly when the piece matched
+
+
 def _regex_select(regex: str, names: tuple[str, ...]) -> str:
     """Lines without a backslash that have the format's quotes are cut at them, and only the
-    pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex."""
+    pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+
+    A piece between quotes with at most three groups is matched once: a group around the whole
+    piece, which RE2 extracts in the same one-pass run, says whether it matched (it equals the
+    piece), instead of a second run to ask. Each field's choice between the two readings is made
+    once and shared by `matched` and the output column."""
     split = quote_split(regex)
     exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
-    fast, parts = "false", "l"
+    pieces: list[str] = []
+    layers = [f"SELECT *, {', '.join(exprs)} FROM"]
+    source = "l"
     if split:
         k = len(split.quoted)
-        checks = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
+        pre = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
+        post: list[str] = []
         quick = {name: f"p[{2 * j + 2}]" for j, name in enumerate(split.quoted) if name}
         for i in range(len(split.pieces)):
-            part, lit = f"p[{2 * i + 1}]", split.literal(i)
+            part, lit, last = f"p[{2 * i + 1}]", split.literal(i), i == len(split.pieces) - 1
             if lit is None:
-                checks.append(f"regexp_matches({part}, {_q(split.pattern(i))})")
-                more, at = _extracts(part, split.pattern(i), f"s{i}_", "fast")
-                exprs, quick = exprs + more, quick | at
-            elif lit or i < len(split.pieces) - 1:
-                checks.append(f"{part} = {_q(lit)}" if i < len(split.pieces) - 1 else f"starts_with({part}, {_q(lit)})")
-        fast = " AND ".join(checks)
-        parts = "(SELECT line_number, line, string_split(line, '\"') AS p FROM l)"
+                groups = sum(len(ns) for _, ns in regex_batches(split.pattern(i)))
+                if last or groups >= MAX_ONEPASS_GROUPS:  # a prefix match, or no room left in one pass
+                    pre.append(f"regexp_matches({part}, {_q(split.pattern(i))})")
+                    more, at = _extracts(part, split.pattern(i), f"s{i}_", "pre")
+                else:
+                    more, at = _extracts(part, f"^(?P<{WHOLE}>{split.pieces[i]})$", f"s{i}_", "pre")
+                    # CASE, not OR: DuckDB evaluates both sides of an OR on every row
+                    post.append(f"CASE WHEN {part} = '' THEN regexp_matches({part}, {_q(split.pattern(i))}) "
+                                f"ELSE {at.pop(WHOLE)} = {part} END")
+                pieces, quick = pieces + more, quick | at
+            elif lit or not last:
+                pre.append(f"{part} = {_q(lit)}" if not last else f"starts_with({part}, {_q(lit)})")
+        source = f"(SELECT *, {' AND '.join(pre)} AS pre FROM (SELECT line_number, line, string_split(line, '\"') AS p FROM l))"
+        if pieces:
+            source = f"(SELECT *, {', '.join(pieces)} FROM {source})"
+        source = f"(SELECT *, {' AND '.join(['pre', *post])} AS fast FROM {source})"
         where = {n: f"CASE WHEN fast THEN {quick[n]} ELSE {where[n]} END" for n in names}
-    matched = "coalesce(" + ", ".join(f"NULLIF({where[n]}, '')" for n in names) + ") IS NOT NULL"
-    cols = ", ".join(f"{_null_if_empty(where[n], n)} AS {_f(n)}" for n in names)
-    return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT *, {', '.join(exprs)} FROM "
-            f"(SELECT *, {fast} AS fast FROM {parts}))")
+    else:
+        source = "(SELECT *, false AS fast FROM l)"
+    fields = ", ".join(f"{where[n]} AS {_f(n)}" for n in names)
+    matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
+    cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
+    return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT line_number, line, fast, "
+            f"{fields} FROM ({layers[0]} {source}))")
 
 
 def _decode(expr: str, how: str | None) -> str:
