@@ -354,8 +354,6 @@ def _regex_select(regex: str, names: tuple[str, ...]) -> str:
     split = quote_split(regex)
     exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
     pieces: list[str] = []
-    layers = [f"SELECT *, {', '.join(exprs)} FROM"]
-    source = "l"
     if split:
         k = len(split.quoted)
         pre = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
@@ -387,7 +385,7 @@ def _regex_select(regex: str, names: tuple[str, ...]) -> str:
     matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
     cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
     return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT line_number, line, fast, "
-            f"{fields} FROM ({layers[0]} {source}))")
+            f"{fields} FROM (SELECT *, {', '.join(exprs)} FROM {source}))")
 
 
 def _decode(expr: str, how: str | None) -> str:
