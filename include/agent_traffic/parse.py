@@ -434,14 +434,18 @@ def forwarded_client(remote: str | None, forwarded: str | None, proxies: Sequenc
 
 
 def with_forwarded_clients(out: pa.Table, proxies: Sequence[Network]) -> pa.Table:
-    """client_ip from each row's (connecting address, X-Forwarded-For), answered once per distinct
-    pair; the forwarded_for column is dropped, so events keep their schema."""
-    ips, fwd = out["client_ip"].to_pylist(), out["forwarded_for"].to_pylist()
-    known: dict[tuple[str | None, str | None], str | None] = {}
-    clients = [known[k] if (k := (i, f)) in known else known.setdefault(k, forwarded_client(i, f, proxies))
-               for i, f in zip(ips, fwd, strict=True)]
+    """client_ip from each row's connecting address and X-Forwarded-For: rows without the header
+    keep theirs, the others are dictionary-encoded by (address, header) and each distinct pair is
+    answered once (as annotate.py answers user agents). forwarded_for is dropped: events keep
+    their schema."""
+    ip = out["client_ip"]
+    pairs = pc.binary_join_element_wise(pc.fill_null(ip, ""), out["forwarded_for"], "\x1f")  # null: no header
+    codes = pc.dictionary_encode(pairs).combine_chunks()
+    answers = [forwarded_client(remote or None, header, proxies)
+               for remote, header in (p.split("\x1f", 1) for p in codes.dictionary.to_pylist())]
+    forwarded = pc.take(pa.array(answers, ip.type), codes.indices)
     idx = out.schema.get_field_index("client_ip")
-    out = out.set_column(idx, out.schema.field(idx), pa.array(clients, out.schema.field(idx).type))
+    out = out.set_column(idx, out.schema.field(idx), pc.if_else(pc.is_null(pairs), ip, forwarded))
     return out.drop_columns(["forwarded_for"])
 
 
