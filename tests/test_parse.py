@@ -269,3 +269,15 @@ def test_nginx_json_reads_the_forwarded_client_past_trusted_proxies() -> None:
     c = dataclasses.replace(ctx("nginx_json"), trusted_proxies=("10.0.0.0/8",))
     stats, ev, _ = run((json.dumps(line) + "\n").encode(), c)
     assert stats.parsed == 1 and ev[0]["client_ip"] == "203.0.113.9"
+
+
+def test_forwarded_clients_line_up_across_many_batches() -> None:
+    """DuckDB answers a block in several record batches: each row keeps its own client, rows
+    without the header keep their connecting address."""
+    lines = [f'10.0.0.{i % 7} - - [21/Nov/2026:10:00:00 +0000] "GET /p{i} HTTP/1.1" 200 5 "-" "{GPT}" '
+             + ('"-"' if i % 3 == 0 else f'"20.15.240.64, 198.51.{i % 200}.{i % 250}"') for i in range(40_000)]
+    c = dataclasses.replace(ctx("nginx_main"), trusted_proxies=("10.0.0.0/8",))
+    stats, ev, _ = run(("\n".join(lines) + "\n").encode(), c)
+    assert stats.parsed == 40_000
+    assert [e["client_ip"] for e in ev] == [f"10.0.0.{i % 7}" if i % 3 == 0 else f"198.51.{i % 200}.{i % 250}"
+                                            for i in range(40_000)]
