@@ -45,6 +45,16 @@ def planned(tmp_path: Path, sandbox) -> tuple[Runtime, ChunkGroup]:
     return rt, group
 
 
+@pytest.fixture
+def live_pid():
+    """The pid of a live process on this machine: another worker whose lease must be respected."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as proc:
+        try:
+            yield proc.pid
+        finally:
+            proc.kill()
+
+
 def _prefix(group: ChunkGroup) -> str:
     return ledger_prefix(group.destination, group.site, group.date)
 
@@ -70,11 +80,12 @@ def _lease(store: Store, group: ChunkGroup, cid: str, *, gen: int = 0, host: str
     return key
 
 
-def test_a_chunk_leased_by_a_live_worker_is_left_to_it_and_counted_pending(planned, sandbox, api_key) -> None:
+def test_a_chunk_leased_by_a_live_worker_is_left_to_it_and_counted_pending(planned, sandbox, api_key,
+                                                                           live_pid) -> None:
     rt, group = planned
     cid = group.chunk_ids[1]
     theirs = _seqs_of(rt.store, group, cid)
-    key = _lease(rt.store, group, cid)
+    key = _lease(rt.store, group, cid, host=socket.gethostname(), pid=live_pid)  # it sends them
     s = run(rt, DAY, DAY, resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}), progress=lambda _m: None)
     got = _received(sandbox)
     assert not theirs & set(got), "a chunk leased by another live worker was sent"
@@ -87,15 +98,54 @@ def test_a_chunk_leased_by_a_live_worker_is_left_to_it_and_counted_pending(plann
     assert rt.store.list(f"{_prefix(group)}/leases/") == [key]  # theirs stays; ours were released
 
 
-def test_group_result_line_says_pending_and_who_has_it(planned, sandbox, api_key) -> None:
+def test_a_lease_held_on_another_host_leaves_the_run_failed_with_the_command_that_sends_it(
+        planned, sandbox, api_key) -> None:
+    """A holder on another host may be dead (a lost Celery worker): its events are not delivered,
+    so the run is not OK, and the summary says how many are left and how to send them."""
+    rt, group = planned
+    cid = group.chunk_ids[1]
+    theirs = _seqs_of(rt.store, group, cid)
+    _lease(rt.store, group, cid)  # worker-2: alive or not, nobody here can tell
+    s = run(rt, DAY, DAY, resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}), progress=lambda _m: None,
+            resend_command="agent-traffic run --config c.yaml --date 2026-11-21")
+    assert not theirs & set(_received(sandbox))
+    dest = s["destinations"][0]
+    assert dest["pending"] == len(theirs) and dest["balanced"]
+    assert not s["ok"]
+    assert any(f"{len(theirs)} event(s) pending, not delivered; send them with: agent-traffic run --config c.yaml "
+               "--date 2026-11-21" in p for p in s["problems"]), s["problems"]
+
+
+def test_group_result_line_says_pending_and_who_has_it(planned, sandbox, api_key, live_pid) -> None:
     rt, group = planned
     cid = group.chunk_ids[0]
     n = len(_seqs_of(rt.store, group, cid))
-    _lease(rt.store, group, cid)
+    _lease(rt.store, group, cid, host=socket.gethostname(), pid=live_pid)
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="w1")
     assert r.chunks_leased_elsewhere == 1 and r.leased_elsewhere_events == n
     assert r.chunks_sent == len(group.chunk_ids) - 1 and r.pending_events == 0
     assert f"{n} pending ({n} being sent by another worker)" in r.line()
+
+
+def test_a_later_try_of_the_same_task_takes_over_its_leases_on_any_host(planned, sandbox, api_key) -> None:
+    """Airflow retries a task whose worker died on another machine: the retry (same run, task and
+    map index, a higher try) takes over the dead try's leases at once; another task's are kept."""
+    from agent_traffic.deliver import LeaseOwner
+
+    rt, group = planned
+    dead, other = group.chunk_ids[0], group.chunk_ids[1]
+    owner = LeaseOwner("scheduled__2026-11-21", "deliver_scrunch[0]", 2)
+    for cid, task in ((dead, owner.task), (other, "deliver_scrunch[1]")):
+        now = datetime.now(UTC)
+        assert rt.store.create_exclusive(lease_key(_prefix(group), cid, 0), orjson.dumps({
+            "gen": 0, "run_id": "x", "host": "worker-gone", "pid": 7, "owner_run": owner.run_id,
+            "owner_task": task, "owner_try": 1, "expires_at": (now + timedelta(minutes=16)).isoformat()}))
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="x", lease_owner=owner)
+    assert r.chunks_sent == len(group.chunk_ids) - 1
+    assert r.pending_events == len(_seqs_of(rt.store, group, other)) and r.leased_elsewhere_events == 0
+    assert _seqs_of(rt.store, group, dead) <= set(_received(sandbox))
+    assert rt.store.exists(f"{_prefix(group)}/acks/{dead}.json")
+    assert not rt.store.exists(f"{_prefix(group)}/acks/{other}.json")
 
 
 def test_an_expired_lease_is_taken_over(planned, sandbox, api_key) -> None:
@@ -223,7 +273,8 @@ def _known_agents_planned(tmp_path: Path, url: str, *, lines: int, files: int, b
     return rt, plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
 
 
-def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(tmp_path: Path, sandbox, api_key) -> None:
+def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(tmp_path: Path, sandbox, api_key,
+                                                                                live_pid) -> None:
     """Small-request vendors take one lease per `chunks_per_lease` consecutive chunks of an object:
     a run held by another live worker is left whole to it; every other chunk is sent once."""
     from agent_traffic.vendors import vendor
@@ -238,7 +289,7 @@ def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(
     ((_key, plan),) = rt.store.iter_json(f"{prefix}/plans/")
     theirs = [c for c in plan["chunks"] if c["index"] // per == 1]  # the second run of the object
     assert len(theirs) == per
-    _lease(rt.store, groups[0], f"{plan['object_id']}.u1")
+    _lease(rt.store, groups[0], f"{plan['object_id']}.u1", host=socket.gethostname(), pid=live_pid)
     results = [deliver_group(rt.cfg, rt.store, g, Secret(api_key), run_id="mine") for g in groups]
     assert sum(r.chunks_leased_elsewhere for r in results) == per
     assert sum(r.leased_elsewhere_events for r in results) == sum(c["events"] for c in theirs)

@@ -35,7 +35,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run(
         rt, args.date, args.until or args.date, sites=args.site, destinations=args.destination,
         dry_run=args.dry_run, reprocess=args.reprocess, outbox=outbox,
-        progress=Progress(None if args.quiet else sys.stderr),
+        progress=Progress(None if args.quiet else sys.stderr), resend_command=_resend(args),
     )
     print(render(summary))
     if args.dry_run:
@@ -43,6 +43,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return 0 if summary["ok"] else 1
+
+
+def _resend(args: argparse.Namespace) -> str:
+    """The command that sends what a run left pending: the same dates, sites and destinations
+    (acknowledged chunks are never sent again, staged objects never parsed again)."""
+    import shlex
+
+    words = ["agent-traffic", "run", "--config", args.config, "--date", args.date.isoformat()]
+    if args.until and args.until != args.date:
+        words += ["--until", args.until.isoformat()]
+    for name in args.site:
+        words += ["--site", name]
+    for name in args.destination:
+        words += ["--destination", name]
+    return shlex.join(words)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ it is recorded as too old, like the events the planner already held back.
 
 Workers running side by side (several command-line runs, or delivery tasks of overlapping Airflow
 runs on different workers) never send one chunk at the same time: each takes a lease before
-sending (`Leases`), and a chunk leased by a live worker is left to it and counted as pending here
-(`leased_elsewhere_events`), not lost. A lease covers one chunk, or for small-request vendors a
+sending (`Leases`), and a chunk leased by a live worker on this machine is left to it and counted
+as being sent elsewhere (`leased_elsewhere_events`), not lost; one leased on another host is
+pending (that host may be dead). A retried Airflow task takes over its earlier try's leases
+(`LeaseOwner`), so a lost worker costs a retry, not a lease's lifetime. A lease covers one chunk, or for small-request vendors a
 run of `chunks_per_lease` consecutive chunks of one object (a lease file per 100-visit request
 cost more than the request), sent one after another by the thread that holds it.
 Chunks are read from their object's pack at the offset the plan records; a pack is removed when
@@ -144,6 +146,27 @@ def lease_key(prefix: str, unit: str, gen: int) -> str:
     return f"{prefix}/leases/{unit}.{gen}.json"
 
 
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Who holds a lease beyond host and pid: the run, the task and its try. A scheduler that
+    retries a task whose worker died (on any host) runs a later try of the same task, which takes
+    over the earlier try's leases at once instead of waiting for them to expire."""
+
+    run_id: str
+    task: str
+    attempt: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner_run": self.run_id, "owner_task": self.task, "owner_try": self.attempt}
+
+    def supersedes(self, lease: dict[str, Any]) -> bool:
+        try:
+            return (lease.get("owner_run") == self.run_id and lease.get("owner_task") == self.task
+                    and int(lease.get("owner_try", self.attempt)) < self.attempt)
+        except (TypeError, ValueError):
+            return False
+
+
 def _process_gone(pid: int) -> bool:
     """True only when no process has this id on this machine (a permission error means one does)."""
     try:
@@ -176,22 +199,25 @@ class Leases:
 
     MAX_TRIES = 50  # claims lost to workers that released between our create and our read
 
-    def __init__(self, store: Store, prefix: str, run_id: str, ttl_s: float, longest_send_s: float | None = None) -> None:
+    def __init__(self, store: Store, prefix: str, run_id: str, ttl_s: float, longest_send_s: float | None = None,
+                 owner: LeaseOwner | None = None) -> None:
         self.store = store
         self.prefix = prefix
         self.run_id = run_id
+        self.owner = owner
         self.ttl = timedelta(seconds=ttl_s)
         send = ttl_s / 2 if longest_send_s is None else min(longest_send_s, ttl_s)
         self.renew_within = timedelta(seconds=send + (ttl_s - send) / 2)  # renewed with half the slack left
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._held: dict[str, tuple[int, str, datetime]] = {}  # unit -> (gen, token, expires)
+        self._held_elsewhere: dict[str, bool] = {}  # unit -> its live holder runs on this machine
         self._lock = threading.Lock()
 
     def _body(self, unit: str, gen: int, token: str, now: datetime) -> bytes:
         return orjson.dumps({
             "unit": unit, "gen": gen, "token": token, "run_id": self.run_id, "host": self.host,
-            "pid": self.pid,
+            "pid": self.pid, **(self.owner.as_dict() if self.owner else {}),
             "claimed_at": now.isoformat(timespec="seconds"),
             "expires_at": (now + self.ttl).isoformat(timespec="seconds"),
         })
@@ -205,7 +231,15 @@ class Leases:
             return True
         if expires <= now:
             return True
+        if self.owner is not None and self.owner.supersedes(lease):  # type: ignore[arg-type]
+            return True  # an earlier try of this very task, on whichever host: it is over
         return host == self.host and pid != self.pid and _process_gone(pid)
+
+    def held_here(self, unit: str) -> bool:
+        """After a lost claim: the unit's holder is a live process on this machine (it sends the
+        unit), not one elsewhere whose life this worker cannot check."""
+        with self._lock:
+            return self._held_elsewhere.get(unit, False)
 
     def claim(self, unit: str) -> bool:
         """True if this worker now owns the unit; False if a live worker does."""
@@ -231,6 +265,8 @@ class Leases:
                     self._held[unit] = (gen, token, now + self.ttl)
                 return True
             if not self._expired(lease, now):
+                with self._lock:
+                    self._held_elsewhere[unit] = isinstance(lease, dict) and lease.get("host") == self.host
                 return False
             gen += 1
         return False
@@ -290,6 +326,7 @@ def deliver_group(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     now: datetime | None = None,
+    lease_owner: LeaseOwner | None = None,
 ) -> GroupResult:
     dest = _destination(cfg, group.destination)
     v = vendor(dest.vendor)
@@ -412,7 +449,7 @@ def deliver_group(
     limiter = _limiter(dest)
     url = v.url(dest)
     http = http_pool(url, cfg.delivery.concurrency)
-    leases = Leases(store, prefix, run_id, cfg.delivery.lease_s, cfg.delivery.longest_send_s)
+    leases = Leases(store, prefix, run_id, cfg.delivery.lease_s, cfg.delivery.longest_send_s, lease_owner)
     acks = AckSync(store)
 
     def scrub(text: str) -> str:
@@ -420,7 +457,8 @@ def deliver_group(
         return text.replace(key.reveal(), "***")
 
     def skip(cid: str, leased: bool) -> None:
-        """Not sent by this worker: pending (the destination stopped, or another worker has it)."""
+        """Not sent by this worker: pending (the destination stopped, or another worker has it).
+        Only a live holder on this machine counts as sending it: one elsewhere may be dead."""
         ch = load(cid)
         if ch is None:
             return finished_elsewhere(cid)
@@ -439,8 +477,9 @@ def deliver_group(
                 skip(cid, leased=False)
             return
         if not leases.claim(name):
+            here = leases.held_here(name)
             for cid in cids:
-                skip(cid, leased=True)
+                skip(cid, leased=here)
             return
         try:
             for cid in cids:

@@ -55,6 +55,7 @@ def run(
     resolver: SecretResolver | None = None,
     progress: Callable[[str], None] | None = None,
     now: datetime | None = None,
+    resend_command: str | None = None,
 ) -> dict[str, Any]:
     """Discover the dates, then parse, validate, plan and deliver them one day at a time; one
     summary for the whole range. `now` decides what is too old (tests set it).
@@ -127,7 +128,7 @@ def run(
     summary = build_summary(
         run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
         objects=parser.objects, deliveries=sender.deliveries, ledger=ledger, dry_run=dry_run,
-        secret_errors=sender.secret_errors, quality=quality,
+        secret_errors=sender.secret_errors, quality=quality, resend_command=resend_command,
     )
     if outbox is not None:
         summary["outbox"] = outbox.url(rt.run_id)

@@ -141,7 +141,11 @@ def build_summary(
     dry_run: bool,
     secret_errors: dict[str, str] | None = None,
     quality: dict[str, Any] | None = None,
+    resend_command: str | None = None,
 ) -> dict[str, Any]:
+    """`resend_command` is what the user runs to send what this run left pending (the command
+    line's or Airflow's form of a re-run of these dates)."""
+    resend = resend_command or "re-run these dates"
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
@@ -176,12 +180,14 @@ def build_summary(
                             f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
                             "and re-run with reprocess (--reprocess) to validate and send them")
         if st.pending and not dry_run:
-            # Pending only because another worker holds their leases: that worker sends them.
+            # Pending only because a live process on this machine holds their leases: it sends them.
+            # A holder elsewhere may be dead, so its events count as not delivered.
             if st.pending <= leased[(st.destination, st.site)]:
                 notes.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending: another worker "
-                             "held their leases and is sending them")
+                             "on this machine held their leases and is sending them")
             else:
-                problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending; re-run to send")
+                problems.append(f"{st.destination} ({st.site}): {st.pending} event(s) pending, not delivered; "
+                                f"send them with: {resend}")
         if not st.balanced:
             problems.append(f"{st.destination} ({st.site}): outcomes do not add up to the events staged")
         if st.too_old:
