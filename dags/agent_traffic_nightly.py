@@ -6,10 +6,16 @@ them as Parquet (site / provider / date), and delivers the selected events to ea
 destination in checkpointed chunks.
 
 * **Schedule**: daily at 00:00 UTC; the data interval `[D 00:00, D+1 00:00)` is the day `D` to
-  process. `catchup=False`: use `airflow backfill create` for history.
-* **Manual runs**: the trigger form takes a date range, sites, destinations, dry run and
-  reprocess. A re-run of a date parses only new or changed objects and sends only chunks that
-  were never acknowledged.
+  process. `catchup=False`: use `airflow backfill create` for history (each run, its day).
+* **Manual runs**: the trigger form's date range wins; else the day of the logical date
+  (`airflow dags trigger -l 2026-11-30`, the REST API's `logical_date`); else the last complete
+  UTC day. A re-run of a date parses only new or changed objects, validates them, and sends
+  every chunk of the dates that was never acknowledged (pending ones, and a new destination's
+  history), whether or not anything new arrived.
+* **State**: the run fails whenever a task failed or any event of its dates is left pending,
+  held or failed; the `report` task's log says what is left and the command that sends it.
+  Errors no retry fixes (config, missing key) fail at once. Failure e-mails go through the
+  `agent_traffic_alerts` Connection (type smtp, extra `to`) when it exists.
 * **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG` (default `config/agent-traffic.yaml`). Destination keys come from the
   Airflow Connection named in the config (`secret.airflow_conn_id`; its password is the key).
 * **Pools**: `agent_traffic_<vendor>` (scrunch, hitkeep, knownagents) caps concurrent delivery
@@ -21,69 +27,26 @@ Tasks pass keys and counts through XCom, never data; checkpoints live in the sta
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import BaseHook, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
+from agent_traffic_airflow import (
+    IP_RANGES,
+    alert_on_failure,
+    fail_fast,
+    failed_tasks,
+    mapped_results,
+    run_days,
+    runtime,
+    secret,
+    task_states,
+)
+
 VENDORS = ("scrunch", "hitkeep", "knownagents")
 #: Mapped delivery tasks of one vendor running at once per DAG run (default 4).
 MAX_ACTIVE_DELIVERIES = {"hitkeep": 1}
 MAX_PARSE_BATCHES = 64
-
-
-def _runtime():
-    """The pipeline runtime for this task: config, object-store credentials, run id."""
-    from agent_traffic.config import load_config
-    from agent_traffic.pipeline import Runtime
-    from agent_traffic.storage import StoreOptions
-
-    ctx = get_current_context()
-    cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
-    options = StoreOptions.from_config(cfg.object_store)
-    if cfg.object_store.airflow_conn_id:
-        conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-        options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
-    run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in ctx["run_id"])
-    return Runtime(cfg, options, run_id)
-
-
-def _secret(dest):
-    """Airflow Connection first (its password), then the environment variable."""
-    from agent_traffic.errors import SecretMissing
-    from agent_traffic.secrets import Secret, env_resolver
-
-    if dest.secret.airflow_conn_id:
-        try:
-            conn = BaseHook.get_connection(dest.secret.airflow_conn_id)
-        except Exception as exc:  # noqa: BLE001 - the hook raises several types for "not found"
-            if not dest.secret.env:
-                raise SecretMissing(
-                    f"destination {dest.name!r}: Airflow Connection {dest.secret.airflow_conn_id!r} "
-                    f"not found ({type(exc).__name__}); create it with the API key as its password"
-                ) from None
-        else:
-            if conn.password:
-                return Secret(conn.password)
-    return env_resolver()(dest)
-
-
-def _days() -> list[str]:
-    """The dates of this run: the trigger form's range, else the data interval's day."""
-    from agent_traffic.pipeline import days_between
-
-    ctx = get_current_context()
-    params = ctx["params"]
-    first = params.get("date_from")
-    last = params.get("date_to") or first
-    if first:
-        return [d.isoformat() for d in days_between(date.fromisoformat(first), date.fromisoformat(last))]
-    start = ctx.get("data_interval_start")
-    if start is None:
-        raise ValueError("this run has no data interval: set date_from in the trigger form")
-    return [start.astimezone(UTC).date().isoformat()]
 
 
 @dag(
@@ -92,10 +55,13 @@ def _days() -> list[str]:
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "agent-traffic"},
+    dagrun_timeout=timedelta(hours=23),  # over before the next night's run is due
+    on_failure_callback=alert_on_failure,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "agent-traffic",
+                  "execution_timeout": timedelta(hours=1)},
     params={
         "date_from": Param(None, type=["null", "string"], format="date",
-                           description="first day to process (empty: the run's data interval)"),
+                           description="first day to process (empty: the logical date's day)"),
         "date_to": Param(None, type=["null", "string"], format="date",
                          description="last day, inclusive (empty: same as date_from)"),
         "sites": Param([], type="array", description="only these sites (empty: all)"),
@@ -107,13 +73,16 @@ def _days() -> list[str]:
     doc_md=__doc__,
 )
 def agent_traffic_nightly():
-    @task
+    @task(execution_timeout=timedelta(minutes=30))
+    @fail_fast
     def discover(params: dict | None = None) -> list[list[dict]]:
         """List the sources for the dates; batch the new or changed objects for parsing."""
+        from datetime import date
+
         from agent_traffic.pipeline import discover_objects
 
-        rt = _runtime()
-        days = _days()
+        rt = runtime()
+        days = run_days()
         d = discover_objects(rt, [date.fromisoformat(x) for x in days],
                              reprocess=bool((params or {}).get("reprocess")))
         rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", d.as_dict(days))
@@ -127,13 +96,17 @@ def agent_traffic_nightly():
         print(f"{d.seen} object(s) for {days}: {len(d.objects)} to parse, {d.unchanged} unchanged")
         return [b for b in batches if b]
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(max_active_tis_per_dagrun=4, execution_timeout=timedelta(hours=2), inlets=[IP_RANGES],
+          map_index_template="{{ objects_label }}")
+    @fail_fast
     def parse_and_stage(batch: list[dict]) -> list[dict]:
         """Parse, classify and stage a batch of objects (each commits on its own)."""
         from agent_traffic.extract import ObjectRef
         from agent_traffic.pipeline import process_object
 
-        rt = _runtime()
+        first = batch[0]["url"].rsplit("/", 1)[-1]
+        get_current_context()["objects_label"] = first + (f" +{len(batch) - 1}" if len(batch) > 1 else "")
+        rt = runtime()
         out = []
         for o in batch:
             r = process_object(rt, ObjectRef.from_dict(o))
@@ -141,13 +114,17 @@ def agent_traffic_nightly():
             out.append(r.as_dict())
         return out
 
-    @task
-    def validate(staged: list) -> dict:
+    # Runs when parsing mapped over nothing (no new object): pending chunks, a new destination's
+    # history and fixed dead letters are still planned and sent.
+    @task(trigger_rule="none_failed")
+    @fail_fast
+    def validate() -> dict:
         """Great Expectations suites on what was staged; a failed partition is held from delivery."""
         from agent_traffic.pipeline import validate_staged
 
-        rt = _runtime()
-        quality = validate_staged(rt, [o for batch in (staged or []) if batch for o in batch])
+        rt = runtime()
+        staged = mapped_results("parse_and_stage", task_states())
+        quality = validate_staged(rt, [o for batch in staged for o in batch])
         for day, q in quality.items():
             print(f"{day}: {q['statuses']}")
             for f in q["findings"]:
@@ -155,20 +132,21 @@ def agent_traffic_nightly():
         return quality
 
     def plan_task(vendor: str):
-        @task(task_id=f"plan_{vendor}")
+        @task(task_id=f"plan_{vendor}", execution_timeout=timedelta(minutes=30))
+        @fail_fast
         def plan(validated: dict, params: dict | None = None) -> list[dict]:
             """Cut staged events into deterministic chunks; returns the unacknowledged groups."""
             from agent_traffic.extract import planned_dates
             from agent_traffic.plan import plan_deliveries
 
-            rt = _runtime()
+            rt = runtime()
             p = params or {}
             wanted = [d.name for _, d in rt.cfg.destinations() if d.vendor == vendor
                       and (not p.get("destinations") or d.name in p["destinations"])]
             if not wanted:
                 return []
             # with the sources' lookback dates: late objects are staged under their own date
-            result = plan_deliveries(rt.cfg, rt.store, planned_dates(rt.cfg, _days()),
+            result = plan_deliveries(rt.cfg, rt.store, planned_dates(rt.cfg, run_days()),
                                      sites=p.get("sites") or None, destinations=wanted)
             from collections import Counter
 
@@ -186,63 +164,74 @@ def agent_traffic_nightly():
 
     def deliver_task(vendor: str):
         @task(task_id=f"deliver_{vendor}", pool=f"agent_traffic_{vendor}", retries=3,
-              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=MAX_ACTIVE_DELIVERIES.get(vendor, 4))
+              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=MAX_ACTIVE_DELIVERIES.get(vendor, 4),
+              execution_timeout=timedelta(hours=3), map_index_template="{{ group_label }}")
+        @fail_fast
         def deliver(group: dict, params: dict | None = None) -> dict:
             """Send one chunk group; ack or dead-letter each chunk in the staging store."""
-            from agent_traffic.deliver import deliver_group
+            from agent_traffic.deliver import LeaseOwner, deliver_group
             from agent_traffic.plan import ChunkGroup
 
-            rt = _runtime()
+            ctx = get_current_context()
+            ctx["group_label"] = f"{group['destination']} {group['site']} {group['date']}"
+            rt = runtime()
             g = ChunkGroup.from_dict(group)
             dry = bool((params or {}).get("dry_run"))
-            dest = next(d for _, d in rt.cfg.destinations() if d.name == g.destination)
-            secret = None if dry else _secret(dest)
-            r = deliver_group(rt.cfg, rt.store, g, secret, run_id=rt.run_id, dry_run=dry,
-                              outbox=_outbox(rt) if dry else None)
+            dest = rt.cfg.destination(g.destination)
+            ti = ctx["ti"]
+            owner = LeaseOwner(ti.run_id, f"{ti.task_id}[{ti.map_index}]", ti.try_number)
+            r = deliver_group(rt.cfg, rt.store, g, None if dry else secret(dest), run_id=rt.run_id,
+                              dry_run=dry, outbox=_outbox(rt) if dry else None, lease_owner=owner)
             print(r.line())
             return r.as_dict()
 
         return deliver
 
-    @task(trigger_rule="all_done", retries=0)
-    def report(staged: list, quality: dict, *delivered: list, params: dict | None = None) -> dict:
-        """Write the run summary to the store, print the table; fail the run if anything failed."""
+    @task(trigger_rule="all_done", retries=0, execution_timeout=timedelta(minutes=30))
+    def report(params: dict | None = None) -> dict:
+        """Write the run summary to the store and print it; fail the run unless everything of its
+        dates is delivered (or has a counted reason not to be) and every task succeeded."""
         from agent_traffic.extract import planned_dates
         from agent_traffic.summary import build_summary, ledger_status, render
 
-        rt = _runtime()
+        rt = runtime()
         p = params or {}
-        days = _days()
+        days = run_days()
+        states = task_states()
         disc = rt.store.get_json_or_none(f"_runs/discovery/{rt.run_id}.json") or {}
-        objects = [o for batch in (staged or []) if batch for o in batch]
-        deliveries = [d for results in delivered for d in (results or []) if d]
+        objects = [o for batch in mapped_results("parse_and_stage", states) for o in batch]
+        deliveries = [d for v in VENDORS for d in mapped_results(f"deliver_{v}", states)]
         ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=p.get("sites") or None,
                                destinations=p.get("destinations") or None)
+        quality = get_current_context()["ti"].xcom_pull(task_ids="validate") or {}
         summary = build_summary(run_id=rt.run_id, cfg=rt.cfg, days=days, discovery=disc,
                                 objects=objects, deliveries=deliveries, ledger=ledger,
-                                dry_run=bool(p.get("dry_run")), quality=quality or {})
+                                dry_run=bool(p.get("dry_run")), quality=quality,
+                                resend_command=_resend_command(days, p),
+                                failed_tasks=failed_tasks(states, ignore=("report", "write_report")))
         rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
         print(render(summary))
         if not summary["ok"]:
             raise RuntimeError("the run had problems: " + "; ".join(summary["problems"]))
         return {"ok": True, "run_id": rt.run_id}
 
-    @task(trigger_rule="all_done", retries=1)
+    @task(trigger_rule="all_done", retries=1, execution_timeout=timedelta(minutes=30))
     def write_report() -> list[str]:
         """Write each date's HTML report to the staging store, whatever the run's outcome."""
         from agent_traffic.report import write_daily_report
 
-        rt = _runtime()
-        keys = [write_daily_report(rt.store, day) for day in _days()]
+        rt = runtime()
+        keys = [write_daily_report(rt.store, day) for day in run_days()]
         print("\n".join(f"report: {rt.store.url(k)}" for k in keys))
         return keys
 
     staged = parse_and_stage.expand(batch=discover())
-    validated = validate(staged)
+    validated = validate()
+    staged >> validated
     sent = [deliver_task(v).expand(group=plan_task(v)(validated)) for v in VENDORS]
-    report(staged, validated, *sent)
-    # Beside `report`, not after it: a leaf with trigger_rule all_done that succeeds would mark
-    # the run successful even when `report` failed it.
+    # `report` and `write_report` are the leaves, side by side: a leaf with trigger_rule all_done
+    # that succeeds would mark the run successful even when `report` failed it.
+    [staged, validated, *sent] >> report()
     [staged, *sent] >> write_report()
 
 
@@ -250,6 +239,16 @@ def _outbox(rt):
     from agent_traffic.storage import Store
 
     return Store(rt.store.url("_outbox"), rt.options)
+
+
+def _resend_command(days: list[str], params: dict) -> str:
+    """The trigger that sends what this run left: the same dates, sites and destinations."""
+    import json
+    import shlex
+
+    conf = {"date_from": days[0], "date_to": days[-1],
+            **{k: params[k] for k in ("sites", "destinations") if params.get(k)}}
+    return shlex.join(["airflow", "dags", "trigger", "agent_traffic_nightly", "-c", json.dumps(conf)])
 
 
 agent_traffic_nightly()

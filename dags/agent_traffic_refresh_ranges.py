@@ -17,13 +17,11 @@ verifies each request that claims an agent against the newest snapshot of that a
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from airflow.sdk import BaseHook, dag, task
+from airflow.sdk import dag, task
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
+from agent_traffic_airflow import IP_RANGES, config_path, store_options
 
 
 @dag(
@@ -37,20 +35,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic
     doc_md=__doc__,
 )
 def agent_traffic_refresh_ranges():
-    @task
+    @task(outlets=[IP_RANGES], execution_timeout=timedelta(minutes=30))
     def refresh() -> dict:
         """Fetch every list; store the valid ones as today's snapshots; report each list."""
         from agent_traffic.catalog import load_catalog
         from agent_traffic.config import load_config
         from agent_traffic.ranges import range_store
         from agent_traffic.ranges import refresh as refresh_ranges
-        from agent_traffic.storage import StoreOptions
 
-        cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
-        options = StoreOptions.from_config(cfg.object_store)
-        if cfg.object_store.airflow_conn_id:
-            conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-            options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
+        cfg = load_config(config_path())
+        options = store_options(cfg)
         report = refresh_ranges(load_catalog(cfg.catalog_files), range_store(cfg, options),
                                 urls=cfg.ip_ranges.urls, timeout_s=cfg.ip_ranges.timeout_s,
                                 keep=cfg.ip_ranges.keep)

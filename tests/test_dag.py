@@ -63,7 +63,7 @@ def test_nightly_run_from_s3_to_the_receiver(
     monkeypatch.delenv("SCRUNCH_API_KEY_EXAMPLE", raising=False)
 
     dag = dagbag.get_dag("agent_traffic_nightly")
-    run = dag.test(logical_date=datetime(2026, 11, 22, tzinfo=UTC))
+    run = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))  # the logical date names the day
     assert run.state == DagRunState.SUCCESS
     assert {ti.task_id: ti.state for ti in run.get_task_instances()}.get("report") == "success"
 

@@ -52,7 +52,7 @@ def test_dag_run_delivers_to_three_vendors_with_a_connection_per_destination(
         for name, key in dest_keys.items():
             conn = name.replace("-", "_").upper()
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn}", json.dumps({"conn_type": "generic", "password": key}))
-        run = dag.test(logical_date=datetime(2026, 11, 22, tzinfo=UTC))
+        run = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))  # the logical date names the day
         assert run.state == DagRunState.SUCCESS
         got = received(sb)
     for name, seqs in wanted().items():

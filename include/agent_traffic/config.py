@@ -339,6 +339,12 @@ class Config(_Model):
     def destinations(self) -> list[tuple[Site, Destination]]:
         return [(s, d) for s in self.sites for d in s.destinations]
 
+    def destination(self, name: str) -> Destination:
+        for _, d in self.destinations():
+            if d.name == name:
+                return d
+        raise ConfigError(f"unknown destination {name!r}; the config has {[d.name for _, d in self.destinations()]}")
+
 
 def _no_dupes(what: str, names: list[str]) -> None:
     seen = {n for n in names if names.count(n) > 1}

@@ -83,6 +83,24 @@ def days_between(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+def run_days(date_from: str | None, date_to: str | None, logical_date: datetime | None,
+             run_after: datetime) -> list[date]:
+    """The days a scheduled, manual or backfill run of the nightly DAG processes.
+
+    The trigger form's range wins; else the UTC day of the run's logical date (a scheduled or
+    backfill run's is the start of its day; `airflow dags trigger -l D` and the REST API's
+    `logical_date` name the day to process); else, for a manual run without a logical date, the
+    last complete UTC day before it was triggered. Airflow's own data interval is not used: for
+    a manual run it comes from the trigger time (command line) or from the day before the logical
+    date (REST API), never the day the user named.
+    """
+    if date_from:
+        return days_between(date.fromisoformat(date_from), date.fromisoformat(date_to or date_from))
+    if logical_date is not None:
+        return [logical_date.astimezone(UTC).date()]
+    return [run_after.astimezone(UTC).date() - timedelta(days=1)]
+
+
 # ---------------------------------------------------------------------------------------------
 # discover
 

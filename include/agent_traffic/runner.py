@@ -200,7 +200,7 @@ class _Sender:
         if self.dry_run:
             return None
         if name not in self._secrets:
-            self._secrets[name] = self.resolve(_dest(self.rt, name))
+            self._secrets[name] = self.resolve(self.rt.cfg.destination(name))
         return self._secrets[name]
 
     def deliver(self, groups: Sequence[ChunkGroup], day: str) -> int:
@@ -239,10 +239,6 @@ class _Sender:
             for f in [pool.submit(deliver_destination, n, g) for n, g in by_dest.items()]:
                 f.result()
         return sent
-
-
-def _dest(rt: Runtime, name: str):
-    return next(d for _, d in rt.cfg.destinations() if d.name == name)
 
 
 def new_run_id(prefix: str = "cli") -> str:

@@ -142,9 +142,11 @@ def build_summary(
     secret_errors: dict[str, str] | None = None,
     quality: dict[str, Any] | None = None,
     resend_command: str | None = None,
+    failed_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`resend_command` is what the user runs to send what this run left pending (the command
-    line's or Airflow's form of a re-run of these dates)."""
+    line's or Airflow's form of a re-run of these dates); `failed_tasks` are the scheduler's task
+    instances that failed or never ran because of one that did."""
     resend = resend_command or "re-run these dates"
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -169,6 +171,9 @@ def build_summary(
             sent[k] += d.get(k, 0)
         leased[(d.get("destination"), d.get("site"))] += d.get("leased_elsewhere_events", 0)
     problems = []
+    if failed_tasks:
+        problems.append(f"task(s) failed or did not run: {', '.join(failed_tasks)}; their logs say why. "
+                        f"After fixing the cause, run the dates again: {resend}")
     if failed_objects:
         problems.append(f"{len(failed_objects)} object(s) failed to parse; the next run retries them")
     notes = []

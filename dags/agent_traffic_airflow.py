@@ -1,0 +1,141 @@
+"""The Airflow side of the pipeline, shared by the DAGs: config and object-store options through
+Airflow Connections, destination keys, the days a run processes, mapped task results, failure
+alerts and the errors that no retry can fix. Not a DAG (listed in `.airflowignore`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, BaseHook, get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
+#: The IP-range snapshots: `agent_traffic_refresh_ranges` updates them, nightly parsing reads them.
+IP_RANGES = Asset("agent_traffic_ip_ranges")
+#: The Airflow Connection that turns failure e-mails on (type smtp; extra {"to": "a@x, b@y"}).
+ALERTS_CONN_ID = "agent_traffic_alerts"
+
+
+def config_path() -> str:
+    return os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG))
+
+
+def store_options(cfg):
+    """The config's object-store options overlaid with its Airflow Connection, if it names one."""
+    from agent_traffic.storage import StoreOptions
+
+    options = StoreOptions.from_config(cfg.object_store)
+    if cfg.object_store.airflow_conn_id:
+        conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
+        options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
+    return options
+
+
+def runtime():
+    """The pipeline runtime for this task: config, object-store credentials, run id."""
+    from agent_traffic.config import load_config
+    from agent_traffic.pipeline import Runtime
+
+    cfg = load_config(config_path())
+    run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in get_current_context()["run_id"])
+    return Runtime(cfg, store_options(cfg), run_id)
+
+
+def secret(dest):
+    """Airflow Connection first (its password), then the environment variable."""
+    from agent_traffic.errors import SecretMissing
+    from agent_traffic.secrets import Secret, env_resolver
+
+    if dest.secret.airflow_conn_id:
+        try:
+            conn = BaseHook.get_connection(dest.secret.airflow_conn_id)
+        except Exception as exc:  # noqa: BLE001 - the hook raises several types for "not found"
+            if not dest.secret.env:
+                raise SecretMissing(
+                    f"destination {dest.name!r}: Airflow Connection {dest.secret.airflow_conn_id!r} "
+                    f"not found ({type(exc).__name__}); create it with the API key as its password"
+                ) from None
+        else:
+            if conn.password:
+                return Secret(conn.password)
+    return env_resolver()(dest)
+
+
+def run_days() -> list[str]:
+    """This run's dates (see `agent_traffic.pipeline.run_days`)."""
+    from agent_traffic.pipeline import run_days as days
+
+    ctx = get_current_context()
+    params = ctx["params"]
+    return [d.isoformat() for d in days(params.get("date_from"), params.get("date_to"),
+                                        ctx.get("logical_date"), ctx["dag_run"].run_after)]
+
+
+def task_states() -> dict[str, str]:
+    """{task_id or task_id_<map index>: state} of this DAG run's task instances, from the API server."""
+    ctx = get_current_context()
+    ti = ctx["ti"]
+    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def mapped_results(task_id: str, states: dict[str, str]) -> list[Any]:
+    """The results of a mapped task's instances that succeeded in this run's current expansion.
+
+    Pulled by map index: removed instances (a clear, a re-run whose discovery found less) keep
+    their XComs and would be counted again; failed and skipped ones have none to read.
+    """
+    prefix = f"{task_id}_"
+    indexes = sorted(int(k[len(prefix):]) for k, state in states.items()
+                     if k.startswith(prefix) and k[len(prefix):].isdigit() and state == "success")
+    if not indexes:
+        return []
+    ti = get_current_context()["ti"]
+    return [r for r in ti.xcom_pull(task_ids=task_id, map_indexes=indexes) if r is not None]
+
+
+def failed_tasks(states: dict[str, str], *, ignore: tuple[str, ...]) -> list[str]:
+    """Task instances of this run that failed or could not run because an upstream one failed."""
+    return sorted(f"{k} ({state})" for k, state in states.items()
+                  if state in ("failed", "upstream_failed") and re.sub(r"_\d+$", "", k) not in ignore)
+
+
+def fail_fast(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors that no retry can fix (a bad config, a missing key) fail the task at once."""
+    from agent_traffic.errors import ConfigError, SecretMissing
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, SecretMissing) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc} (not retried: fix it, then clear the task)") from None
+
+    return wrapper
+
+
+def alert_on_failure(context: dict[str, Any]) -> None:
+    """DAG failure callback: an e-mail through the `agent_traffic_alerts` Connection (type smtp,
+    extra `to`), when that Connection exists; otherwise only the log line says it is off."""
+    try:
+        conn = BaseHook.get_connection(ALERTS_CONN_ID)
+    except Exception:  # noqa: BLE001 - not configured: alerts are off
+        print(f"agent-traffic: no Airflow Connection {ALERTS_CONN_ID!r}, so no failure alert is sent")
+        return
+    to = (conn.extra_dejson or {}).get("to")
+    if not to:
+        print(f"agent-traffic: Connection {ALERTS_CONN_ID!r} has no extra 'to'; no failure alert is sent")
+        return
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    run = context.get("dag_run")
+    SmtpNotifier(
+        to=to, smtp_conn_id=ALERTS_CONN_ID, from_email=(conn.extra_dejson or {}).get("from_email"),
+        subject=f"agent-traffic: run {getattr(run, 'run_id', '?')} failed",
+        html_content=("<p>The agent-traffic run {{ dag_run.run_id }} failed. Its <code>report</code> task's "
+                      "log says what is left and the command that sends it.</p>"),
+    ).notify(context)
