@@ -10,24 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent_traffic.cluster import dot_env
+from agent_traffic.cluster import interpolate as compose_interpolate
 from agent_traffic.config import parse_config
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-ENV_DEFAULTS = dict(
-    line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
-    if line and not line.startswith("#")
-)
+ENV_DEFAULTS = dot_env()  # .env.example with the two required secrets made as it says
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
                     "airflow-triggerer", "airflow-init"]
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
 def interpolate(value: str, env: dict[str, str] = ENV_DEFAULTS) -> str:
-    """Compose's own substitution: ${VAR}, ${VAR:-default}; an empty .env value takes the default."""
-    value = _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
-    return value.replace("$$", "$")
+    return compose_interpolate(value, env)
 
 
 def env_of(service: str) -> dict[str, str]:
@@ -128,3 +124,35 @@ def test_image_installs_the_pinned_requirements() -> None:
     assert "pip install --no-cache-dir -r /opt/agent-traffic/requirements.txt -c /opt/agent-traffic/constraints.txt" in dockerfile
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_every_airflow_service_shares_one_jwt_secret_and_a_required_fernet_key() -> None:
+    """Without one shared JWT secret each service makes its own and every task fails with
+    `Invalid auth token`; without a Fernet key Connections (vendor keys) are stored in plain text."""
+    jwt = {env_of(s)["AIRFLOW__API_AUTH__JWT_SECRET"] for s in AIRFLOW_SERVICES}
+    fernet = {env_of(s)["AIRFLOW__CORE__FERNET_KEY"] for s in AIRFLOW_SERVICES}
+    assert jwt == {ENV_DEFAULTS["AIRFLOW_JWT_SECRET"]} and fernet == {ENV_DEFAULTS["AIRFLOW_FERNET_KEY"]}
+    from cryptography.fernet import Fernet
+
+    Fernet(fernet.pop())  # a valid key
+    common = COMPOSE["x-airflow-common"]["environment"]
+    for var, name in (("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_JWT_SECRET"),
+                      ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_FERNET_KEY")):
+        unset = {k: v for k, v in ENV_DEFAULTS.items() if k != name}
+        with pytest.raises(ValueError, match=f"{name} must be set"):
+            interpolate(common[var], unset)
+    example = (REPO / ".env.example").read_text()
+    assert "AIRFLOW_JWT_SECRET=" in example and "AIRFLOW_FERNET_KEY=" in example and "Fernet.generate_key" in example
+
+
+def test_the_cluster_dependencies_are_pinned_as_the_official_image_has_them() -> None:
+    """celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0: the scheduler cannot load its executor."""
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for name in ("celery", "kombu", "redis", "psycopg2-binary", "apache-airflow-providers-celery",
+                 "apache-airflow-providers-postgres", "apache-airflow-providers-fab"):
+        assert name in pins, name
+    assert not pins["celery"].startswith("5.7.")
+    from airflow.providers.celery.executors.celery_executor import app  # the executor loads
+
+    assert app.main

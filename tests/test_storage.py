@@ -67,6 +67,17 @@ def test_list_objects_glob_and_prefix(s3_env: str, tmp_path: Path) -> None:
     assert [Path(o.url.removeprefix("file://")).name for o in local] == ["x.log"] and local[0].mtime
 
 
+def test_a_missing_bucket_is_an_error_not_a_quiet_day(s3_env: str) -> None:
+    """An empty date folder is a quiet day; a bucket that is gone (or hidden by the credentials)
+    would pass for one every night."""
+    from agent_traffic.errors import StoreUnavailable
+
+    opts = StoreOptions(endpoint_url=s3_env, key="testing", secret="testing")
+    for url in ("s3://no-such-bucket/logs/2026/11/21/", "s3://no-such-bucket/logs/*.gz"):
+        with pytest.raises(StoreUnavailable, match="bucket s3://no-such-bucket does not exist"):
+            list_objects(url, opts)
+
+
 class _CountingStore(Store):
     """The real local store, recording which keys were made durable together."""
 

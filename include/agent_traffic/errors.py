@@ -15,3 +15,7 @@ class SecretMissing(AgentTrafficError):
 
 class ObjectReadError(AgentTrafficError):
     """A source object could not be read or decompressed (truncated, corrupt, unknown format)."""
+
+
+class StoreUnavailable(AgentTrafficError):
+    """An object store's bucket does not exist or cannot be seen with the credentials given."""

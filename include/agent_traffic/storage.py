@@ -103,16 +103,30 @@ def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectIn
     protocol = "file" if protocol in ("file", "local") else protocol
     if any(c in path for c in "*?["):
         found = fs.glob(path, detail=True)
+    elif not fs.exists(path):
+        found = {}
     else:
-        if not fs.exists(path):
-            return []
         found = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     out = [
         _info(fs, protocol, p, raw)
         for p, raw in found.items()
         if raw.get("type", "file") == "file" and not os.path.basename(p).startswith(".")
     ]
+    if not out and protocol != "file":
+        _bucket_must_exist(fs, protocol, path)
     return sorted(out, key=lambda o: o.url)
+
+
+def _bucket_must_exist(fs: Any, protocol: str, path: str) -> None:
+    """Nothing listed: a quiet day, unless the bucket itself is gone (or these credentials cannot
+    see it), which would otherwise pass for a quiet day every night."""
+    from agent_traffic.errors import StoreUnavailable
+
+    bucket = path.split("/", 1)[0]
+    if bucket and not any(c in bucket for c in "*?[") and not fs.exists(bucket):
+        raise StoreUnavailable(f"bucket {protocol}://{bucket} does not exist, or the credentials given cannot "
+                               "see it: check the source's url and the object_store settings (or its "
+                               "Airflow Connection)")
 
 
 def _finished_tmp(target: str, parts: Iterable[bytes], durable: bool) -> str:
