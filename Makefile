@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test cluster cluster-test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -21,7 +21,13 @@ demo: $(STAMP)   ## sample logs -> Airflow (SQLite) nightly run -> local receive
 test: $(STAMP)   ## the whole test suite (CI runs this)
 	$(BIN)/ruff check .
 	sh scripts/ensure-chromium.sh   # the report's browser test; installs Debian's chromium as root
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not cluster"
+
+cluster: $(STAMP)  ## the compose layout without Docker: Postgres, Redis, Celery workers, S3, receiver
+	$(BIN)/python -m agent_traffic.cluster
+
+cluster-test: $(STAMP)  ## the nightly DAG on that layout: scheduled, REST, CLI, backfill, a killed worker
+	$(BIN)/python -m pytest -m cluster tests/test_cluster.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

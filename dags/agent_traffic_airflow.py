@@ -26,14 +26,25 @@ def config_path() -> str:
 
 
 def store_options(cfg):
-    """The config's object-store options overlaid with its Airflow Connection, if it names one."""
+    """The config's object-store options overlaid with its Airflow Connection, if it names one.
+
+    An `aws` Connection is resolved by the Amazon provider, as every Airflow AWS hook does:
+    keys, `role_arn` (an assumed role), web identity, profiles, session tokens. Credentials of an
+    assumed role last its session (one hour by default: `assume_role_kwargs` in the extra)."""
     from agent_traffic.storage import StoreOptions
 
     options = StoreOptions.from_config(cfg.object_store)
-    if cfg.object_store.airflow_conn_id:
-        conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-        options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
-    return options
+    conn_id = cfg.object_store.airflow_conn_id
+    if not conn_id:
+        return options
+    conn = BaseHook.get_connection(conn_id)
+    extra = conn.extra_dejson or {}
+    if conn.conn_type != "aws":
+        return options.with_connection(conn.login, conn.password, extra)
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+
+    creds = AwsGenericHook(aws_conn_id=conn_id, client_type="s3").get_credentials()
+    return options.with_connection(creds.access_key, creds.secret_key, extra, token=creds.token)
 
 
 def runtime():
@@ -64,6 +75,33 @@ def secret(dest):
             if conn.password:
                 return Secret(conn.password)
     return env_resolver()(dest)
+
+
+def connection_base_url(dest) -> str | None:
+    """The base URL a destination's Airflow Connection names in its host (an `http` Connection:
+    `https://webhooks.scrunchai.com`, or host + schema + port), which wins over the config's."""
+    if not dest.secret.airflow_conn_id:
+        return None
+    try:
+        conn = BaseHook.get_connection(dest.secret.airflow_conn_id)
+    except Exception:  # noqa: BLE001 - no Connection: the config's base_url (or the vendor's)
+        return None
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        return None
+    if "://" in host:
+        return host
+    return f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
+
+
+def with_base_url(cfg, name: str, base_url: str | None):
+    """The config with one destination's base URL replaced (the models are frozen: copies)."""
+    if not base_url:
+        return cfg
+    sites = tuple(site.model_copy(update={"destinations": tuple(
+        d.model_copy(update={"base_url": base_url}) if d.name == name else d for d in site.destinations)})
+        for site in cfg.sites)
+    return cfg.model_copy(update={"sites": sites})
 
 
 def run_days() -> list[str]:
@@ -100,8 +138,9 @@ def mapped_results(task_id: str, states: dict[str, str]) -> list[Any]:
 
 def failed_tasks(states: dict[str, str], *, ignore: tuple[str, ...]) -> list[str]:
     """Task instances of this run that failed or could not run because an upstream one failed."""
-    return sorted(f"{k} ({state})" for k, state in states.items()
-                  if state in ("failed", "upstream_failed") and re.sub(r"_\d+$", "", k) not in ignore)
+    bad = [(state != "failed", k, state) for k, state in states.items()
+           if state in ("failed", "upstream_failed") and re.sub(r"_\d+$", "", k) not in ignore]
+    return [f"{k} ({state})" for _, k, state in sorted(bad)]  # the failed ones first: the cause
 
 
 def fail_fast(fn: Callable[..., Any]) -> Callable[..., Any]:

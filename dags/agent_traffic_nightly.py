@@ -16,8 +16,9 @@ destination in checkpointed chunks.
   held or failed; the `report` task's log says what is left and the command that sends it.
   Errors no retry fixes (config, missing key) fail at once. Failure e-mails go through the
   `agent_traffic_alerts` Connection (type smtp, extra `to`) when it exists.
-* **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG` (default `config/agent-traffic.yaml`). Destination keys come from the
-  Airflow Connection named in the config (`secret.airflow_conn_id`; its password is the key).
+* **Config**: the YAML file named by `AGENT_TRAFFIC_CONFIG` (default `config/agent-traffic.yaml`).
+  Destination keys come from the Airflow Connection named in the config (`secret.airflow_conn_id`:
+  its password is the key, and its host, when set, the vendor's base URL).
 * **Pools**: `agent_traffic_<vendor>` (scrunch, hitkeep, knownagents) caps concurrent delivery
   tasks per vendor. HitKeep limits requests per client IP and the client's limiter lives in the
   task's process, so at most one HitKeep delivery task runs at a time per DAG run.
@@ -34,6 +35,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 from agent_traffic_airflow import (
     IP_RANGES,
     alert_on_failure,
+    connection_base_url,
     fail_fast,
     failed_tasks,
     mapped_results,
@@ -41,6 +43,7 @@ from agent_traffic_airflow import (
     runtime,
     secret,
     task_states,
+    with_base_url,
 )
 
 VENDORS = ("scrunch", "hitkeep", "knownagents")
@@ -178,9 +181,10 @@ def agent_traffic_nightly():
             g = ChunkGroup.from_dict(group)
             dry = bool((params or {}).get("dry_run"))
             dest = rt.cfg.destination(g.destination)
+            cfg = with_base_url(rt.cfg, dest.name, connection_base_url(dest))
             ti = ctx["ti"]
             owner = LeaseOwner(ti.run_id, f"{ti.task_id}[{ti.map_index}]", ti.try_number)
-            r = deliver_group(rt.cfg, rt.store, g, None if dry else secret(dest), run_id=rt.run_id,
+            r = deliver_group(cfg, rt.store, g, None if dry else secret(dest), run_id=rt.run_id,
                               dry_run=dry, outbox=_outbox(rt) if dry else None, lease_owner=owner)
             print(r.line())
             return r.as_dict()

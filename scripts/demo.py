@@ -114,8 +114,8 @@ def main() -> int:
         pools.write_text(json.dumps({f"agent_traffic_{v}": {"slots": n, "description": f"{v} deliveries",
                                                             "include_deferred": False} for v, n in POOLS.items()}))
         run("pools", "import", str(pools))
-        logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
-        step(f"airflow dags test agent_traffic_nightly {logical.isoformat()}  (data interval = {day})")
+        logical = datetime(day.year, day.month, day.day, tzinfo=UTC)  # the logical date names the day
+        step(f"airflow dags test agent_traffic_nightly {logical.isoformat()}  (processes {day})")
         t0 = time.monotonic()
         proc = subprocess.run(
             [str(BIN / "airflow"), "dags", "test", "agent_traffic_nightly", logical.isoformat()],

@@ -53,13 +53,14 @@ def test_nightly_run_from_s3_to_the_receiver(
         lines += chunk
         put_object(s3_env, "logs", f"nginx/{DAY:%Y/%m/%d}/access-{i}.log.gz", gzip_log(chunk))
     put_object(s3_env, "logs", "nginx/2026/11/22/other-day.log.gz", gzip_log(lines[:10]))
-    cfg = write_config(
+    cfg = write_config(  # the base URL in the config answers nothing: the Connection's host wins
         tmp_path / "cfg.yaml", staging="s3://staging/agent-traffic",
-        source_url="s3://logs/nginx/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url,
+        source_url="s3://logs/nginx/{date:%Y/%m/%d}/*.log.gz", base_url="http://127.0.0.1:9",
         object_store={"endpoint_url": s3_env},
     )
     monkeypatch.setenv("AGENT_TRAFFIC_CONFIG", str(cfg))
-    monkeypatch.setenv("AIRFLOW_CONN_SCRUNCH_EXAMPLE", json.dumps({"conn_type": "generic", "password": api_key}))
+    monkeypatch.setenv("AIRFLOW_CONN_SCRUNCH_EXAMPLE", json.dumps({"conn_type": "http", "host": sandbox.url,
+                                                                   "password": api_key}))
     monkeypatch.delenv("SCRUNCH_API_KEY_EXAMPLE", raising=False)
 
     dag = dagbag.get_dag("agent_traffic_nightly")

@@ -30,6 +30,7 @@ class StoreOptions:
     region: str | None = None
     key: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)  # a session token (an assumed role's)
 
     @classmethod
     def from_config(cls, cfg: ObjectStore, env: Mapping[str, str] = os.environ) -> StoreOptions:
@@ -40,14 +41,17 @@ class StoreOptions:
             secret=env.get(cfg.secret_key_env),
         )
 
-    def with_connection(self, login: str | None, password: str | None, extra: Mapping[str, Any]) -> StoreOptions:
+    def with_connection(self, login: str | None, password: str | None, extra: Mapping[str, Any],
+                        token: str | None = None) -> StoreOptions:
         """These options overlaid with an Airflow Connection's fields (type aws: login = access
-        key, password = secret key, extra endpoint_url / region_name); the caller fetches it."""
+        key, password = secret key, extra endpoint_url / region_name; or the credentials the
+        Amazon provider resolved from it, with their session token); the caller fetches it."""
         return StoreOptions(
             endpoint_url=extra.get("endpoint_url") or self.endpoint_url,
             region=extra.get("region_name") or self.region,
             key=login or self.key,
             secret=password or self.secret,
+            token=token if login else self.token,
         )
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
@@ -58,6 +62,8 @@ class StoreOptions:
             kw["key"] = self.key
         if self.secret:
             kw["secret"] = self.secret
+        if self.token:
+            kw["token"] = self.token
         client: dict[str, Any] = {}
         if self.endpoint_url:
             client["endpoint_url"] = self.endpoint_url
