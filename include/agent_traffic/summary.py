@@ -179,7 +179,8 @@ def build_summary(
     notes = []
     for st in ledger:
         if st.failed:
-            problems.append(f"{st.destination} ({st.site}): {st.failed} event(s) failed: {st.last_failure}")
+            problems.append(f"{st.destination} ({st.site}): {st.failed} event(s) failed: {st.last_failure}; once "
+                            f"the cause is fixed, send them with: {resend}")
         if st.held:
             problems.append(f"{st.destination} ({st.site}): {st.held} event(s) held, not sent, because the "
                             f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
