@@ -144,6 +144,12 @@ class Site(_Model):
         return self.hostnames or (self.name, f"www.{self.name}")
 
 
+class OtherHostSite(_Model):
+    """`other_hosts: {site: NAME}`: lines whose host no site lists belong to that site."""
+
+    site: str = Field(min_length=1)
+
+
 class Source(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="object-store URL pattern; {date:%Y-%m-%d} is the logical date")
@@ -155,6 +161,9 @@ class Source(_Model):
                                            "csv or w3c format: column or JSON path -> raw field (Fastly)")
     trusted_proxies: tuple[str, ...] = Field((), description="networks (CIDR) of your own proxies and load "
                                              "balancers: the client is the last X-Forwarded-For address outside them")
+    other_hosts: Literal["skip", "quarantine"] | OtherHostSite = Field(
+        "skip", description="a line whose host no site lists: skip (counted as 'other host', the default), "
+        "quarantine it, or {site: NAME} to stage it under that site")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -328,6 +337,10 @@ class Config(_Model):
             if src.site is not None and src.site not in site_names:
                 raise ValueError(f"sources[{i}].site: {src.site!r} is not one of the sites {site_names}"
                                  f"{did_you_mean(src.site, site_names)}")
+            other = src.other_hosts
+            if isinstance(other, OtherHostSite) and other.site not in site_names:
+                raise ValueError(f"sources[{i}].other_hosts.site: {other.site!r} is not one of the sites "
+                                 f"{site_names}{did_you_mean(other.site, site_names)}")
         return self
 
     def site(self, name: str) -> Site:

@@ -41,8 +41,9 @@ BLANK = "blank"
 HEADER = "header"
 NOT_REQUEST = "not a request record"
 UNKNOWN_HOST = "host matches no configured site"
+OTHER_HOST = "other host"  # a host no site lists, skipped (counted) by a source's default `other_hosts: skip`
 NO_HOST = "no host field to match a site"
-SKIP_REASONS = (BLANK, NOT_REQUEST)
+SKIP_REASONS = (BLANK, NOT_REQUEST, OTHER_HOST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
@@ -105,6 +106,8 @@ class ParseContext:
     host_sites: dict[str, str]  # hostname (or *.suffix) -> site name
     max_line_bytes: int
     trusted_proxies: tuple[str, ...] = ()  # CIDRs: the client is read from X-Forwarded-For past them
+    other_hosts: str = "quarantine"  # a host no site lists: "quarantine" or "skip" (counted); with
+    other_site: str | None = None  # a site name, such a line is staged under that site instead
 
     @property
     def forwarded(self) -> bool:
@@ -528,6 +531,9 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
                if "path" in have else "NULL")
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")
     site = _q(ctx.default_site) if ctx.default_site else _site_case(ctx.host_sites)
+    if ctx.other_site and not ctx.default_site:
+        site = f"coalesce({site}, {_q(ctx.other_site)})"
+    other = OTHER_HOST if ctx.other_hosts == "skip" else UNKNOWN_HOST
     skip = f"WHEN skip_field IS NULL THEN {_q(NOT_REQUEST)}" if fmt.skip_without else ""
     fwd = f" {col('forwarded_for')} AS forwarded_for," if ctx.forwarded else ""
     max_b = int(ctx.max_line_bytes)
@@ -603,7 +609,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         WHEN status IS NULL OR status NOT BETWEEN 100 AND 599 THEN 'status not in 100-599'
         WHEN NOT starts_with(path, '/') THEN 'request target is not a path'
         WHEN site IS NULL AND host IS NULL THEN {_q(NO_HOST)}
-        WHEN site IS NULL THEN {_q(UNKNOWN_HOST)}
+        WHEN site IS NULL THEN {_q(other)}
       END AS reason
     FROM q
     """
@@ -721,6 +727,9 @@ class BlockParser:
         if len(ln) > 1 and not bool(np.all(ln[1:] > ln[:-1])):
             events = events.sort_by("line_number")  # DuckDB kept the order; this is a safety net
         if bad.num_rows:
+            unknown = bad.filter(pc.is_in(bad["reason"], pa.array([UNKNOWN_HOST, OTHER_HOST])))
+            for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
+                stats.unknown_hosts[r["values"]] += r["counts"]
             skip = pc.is_in(bad["reason"], pa.array(SKIP_REASONS))
             for r in pc.value_counts(bad.filter(skip)["reason"]).to_pylist():
                 stats.skipped[r["values"]] += r["counts"]
@@ -729,9 +738,6 @@ class BlockParser:
                 bad = bad.sort_by("line_number")
             for r in pc.value_counts(bad["reason"]).to_pylist():
                 stats.reasons[r["values"]] += r["counts"]
-            unknown = bad.filter(pc.equal(bad["reason"], UNKNOWN_HOST))
-            for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
-                stats.unknown_hosts[r["values"]] += r["counts"]
         stats.parsed = events.num_rows
         stats.quarantined = bad.num_rows
         return ParsedBlock(events, self._quarantine_rows(bad, block), stats)

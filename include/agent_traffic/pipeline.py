@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
-from agent_traffic.config import Config, Source, load_config
+from agent_traffic.config import Config, OtherHostSite, Source, load_config
 from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
 from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
 from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
@@ -189,8 +189,10 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             "every client address would be a proxy's: log $http_x_forwarded_for (format nginx_main), or remove "
             "trusted_proxies"
         )
+    other = src.other_hosts
     ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
-                       src.trusted_proxies)
+                       src.trusted_proxies, other_hosts="skip" if other == "skip" else "quarantine",
+                       other_site=other.site if isinstance(other, OtherHostSite) else None)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
     for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
         stats.add(block.stats)

@@ -17,6 +17,7 @@ from typing import Any
 from agent_traffic.config import Config
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.ledger import ledger_rows
+from agent_traffic.parse import OTHER_HOST
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
@@ -202,7 +203,10 @@ def build_summary(
             problems.append(f"source {name}: lines read do not add up to parsed + quarantined + skipped")
         if src["unknown_hosts"]:
             hosts = ", ".join(f"{h} ({_n(n)})" for h, n in list(src["unknown_hosts"].items())[:5])
-            notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) quarantined because "
+            other = src["lines"]["skipped"].get(OTHER_HOST, 0)
+            done = (f"skipped as {OTHER_HOST!r} (not bad data, not counted against quality)" if other
+                    else "quarantined")
+            notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) {done} because "
                          f"their host matches no site's hostnames: {hosts}; add the host to a site's "
                          "`hostnames` to stage them")
     return {

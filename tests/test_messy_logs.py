@@ -1,0 +1,108 @@
+"""Messy and hostile logs, through the real pipeline (runner -> DuckDB -> Parquet -> GX -> local
+receiver): they never stop delivery, crash a run, or send an event twice."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent_traffic.config import load_config
+from agent_traffic.errors import ConfigError
+from agent_traffic.pipeline import Runtime
+from agent_traffic.runner import run
+from agent_traffic.secrets import env_resolver
+
+DAY = date(2026, 11, 21)
+SITE_ID = "01JDEM0SANDB0X0000000000AA"
+AI_UA = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; ClaudeBot/1.0; +claudebot@anthropic.com)"
+HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
+
+
+def combined(i: int, *, ua: str = AI_UA, method: str = "GET", when: str | None = None, tag: str = "s") -> str:
+    """One combined line whose path carries `seq=<tag>-<i>`, so each delivered event is told apart."""
+    t = when or f"21/Nov/2026:{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d} +0000"
+    return f'203.0.113.{i % 250 + 1} - - [{t}] "{method} /p?seq={tag}-{i} HTTP/1.1" 200 512 "-" "{ua}"'
+
+
+def put(root: Path, name: str, lines: list[str], *, compress: bool = True) -> Path:
+    folder = root / f"{DAY:%Y/%m/%d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = ("\n".join(lines) + "\n").encode()
+    p = folder / name
+    p.write_bytes(gzip.compress(data) if compress else data)
+    return p
+
+
+def config(tmp_path: Path, sandbox, sources: list[dict], *, sites: list[dict] | None = None) -> Path:
+    sites = sites or [{"name": "example.com", "destinations": [{
+        "name": "scrunch-example", "vendor": "scrunch", "site_id": SITE_ID, "base_url": sandbox.url,
+        "secret": {"env": "SCRUNCH_API_KEY_EXAMPLE"}}]}]
+    cfg = {"version": 1, "staging": str(tmp_path / "staging"), "sources": sources, "sites": sites,
+           "delivery": {"max_attempts": 3, "backoff_base_s": 0.01, "backoff_cap_s": 0.05,
+                        "retry_after_cap_s": 0.1, "timeout_s": 5}}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def run_day(cfg: Path, api_key: str, run_id: str, **kw) -> dict:
+    rt = Runtime.load(str(cfg), run_id)
+    return run(rt, DAY, DAY, resolver=env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key}),
+               progress=lambda _m: None, **kw)
+
+
+def seqs(sandbox) -> Counter[str]:
+    """seq tag -> times the receiver accepted that event."""
+    return Counter(e["url"].rsplit("seq=", 1)[1] for e in sandbox.accepted("scrunch", SITE_ID))
+
+
+# ---------------------------------------------------------------------------------------------
+# other hosts
+
+
+def test_a_vhost_log_with_a_third_of_its_lines_on_an_unlisted_host_delivers_every_listed_ai_event(
+        tmp_path: Path, sandbox, api_key: str) -> None:
+    lines, want = [], set()
+    for i in range(150):
+        host = "other.example.net" if i % 3 == 2 else "example.com"
+        ua = AI_UA if i % 2 == 0 else HUMAN_UA
+        if host == "example.com" and ua == AI_UA:
+            want.add(f"s-{i}")
+        lines.append(f"{host}:443 " + combined(i, ua=ua))
+    put(tmp_path / "logs", "vhost.log.gz", lines)
+    cfg = config(tmp_path, sandbox, [{"name": "vhosts", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/",
+                                      "format": "auto"}])
+    s = run_day(cfg, api_key, "r1")
+    assert s["ok"], s["problems"]
+    assert s["lines"]["quarantined"] == 0 and s["lines"]["skipped"] == {"other host": 50}
+    got = seqs(sandbox)
+    assert set(got) == want and max(got.values()) == 1
+    assert s["destinations"][0]["delivered"] == len(want) and s["destinations"][0]["held"] == 0
+    assert any("other.example.net (50)" in n and "skipped as 'other host'" in n for n in s["notes"])
+
+
+def test_other_hosts_may_be_quarantined_or_staged_under_a_named_site(tmp_path: Path, sandbox, api_key: str) -> None:
+    lines = [f"{'example.com' if i % 2 else 'shop.example.net'} " + combined(i) for i in range(20)]
+    put(tmp_path / "logs", "vhost.log.gz", lines)
+    src = {"name": "vhosts", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/", "format": "vhost_combined"}
+    cfg = config(tmp_path, sandbox, [{**src, "other_hosts": {"site": "example.com"}}])
+    s = run_day(cfg, api_key, "r1")
+    assert s["ok"] and s["lines"]["parsed"] == 20 and s["lines"]["skipped"] == {}
+    assert len(seqs(sandbox)) == 20
+    cfg = config(tmp_path, sandbox, [{**src, "other_hosts": "quarantine"}])
+    s = run_day(cfg, api_key, "r2", reprocess=True)
+    assert s["lines"]["quarantine_reasons"] == {"host matches no configured site": 10}
+
+
+def test_other_hosts_names_a_configured_site(tmp_path: Path, sandbox) -> None:
+    cfg = config(tmp_path, sandbox, [{"name": "v", "url": str(tmp_path) + "/{date:%Y}/", "other_hosts": {"site": "exmple.com"}}])
+    with pytest.raises(ConfigError, match=r"other_hosts.site: 'exmple.com' is not one of the sites.*did you mean"):
+        load_config(cfg)
+    cfg = config(tmp_path, sandbox, [{"name": "v", "url": str(tmp_path) + "/{date:%Y}/", "other_hosts": "drop"}])
+    with pytest.raises(ConfigError, match="other_hosts"):
+        load_config(cfg)
