@@ -106,3 +106,50 @@ def test_other_hosts_names_a_configured_site(tmp_path: Path, sandbox) -> None:
     cfg = config(tmp_path, sandbox, [{"name": "v", "url": str(tmp_path) + "/{date:%Y}/", "other_hosts": "drop"}])
     with pytest.raises(ConfigError, match="other_hosts"):
         load_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad rows never hold good rows
+
+
+def test_two_odd_methods_in_102_lines_deliver_all_100_ai_events(tmp_path: Path, sandbox, api_key: str) -> None:
+    lines = [combined(i) for i in range(100)] + [combined(100, method="FOO"), combined(101, method="M-SEARCH")]
+    put(tmp_path / "logs", "access.log.gz", lines)
+    cfg = config(tmp_path, sandbox, [{"name": "web", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/",
+                                      "format": "combined", "site": "example.com"}])
+    s = run_day(cfg, api_key, "r1")
+    assert s["ok"], s["problems"]
+    got = seqs(sandbox)
+    assert {f"s-{i}" for i in range(100)} <= set(got) and max(got.values()) == 1
+    assert s["destinations"][0]["held"] == 0 and s["holds"] == {}
+    # valid RFC 9110 tokens, unusual: delivered too, and counted as a warning
+    assert {"s-100", "s-101"} <= set(got)
+    assert any("be_in_set(method) failed on 2 of 102" in n for n in s["notes"])
+
+
+def test_a_source_whose_lines_mostly_do_not_match_holds_only_its_own_objects(
+        tmp_path: Path, sandbox, api_key: str) -> None:
+    put(tmp_path / "good", "access.log.gz", [combined(i, tag="g") for i in range(50)])
+    bad = [combined(i, tag="b") for i in range(10)] + [f"garbage line {i} that no format reads" for i in range(40)]
+    put(tmp_path / "bad", "access.log.gz", bad)
+    cfg = config(tmp_path, sandbox, [
+        {"name": "good", "url": str(tmp_path / "good") + "/{date:%Y/%m/%d}/", "format": "combined", "site": "example.com"},
+        {"name": "bad", "url": str(tmp_path / "bad") + "/{date:%Y/%m/%d}/", "format": "combined", "site": "example.com"},
+    ])
+    s = run_day(cfg, api_key, "r1")
+    assert set(seqs(sandbox)) == {f"g-{i}" for i in range(50)}  # the other source, same site and day
+    assert list(s["holds"][str(DAY)]) == ["bad"]
+    d = s["destinations"][0]
+    assert d["delivered"] == 50 and d["held"] == 10 and d["balanced"]
+    line = next(p for p in s["problems"] if p.startswith(f"source bad {DAY}: 1 object(s) held"))
+    assert "quarantine_ratio" in line and f"agent-traffic release --config {cfg} --source bad --date {DAY}" in line
+    # the user looked, and releases the hold with the command the summary gave
+    from agent_traffic.cli import main
+
+    assert main(["release", "--config", str(cfg), "--source", "bad", "--date", str(DAY)]) == 0
+    s2 = run_day(cfg, api_key, "r2")
+    assert s2["ok"], s2["problems"]
+    got = seqs(sandbox)
+    assert set(got) == {f"g-{i}" for i in range(50)} | {f"b-{i}" for i in range(10)} and max(got.values()) == 1
+    s3 = run_day(cfg, api_key, "r3", reprocess=True)  # validated again: a released object stays released
+    assert s3["ok"] and s3["holds"] == {} and max(seqs(sandbox).values()) == 1

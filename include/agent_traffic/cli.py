@@ -102,6 +102,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    """Let a source's objects that data quality held go to delivery (after a look at why)."""
+    from agent_traffic.config import load_config
+    from agent_traffic.holds import release
+    from agent_traffic.pipeline import days_between
+
+    cfg = load_config(args.config)
+    if args.source not in {s.name for s in cfg.sources}:
+        print(f"agent-traffic: no source {args.source!r} in the config", file=sys.stderr)
+        return 2
+    days = [d.isoformat() for d in days_between(args.date, args.until or args.date)]
+    done = release(_staging(args.config), days, args.source)
+    if not done:
+        print(f"nothing held for source {args.source} on {', '.join(days)}")
+        return 0
+    for day, objs in done.items():
+        for url in sorted(objs.values()):
+            print(f"released  {day} {url}")
+    first, last = min(done), max(done)
+    print(f"send them: agent-traffic run --config {args.config} --date {first}" + (f" --until {last}" if last != first else ""))
+    return 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     import io
 
@@ -162,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--to", "--until", dest="last", type=_date, help="last UTC date, inclusive (default: --from)")
     rp.add_argument("--out", help="the HTML file to write (default: agent-traffic-report_<from>[_<to>].html)")
     rp.set_defaults(func=_cmd_report)
+
+    rl = sub.add_parser("release", help="send a source's objects that data quality held (after a look at why)")
+    rl.add_argument("--config", required=True)
+    rl.add_argument("--source", required=True, help="the source named in the summary's hold line")
+    rl.add_argument("--date", "--from", dest="date", required=True, type=_date, help="the held date, YYYY-MM-DD")
+    rl.add_argument("--until", "--to", dest="until", type=_date, help="last date (inclusive) for a range")
+    rl.set_defaults(func=_cmd_release)
 
     c = sub.add_parser("classify", help="what is this user agent? one per line on stdin (`<ua>` or `<ua>\\t<ip>`), "
                        "one JSON object per line out")

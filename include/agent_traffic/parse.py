@@ -45,6 +45,7 @@ OTHER_HOST = "other host"  # a host no site lists, skipped (counted) by a source
 NO_HOST = "no host field to match a site"
 SKIP_REASONS = (BLANK, NOT_REQUEST, OTHER_HOST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
+METHOD_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110: a request method is any token
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
 SCAN_ROWS = 16_384  # lines per Arrow batch handed to DuckDB
@@ -526,7 +527,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
 
     t_raw = " || ' ' || ".join(col(n) for n in fmt.timestamp.fields)
     req_parts = f"string_split({col('request')}, ' ')" if "request" in have else "NULL::VARCHAR[]"
-    req_ok = "len(rp) >= 2 AND regexp_full_match(rp[1], '[A-Za-z]+')"
+    req_ok = f"len(rp) >= 2 AND regexp_full_match(rp[1], {_q(METHOD_TOKEN)})"
     from_pq = (f"CASE WHEN {col('path')} IS NOT NULL THEN {col('path')} || coalesce('?' || {col('query')}, '') END"
                if "path" in have else "NULL")
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")

@@ -49,6 +49,7 @@ class Runtime:
     cfg: Config
     options: StoreOptions
     run_id: str
+    config_path: str | None = None  # named in the commands the summary tells the user to run
 
     @cached_property
     def store(self) -> Store:
@@ -74,7 +75,7 @@ class Runtime:
     @classmethod
     def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
         cfg = load_config(config_path)
-        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id)
+        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id, config_path)
 
 
 def days_between(first: date, last: date) -> list[date]:

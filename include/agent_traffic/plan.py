@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.holds import held_objects
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 from agent_traffic.vendors import vendor
@@ -609,6 +610,9 @@ def plan_deliveries(
         for day in days:
             manifests = [m for m in read_manifests(store, day).values() if m.get("status") == STAGED]
             manifests.sort(key=lambda m: (m["url"], m["object_id"]))
+            held_objs = held_objects(store, day)  # a source's objects held by data quality: not planned
+            if held_objs:
+                manifests = [m for m in manifests if m["object_id"] not in held_objs]
             failed_quality = held_partitions(store, day, [s.name for s in cfg.sites])
             for site, dest in cfg.destinations():
                 if sites and site.name not in sites:

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
 from agent_traffic.extract import STAGED, Discovery, ObjectRef, manifest_key, planned_dates
+from agent_traffic.holds import source_holds
 from agent_traffic.pipeline import (
     Runtime,
     days_between,
@@ -128,6 +129,7 @@ def run(
         run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
         objects=parser.objects, deliveries=sender.deliveries, ledger=ledger, dry_run=dry_run,
         secret_errors=sender.secret_errors, quality=quality,
+        holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)}, config_path=rt.config_path,
     )
     if outbox is not None:
         summary["outbox"] = outbox.url(rt.run_id)

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent_traffic.config import Config
 from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.holds import held_objects, release_command
 from agent_traffic.ledger import ledger_rows
 from agent_traffic.parse import OTHER_HOST
 from agent_traffic.storage import Store
@@ -99,16 +100,41 @@ def ledger_status(
 
 
 def _count_unplanned_held(st: DestinationStatus, store: Store, day: str, site: str, planned: set[str]) -> None:
-    """A held partition's objects the planner never saw: all their events are held."""
+    """Objects the planner never saw because their partition or their source is held: all their
+    events are held."""
     hold = held_partitions(store, day, [site]).get(site)
-    if not hold:
+    by_source = held_objects(store, day)
+    if not hold and not by_source:
         return
-    n = sum(rows for oid, rec in read_manifests(store, day).items()
-            if rec.get("status") == STAGED and oid not in planned
-            for key, rows in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+    why: set[str] = set()
+    n = 0
+    for oid, rec in read_manifests(store, day).items():
+        if rec.get("status") != STAGED or oid in planned or not (hold or oid in by_source):
+            continue
+        rows = sum(r for key, r in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+        if rows:
+            n += rows
+            why |= set(hold.get("failures", [])) if hold else {by_source[oid]}
     st.events_staged += n
     st.held += n
-    st.held_because = sorted(set(st.held_because or []) | set(hold.get("failures", [])))
+    if why:
+        st.held_because = sorted(set(st.held_because or []) | why)
+
+
+def _hold_problems(holds: dict[str, dict[str, Any]], config_path: str | None) -> list[str]:
+    """One line per held source and date: which objects, which expectation, how to release them."""
+    out = []
+    for day, per_source in sorted(holds.items()):
+        for src, rec in sorted(per_source.items()):
+            urls = sorted(rec.get("held", {}).values())
+            if not urls:
+                continue
+            shown = ", ".join(urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
+            out.append(f"source {src} {day}: {len(urls)} object(s) held, not sent ({shown}) because "
+                       f"{'; '.join(rec.get('failures', []))}. Other sources and sites are delivered. Look at "
+                       f"the quarantine, fix the source (then --reprocess), or send them as they are: "
+                       f"`{release_command(config_path, src, day)}` and run the date again")
+    return out
 
 
 def _silent_sources(cfg: Config, days: Sequence[str], discovery: dict[str, Any]) -> list[str]:
@@ -142,7 +168,10 @@ def build_summary(
     dry_run: bool,
     secret_errors: dict[str, str] | None = None,
     quality: dict[str, Any] | None = None,
+    holds: dict[str, dict[str, Any]] | None = None,
+    config_path: str | None = None,
 ) -> dict[str, Any]:
+    """`holds`: date -> source -> hold record (holds.py) of the dates reported."""
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
@@ -175,7 +204,8 @@ def build_summary(
         if st.held:
             problems.append(f"{st.destination} ({st.site}): {st.held} event(s) held, not sent, because the "
                             f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
-                            "and re-run with reprocess (--reprocess) to validate and send them")
+                            "and re-run with reprocess (--reprocess) to validate and send them"
+                            + ("; or release a held source as its line says" if holds else ""))
         if st.pending and not dry_run:
             # Pending only because another worker holds their leases: that worker sends them.
             if st.pending <= leased[(st.destination, st.site)]:
@@ -196,6 +226,7 @@ def build_summary(
                              if f["suite"] == "events_rows" else f"quality {day}: {f['message']}")
     for dest, msg in (secret_errors or {}).items():
         problems.append(f"{dest}: {msg}")
+    problems += _hold_problems(holds or {}, config_path)
     notes += _silent_sources(cfg, days, discovery)
     per_source = source_breakdown(objects)
     for name, src in per_source.items():
@@ -235,6 +266,8 @@ def build_summary(
         "sources": per_source,
         "quality": {day: {"statuses": q["statuses"], "rows_quarantined": q["rows_quarantined"],
                           "docs": q.get("docs")} for day, q in (quality or {}).items()},
+        "holds": {day: {src: sorted(rec.get("held", {}).values()) for src, rec in hs.items() if rec.get("held")}
+                  for day, hs in (holds or {}).items() if any(r.get("held") for r in hs.values())},
         "ai_events_by_provider": dict(ai.most_common()),
         "this_run": dict(sent),
         "destinations": [s.as_dict() for s in ledger],
