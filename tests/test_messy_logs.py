@@ -153,3 +153,62 @@ def test_a_source_whose_lines_mostly_do_not_match_holds_only_its_own_objects(
     assert set(got) == {f"g-{i}" for i in range(50)} | {f"b-{i}" for i in range(10)} and max(got.values()) == 1
     s3 = run_day(cfg, api_key, "r3", reprocess=True)  # validated again: a released object stays released
     assert s3["ok"] and s3["holds"] == {} and max(seqs(sandbox).values()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# no object can end a run
+
+
+def test_out_of_range_timestamps_are_quarantined_with_their_reason(tmp_path: Path, sandbox, api_key: str) -> None:
+    import json
+
+    times = ["2026-11-21T10:00:00Z", "10000-01-01T00:00:00Z", "infinity", "-infinity", "0044-03-15 BC",
+             "1066-10-14T09:00:00Z", "2026-11-21T11:00:00Z"]
+    lines = [json.dumps({"time_iso8601": t, "remote_addr": "192.0.2.1", "request": f"GET /p?seq=s-{i} HTTP/1.1",
+                         "status": 200, "body_bytes_sent": 5, "http_user_agent": AI_UA})
+             for i, t in enumerate(times)]
+    put(tmp_path / "json", "a.log", lines, compress=False)
+    put(tmp_path / "clf", "a.log.gz", [combined(0, tag="c"), combined(1, tag="c", when="21/Nov/10000:10:00:00 +0000")])
+    cfg = config(tmp_path, sandbox, [
+        {"name": "j", "url": str(tmp_path / "json") + "/{date:%Y/%m/%d}/", "format": "nginx_json", "site": "example.com"},
+        {"name": "c", "url": str(tmp_path / "clf") + "/{date:%Y/%m/%d}/", "format": "combined", "site": "example.com"},
+    ])
+    s = run_day(cfg, api_key, "r1")
+    assert s["objects"]["staged"] == 2 and s["objects"]["failed"] == []
+    reasons = s["lines"]["quarantine_reasons"]
+    assert reasons["timestamp out of range (before 1900 or after 2199)"] >= 3  # year 10000, infinity, 1066
+    assert sum(reasons.values()) == 6 and s["lines"]["parsed"] == 3 and s["lines"]["balanced"]
+
+
+def test_an_object_that_raises_inside_parsing_fails_alone_is_retried_then_poisoned(
+        tmp_path: Path, sandbox, api_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_traffic import parse
+
+    real = parse.BlockParser.parse
+
+    def parse_or_raise(self, block):
+        if self.ctx.source_object.endswith("poison.log.gz"):
+            raise RuntimeError("a parser bug this object finds")
+        return real(self, block)
+
+    monkeypatch.setattr(parse.BlockParser, "parse", parse_or_raise)
+    put(tmp_path / "logs", "good.log.gz", [combined(i, tag="g") for i in range(20)])
+    put(tmp_path / "logs", "poison.log.gz", [combined(i, tag="p") for i in range(20)])
+    cfg = config(tmp_path, sandbox, [{"name": "web", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/",
+                                      "format": "combined", "site": "example.com"}])
+    for n in (1, 2):
+        s = run_day(cfg, api_key, f"r{n}")
+        assert s["objects"]["processed"] == (2 if n == 1 else 1)  # the failed one is retried
+        assert [f["url"].rsplit("/", 1)[1] for f in s["objects"]["failed"]] == ["poison.log.gz"]
+        assert any(f"failed ({n} run(s) in a row): RuntimeError: a parser bug" in p for p in s["problems"])
+        assert set(seqs(sandbox)) == {f"g-{i}" for i in range(20)}  # the good object, delivered once
+    s = run_day(cfg, api_key, "r3")
+    said = next(p for p in s["problems"] if "is poisoned" in p)
+    assert "failed 3 runs in a row" in said and f"--date {DAY} --retry-poisoned" in said
+    s = run_day(cfg, api_key, "r4")  # skipped now, and still said
+    assert s["objects"]["processed"] == 0 and any("is poisoned" in p for p in s["problems"])
+    monkeypatch.setattr(parse.BlockParser, "parse", real)  # the bug is fixed; the user retries it
+    s = run_day(cfg, api_key, "r5", retry_poisoned=True)
+    assert s["ok"], s["problems"]
+    got = seqs(sandbox)
+    assert set(got) == {f"{t}-{i}" for t in "gp" for i in range(20)} and max(got.values()) == 1

@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url("_outbox"))
     summary = run(
         rt, args.date, args.until or args.date, sites=args.site, destinations=args.destination,
-        dry_run=args.dry_run, reprocess=args.reprocess, outbox=outbox,
+        dry_run=args.dry_run, reprocess=args.reprocess, retry_poisoned=args.retry_poisoned, outbox=outbox,
         progress=Progress(None if args.quiet else sys.stderr),
     )
     print(render(summary))
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="write request bodies to the outbox, send nothing")
     r.add_argument("--outbox", help="outbox folder for --dry-run (default: <staging>/_outbox)")
     r.add_argument("--reprocess", action="store_true", help="parse objects again even if staged")
+    r.add_argument("--retry-poisoned", action="store_true",
+                   help="parse again objects that failed 3 runs in a row (skipped until they change otherwise)")
     r.add_argument("--json", help="also write the summary as JSON to this file")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_run)

@@ -45,6 +45,10 @@ OTHER_HOST = "other host"  # a host no site lists, skipped (counted) by a source
 NO_HOST = "no host field to match a site"
 SKIP_REASONS = (BLANK, NOT_REQUEST, OTHER_HOST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
+#: Times a log line may carry: wider than any real log, narrower than Python's and pandas' ranges
+#: (year 10000, `infinity` or a BC date would overflow them and end the run)
+TS_RANGE = ("1900-01-01 00:00:00+00", "2200-01-01 00:00:00+00")
+TS_OUT_OF_RANGE = "timestamp out of range (before 1900 or after 2199)"
 METHOD_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110: a request method is any token
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
@@ -606,6 +610,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         {skip}
         WHEN t_raw IS NULL THEN 'no timestamp'
         WHEN ts IS NULL THEN 'unparseable timestamp'
+        WHEN NOT (ts >= TIMESTAMPTZ '{TS_RANGE[0]}' AND ts < TIMESTAMPTZ '{TS_RANGE[1]}') THEN {_q(TS_OUT_OF_RANGE)}
         WHEN method IS NULL OR target IS NULL THEN 'unparseable request line'
         WHEN status IS NULL OR status NOT BETWEEN 100 AND 599 THEN 'status not in 100-599'
         WHEN NOT starts_with(path, '/') THEN 'request target is not a path'

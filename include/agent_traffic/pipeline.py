@@ -13,14 +13,22 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
 from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
 from agent_traffic.config import Config, OtherHostSite, Source, load_config
 from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
-from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
-from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
+from agent_traffic.errors import AgentTrafficError, ConfigError
+from agent_traffic.extract import (
+    FAILED,
+    POISON_AFTER,
+    POISONED,
+    STAGED,
+    Discovery,
+    ObjectRef,
+    discover,
+    manifest_key,
+)
 from agent_traffic.formats import LogFormat, detect_format, load_formats
 from agent_traffic.parse import (
     BLANK,
@@ -89,9 +97,11 @@ def days_between(first: date, last: date) -> list[date]:
 
 
 def discover_objects(
-    rt: Runtime, days: Sequence[date], *, sources: Iterable[str] | None = None, reprocess: bool = False
+    rt: Runtime, days: Sequence[date], *, sources: Iterable[str] | None = None, reprocess: bool = False,
+    retry_poisoned: bool = False,
 ) -> Discovery:
-    return discover(rt.cfg, rt.store, days, rt.options, sources=sources, reprocess=reprocess)
+    return discover(rt.cfg, rt.store, days, rt.options, sources=sources, reprocess=reprocess,
+                    retry_poisoned=retry_poisoned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ class ObjectResult:
     url: str
     source: str
     date: str
-    status: str  # staged | failed
+    status: str  # staged | failed | poisoned
     format: str | None = None
     format_reason: str | None = None
     compression: str | None = None
@@ -120,6 +130,7 @@ class ObjectResult:
     stats: dict[str, Any] = field(default_factory=dict)
     ai_by_provider: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
+    failures: int = 0  # runs in a row this version failed in
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -159,12 +170,17 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
                 res.format, res.format_reason = fmt.id, why
                 _stage_blocks(rt, src, ref, fmt, blocks, stager, stats, ai)
         files = stager.commit()
-    except (ObjectReadError, ConfigError, OSError, UnicodeError, duckdb.Error) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever one object raises fails that object, never the run
         stager.abort()
         res.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AgentTrafficError) else str(exc)
         res.stats = stats.as_dict()
+        before = rt.store.get_json_or_none(manifest_key(ref.date, ref.object_id)) or {}
+        res.failures = 1 + (before.get("failures") or 1 if before.get("status") in (FAILED, POISONED) else 0)
+        if res.failures >= POISON_AFTER:
+            res.status = POISONED
         rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
-        log.warning("object %s failed: %s (the next run retries it)", ref.url, res.reason)
+        log.warning("object %s failed (%d run(s) in a row): %s (%s)", ref.url, res.failures, res.reason,
+                    "poisoned: skipped until it changes" if res.status == POISONED else "the next run retries it")
         return res
     res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
     if ref.previous:
@@ -244,6 +260,7 @@ def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[
         "stats": res.stats,
         "ai_by_provider": res.ai_by_provider,
         "files": files,
+        "failures": res.failures,
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

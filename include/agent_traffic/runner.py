@@ -52,6 +52,7 @@ def run(
     destinations: Sequence[str] = (),
     dry_run: bool = False,
     reprocess: bool = False,
+    retry_poisoned: bool = False,
     outbox: Store | None = None,
     resolver: SecretResolver | None = None,
     progress: Callable[[str], None] | None = None,
@@ -79,7 +80,7 @@ def run(
     t_run = time.monotonic()
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
-    disc = discover_objects(rt, days, reprocess=reprocess)
+    disc = discover_objects(rt, days, reprocess=reprocess, retry_poisoned=retry_poisoned)
     rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", disc.as_dict(ds))
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged" + (f", {disc.late} late on {', '.join(disc.lookback)}" if disc.late else ""))

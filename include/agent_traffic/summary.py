@@ -195,8 +195,15 @@ def build_summary(
             sent[k] += d.get(k, 0)
         leased[(d.get("destination"), d.get("site"))] += d.get("leased_elsewhere_events", 0)
     problems = []
-    if failed_objects:
-        problems.append(f"{len(failed_objects)} object(s) failed to parse; the next run retries them")
+    retry = f"agent-traffic run --config {config_path or '<config.yaml>'} --date {{}} --retry-poisoned"
+    for o in objects:
+        if o["status"] == "failed":
+            problems.append(f"object {o['url']} ({o['date']}) failed ({o.get('failures') or 1} run(s) in a row): "
+                            f"{o.get('reason')}; the next run retries it, other objects are unaffected")
+    for o in [o for o in objects if o["status"] == "poisoned"] + list(discovery.get("poisoned", [])):
+        problems.append(f"object {o['url']} ({o['date']}) is poisoned: it failed {o.get('failures')} runs in a "
+                        f"row (last: {o.get('reason')}), so it is skipped until it changes; to try it again: "
+                        f"`{retry.format(o['date'])}`")
     notes = []
     for st in ledger:
         if st.failed:
