@@ -212,3 +212,47 @@ def test_an_object_that_raises_inside_parsing_fails_alone_is_retried_then_poison
     assert s["ok"], s["problems"]
     got = seqs(sandbox)
     assert set(got) == {f"{t}-{i}" for t in "gp" for i in range(20)} and max(got.values()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# identity survives a new object version
+
+
+def test_a_growing_local_file_delivers_only_its_new_lines(tmp_path: Path, sandbox, api_key: str) -> None:
+    lines = [combined(i) for i in range(100)] + [combined(100, ua=HUMAN_UA)]
+    log = put(tmp_path / "logs", "access.log", lines, compress=False)
+    cfg = config(tmp_path, sandbox, [{"name": "web", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/access.log",
+                                      "format": "combined", "site": "example.com"}])
+    s = run_day(cfg, api_key, "r1")
+    assert s["ok"] and len(seqs(sandbox)) == 100
+    with log.open("a") as f:  # the server logs one more request
+        f.write(combined(101) + "\n")
+    s = run_day(cfg, api_key, "r2")
+    assert s["ok"], s["problems"]
+    got = seqs(sandbox)
+    assert len(sandbox.accepted("scrunch", SITE_ID)) == 101 and got["s-101"] == 1 and max(got.values()) == 1
+    assert s["this_run"]["delivered_events"] == 1 and s["this_run"]["possible_duplicates"] == 0
+    d = s["destinations"][0]
+    assert d["delivered"] == 101 and d["events_staged"] == 102 and d["balanced"]
+    assert any("101 of its 102 event(s) are unchanged" in n and "1 new or changed" in n for n in s["notes"])
+    s = run_day(cfg, api_key, "r3")  # nothing new: nothing sent
+    assert s["ok"] and len(sandbox.accepted("scrunch", SITE_ID)) == 101
+
+
+def test_an_object_rewritten_with_one_line_changed_delivers_that_one_event(
+        tmp_path: Path, sandbox, api_key: str) -> None:
+    lines = [combined(i) for i in range(60)]
+    put(tmp_path / "logs", "a.log.gz", lines)
+    cfg = config(tmp_path, sandbox, [{"name": "web", "url": str(tmp_path / "logs") + "/{date:%Y/%m/%d}/",
+                                      "format": "combined", "site": "example.com"}])
+    assert run_day(cfg, api_key, "r1")["ok"]
+    lines[30] = combined(30, tag="changed")
+    put(tmp_path / "logs", "a.log.gz", lines)  # same key, new bytes: a new object version
+    s = run_day(cfg, api_key, "r2")
+    assert s["ok"], s["problems"]
+    got = seqs(sandbox)
+    assert len(sandbox.accepted("scrunch", SITE_ID)) == 61 and got["changed-30"] == 1
+    assert s["this_run"]["delivered_events"] == 1
+    assert any("59 of its 60 event(s) are unchanged" in n for n in s["notes"])
+    d = s["destinations"][0]
+    assert d["delivered"] == 60 and d["events_staged"] == 60 and d["balanced"]  # the old line 30 is replaced

@@ -116,6 +116,8 @@ def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, An
             for kind in ("not_selected", "not_eligible"):
                 for reason, n in (plan.get(kind) or {}).items():
                     tally[(kind, reason)][0] += n
+            if plan.get("carried"):  # acknowledged for an earlier version of the object (plan.py)
+                tally[("delivered", None)][0] += plan["carried"]
             if plan.get("too_old"):
                 tally[("too_old", plan.get("too_old_before"))][0] += plan["too_old"]
             for (outcome_name, reason), (events, chunks) in tally.items():

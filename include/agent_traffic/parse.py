@@ -598,7 +598,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
       FROM e
     )
     SELECT
-      md5({_q(ctx.object_id)} || ':' || line_number::VARCHAR) AS event_id,
+      md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line) AS event_id,
       ts, site, coalesce(host, '') AS host, method, path, query,
       scheme || '://' || coalesce(host, '') || path || CASE WHEN query IS NULL THEN '' ELSE '?' || query END AS url,
       status, bytes, duration_ms, client_ip, user_agent, referer, content_type,

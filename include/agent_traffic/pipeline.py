@@ -30,6 +30,7 @@ from agent_traffic.extract import (
     manifest_key,
 )
 from agent_traffic.formats import LogFormat, detect_format, load_formats
+from agent_traffic.identity import unchanged_lines
 from agent_traffic.parse import (
     BLANK,
     ParseContext,
@@ -131,6 +132,7 @@ class ObjectResult:
     ai_by_provider: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
     failures: int = 0  # runs in a row this version failed in
+    carried: dict[str, Any] | None = None  # lines unchanged from the previous version (identity.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -184,6 +186,7 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         return res
     res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
     if ref.previous:
+        res.carried = unchanged_lines(rt.store, ref.date, ref.previous, files)
         _drop_version(rt.store, ref.date, ref.previous, keep=set(files))
     rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
     return res
@@ -261,6 +264,7 @@ def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[
         "ai_by_provider": res.ai_by_provider,
         "files": files,
         "failures": res.failures,
+        "carried": res.carried,
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

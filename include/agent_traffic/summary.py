@@ -235,6 +235,12 @@ def build_summary(
         problems.append(f"{dest}: {msg}")
     problems += _hold_problems(holds or {}, config_path)
     notes += _silent_sources(cfg, days, discovery)
+    for o in objects:
+        if o.get("carried") is not None:
+            same, now = o["carried"]["count"], (o.get("stats") or {}).get("parsed", 0)
+            notes.append(f"object {o['url']}: a new version of an object staged before; {_n(same)} of its "
+                         f"{_n(now)} event(s) are unchanged (those already delivered are not sent again), "
+                         f"{_n(now - same)} new or changed")
     per_source = source_breakdown(objects)
     for name, src in per_source.items():
         if not src["lines"]["balanced"]:
