@@ -256,3 +256,27 @@ def test_an_object_rewritten_with_one_line_changed_delivers_that_one_event(
     assert any("59 of its 60 event(s) are unchanged" in n for n in s["notes"])
     d = s["destinations"][0]
     assert d["delivered"] == 60 and d["events_staged"] == 60 and d["balanced"]  # the old line 30 is replaced
+
+
+# ---------------------------------------------------------------------------------------------
+# memory bounded by lines as well as bytes
+
+
+def test_blank_and_short_line_floods_parse_in_blocks_of_bounded_lines() -> None:
+    from agent_traffic.formats import load_formats
+    from agent_traffic.parse import ParseContext, by_lines, parse_blocks
+
+    data = (combined(0) + "\n").encode() + b"\n" * 1_500_000 + b"a\n" * 500_000 + (combined(1) + "\n").encode()
+    assert [len(b) for b in by_lines(b"x\n" * 10 + b"y", 4)] == [8, 8, 5]  # 4, 4 and 3 lines
+    ctx = ParseContext("o" * 16, "file:///bomb.log", load_formats()["combined"], "example.com", "example.com",
+                       "https", {}, 65536)
+    pieces = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    blocks = list(parse_blocks(iter(pieces), ctx, 32 << 20, 65536))
+    assert max(b.stats.lines_read for b in blocks) <= 65536 and len(blocks) >= 2_000_002 // 65536
+    events = sum(b.stats.parsed for b in blocks)
+    blank = sum(b.stats.skipped.get("blank", 0) for b in blocks)
+    bad = sum(b.stats.quarantined for b in blocks)
+    assert (events, blank, bad) == (2, 1_500_000, 500_000)
+    assert sum(b.quarantine.num_rows for b in blocks) == 500_000
+    assert {r.as_py() for b in blocks for r in b.quarantine["raw"].unique()} == {b"a"}
+    assert [n for b in blocks for n in b.events["line_number"].to_pylist()] == [1, 2_000_002]

@@ -142,6 +142,20 @@ class Lines:
     text: pa.Array  # string_view over `buf`: valid UTF-8 (repaired where the input was not)
     repaired: int = 0
 
+    def lines(self, rows: np.ndarray) -> pa.Array:
+        """Some lines of the block as `text` has them (string_view arrays have no take kernel)."""
+        if self.repaired:
+            return self.text.cast(pa.large_string()).take(rows)
+        views = _views(np.frombuffer(self.buf, np.uint8), self.starts[rows], self.lengths[rows])
+        return pa.Array.from_buffers(pa.string_view(), len(rows), [None, pa.py_buffer(views), pa.py_buffer(self.buf)])
+
+    def raw_many(self, rows: np.ndarray) -> pa.Array:
+        """The exact bytes of many lines of the block (binary), without a Python object per line."""
+        a = np.frombuffer(self.buf, np.uint8)
+        views = _views(a, self.starts[rows], self.lengths[rows])
+        return pa.Array.from_buffers(pa.binary_view(), len(rows), [None, pa.py_buffer(views),
+                                                                    pa.py_buffer(self.buf)]).cast(pa.binary())
+
     def raw(self, i: int) -> bytes:
         """The exact bytes of the i-th line of the block."""
         s = int(self.starts[i])
@@ -192,6 +206,33 @@ def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -
         yield buf
 
 
+BLOCK_LINES = 262_144  # lines per block at most (`parse.block_lines`): a block's memory grows with lines too
+_WINDOW = 1 << 22  # bytes searched for newlines at a time, so finding them takes bounded memory
+
+
+def by_lines(buf: bytes | memoryview, max_lines: int) -> Iterator[bytes | memoryview]:
+    """Cut a block of whole lines into blocks of at most `max_lines` lines (views, no copy): 32 MB
+    of blank lines are 32 million lines, and each line costs parsing memory whatever its length."""
+    a = np.frombuffer(buf, np.uint8)
+    if np.count_nonzero(a == 10) + (len(a) > 0 and a[-1] != 10) <= max_lines:
+        yield buf
+        return
+    view, start = memoryview(buf), 0
+    while start < len(a):
+        need, pos, cut = max_lines, start, -1
+        while pos < len(a):
+            nl = np.flatnonzero(a[pos : pos + _WINDOW] == 10)
+            if len(nl) >= need:
+                cut = pos + int(nl[need - 1])
+                break
+            need, pos = need - len(nl), pos + _WINDOW
+        if cut < 0 or cut == len(a) - 1:
+            yield view[start:]
+            return
+        yield view[start : cut + 1]
+        start = cut + 1
+
+
 def frame(buf: bytes | memoryview, first_line: int) -> Lines:
     """Number the lines of a block: numpy finds the newlines, and an Arrow string_view array
     points at each line inside the block, terminator excluded, without copying the bytes."""
@@ -225,10 +266,12 @@ def _views(a: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray
         pick = np.minimum(starts[:, None] + np.arange(4), len(a) - 1)
         views[:, 4:8] = a[pick]
     words[:, 3] = starts
-    for i in np.flatnonzero(lengths <= 12).tolist():  # short strings live inside the view
-        s, ln = int(starts[i]), int(lengths[i])
-        views[i, 4:] = 0
-        views[i, 4 : 4 + ln] = a[s : s + ln]
+    short = np.flatnonzero(lengths <= 12)  # short strings live inside the view, zero-padded
+    if len(short) and len(a):
+        k = np.arange(12)
+        inside = k < lengths[short, None]
+        picked = a[np.minimum(starts[short, None] + k, len(a) - 1)]
+        views[short, 4:] = np.where(inside, picked, 0)
     return views
 
 
@@ -694,7 +737,14 @@ class BlockParser:
         elif fmt.kind == "w3c":
             outs = self._w3c(block, nums, stats)
         else:
-            outs = [self._query(pa.table({"line_number": nums, "line": block.text}), None)]
+            empty = block.lengths == 0
+            if empty.any():  # empty lines are blank without a query: a flood of them costs little
+                stats.skipped[BLANK] += int(empty.sum())
+                keep = np.flatnonzero(~empty)
+                nums, text = nums.take(keep), block.lines(keep)
+            else:
+                text = block.text
+            outs = [self._query(pa.table({"line_number": nums, "line": text}), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
@@ -750,7 +800,7 @@ class BlockParser:
 
     def _quarantine_rows(self, bad: pa.Table, block: Lines) -> pa.Table:
         nums = bad["line_number"]
-        raw = [block.raw(n - block.first_line) for n in nums.to_pylist()]
+        raw = block.raw_many(nums.to_numpy() - block.first_line)
         k = len(raw)
         return pa.table(
             {
@@ -758,7 +808,7 @@ class BlockParser:
                 "source_object": pa.array([self.ctx.source_object] * k, pa.string()),
                 "line_number": nums.cast(pa.int64()),
                 "reason": bad["reason"].cast(pa.string()),
-                "raw": pa.array(raw, pa.binary()),
+                "raw": raw,
             },
             schema=QUARANTINE_SCHEMA,
         )
@@ -798,12 +848,14 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
     return lines, lines - st.reasons.get(f"does not match format {fmt.id}", 0)
 
 
-def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int) -> Iterator[ParsedBlock]:
+def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int,
+                 block_lines: int = BLOCK_LINES) -> Iterator[ParsedBlock]:
     """Parse decompressed bytes; yields events and quarantine rows per block, in line order."""
     parser = BlockParser(ctx)
     try:
         # reading, decompressing and framing in one thread, the DuckDB parse in this one
-        for lines in in_background(_framed(cut_blocks(blocks, block_bytes, ctx.max_line_bytes))):
+        cut = cut_blocks(blocks, block_bytes, ctx.max_line_bytes)
+        for lines in in_background(_framed(b for block in cut for b in by_lines(block, block_lines))):
             yield parser.parse(lines)
     finally:
         parser.close()

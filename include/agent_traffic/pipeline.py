@@ -214,7 +214,7 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
                        src.trusted_proxies, other_hosts="skip" if other == "skip" else "quarantine",
                        other_site=other.site if isinstance(other, OtherHostSite) else None)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
-    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
+    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines)):
         stats.add(block.stats)
         events = block.events
         if events.num_rows:
