@@ -280,3 +280,34 @@ def test_blank_and_short_line_floods_parse_in_blocks_of_bounded_lines() -> None:
     assert sum(b.quarantine.num_rows for b in blocks) == 500_000
     assert {r.as_py() for b in blocks for r in b.quarantine["raw"].unique()} == {b"a"}
     assert [n for b in blocks for n in b.events["line_number"].to_pylist()] == [1, 2_000_002]
+
+
+# ---------------------------------------------------------------------------------------------
+# config sanity
+
+
+def test_a_billion_laughs_config_is_a_clear_error(tmp_path: Path) -> None:
+    laughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        laughs.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    p = tmp_path / "laughs.yaml"
+    p.write_text("\n".join(laughs) + "\nversion: 1\nstaging: /tmp/x\n")
+    with pytest.raises(ConfigError, match=r"expands to more than 1,000,000 values.*billion laughs"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "said"), [
+    ("delivery", "timeout_s", float("inf"), "finite number"),
+    ("delivery", "backoff_cap_s", float("nan"), "finite number"),
+    ("parse", "max_line_bytes", 2**62, "less than or equal to 67108864"),
+    ("parse", "block_bytes", 2**40, "less than or equal to"),
+])
+def test_numbers_are_finite_and_within_sane_bounds(tmp_path: Path, sandbox, section: str, key: str, value: float,
+                                                    said: str) -> None:
+    p = config(tmp_path, sandbox, [{"name": "v", "url": str(tmp_path) + "/{date:%Y}/", "site": "example.com"}])
+    data = yaml.safe_load(p.read_text())
+    data.setdefault(section, {})[key] = value
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: .*{said}"):
+        load_config(p)
