@@ -332,11 +332,15 @@ def validate_date(
     result.findings.extend(per_site.values())
     row_fail: dict[str, Counter[str]] = defaultdict(Counter)  # source -> reason -> rows moved to quarantine
     source_of = {o["object_id"]: o["source"] for o in staged}
+    moved: dict[str, list[tuple[pa.Table, dict[str, str]]]] = defaultdict(list)  # object -> rows, reasons
     for key, reasons in bad.items():
         removed = _rewrite_without(store, key, set(reasons))
-        _quarantine_rows(store, day, owner[key], removed, reasons)
+        moved[owner[key]].append((removed, reasons))
         row_fail[source_of[owner[key]]].update(reasons[e] for e in removed["event_id"].to_pylist())
         result.rows_quarantined.update(reasons.values())
+    for oid, parts in moved.items():  # one write per object: an object over thousands of dates has as many files
+        _quarantine_rows(store, day, oid, pa.concat_tables([t for t, _ in parts]),
+                         {e: r for _, reasons in parts for e, r in reasons.items()})
     if bad:
         part_rows = _partition_counts(store, day, sites)
     result.findings += v.check_frame(v.partition_definition(), part_rows, "partition", "site")
