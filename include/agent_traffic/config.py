@@ -249,7 +249,8 @@ class QualityPolicy(_Model):
                                           description="event times may stray this far from the date")
     methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
                                 "TRACE", "PROPFIND")
-    max_failed_row_ratio: float = Field(0.01, ge=0, le=1, description="above this, the partition is held")
+    max_failed_row_ratio: float = Field(0.01, ge=0, le=1, description="above this share of a source's rows "
+                                        "failing row expectations, its objects of the day are held")
     quarantine_ratio_warn: float = Field(0.01, ge=0, le=1)
     quarantine_ratio_fail: float = Field(0.05, ge=0, le=1)
 
