@@ -208,6 +208,7 @@ def agent_traffic_nightly():
     def report(staged: list, quality: dict, *delivered: list, params: dict | None = None) -> dict:
         """Write the run summary to the store, print the table; fail the run if anything failed."""
         from agent_traffic.extract import planned_dates
+        from agent_traffic.holds import source_holds
         from agent_traffic.summary import build_summary, ledger_status, render
 
         rt = _runtime()
@@ -220,7 +221,9 @@ def agent_traffic_nightly():
                                destinations=p.get("destinations") or None)
         summary = build_summary(run_id=rt.run_id, cfg=rt.cfg, days=days, discovery=disc,
                                 objects=objects, deliveries=deliveries, ledger=ledger,
-                                dry_run=bool(p.get("dry_run")), quality=quality or {})
+                                dry_run=bool(p.get("dry_run")), quality=quality or {},
+                                holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)},
+                                config_path=os.environ.get("AGENT_TRAFFIC_CONFIG"))
         rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
         print(render(summary))
         if not summary["ok"]:
