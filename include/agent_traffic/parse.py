@@ -206,6 +206,22 @@ def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -
         yield buf
 
 
+SHORT_LINE = 16  # lines shorter than this and than the format's shortest match skip the query
+_WHITESPACE = np.zeros(256, bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # what the query trims before it calls a line blank
+
+
+def shortest_match(fmt: LogFormat) -> int:
+    """The fewest characters a line of a regex format has (Python's own regex parser says; 1 if it
+    cannot tell): a shorter line cannot match."""
+    import re._parser as sre_parse  # noqa: PLC0415 - stdlib, needed for regex formats only
+
+    try:
+        return max(1, int(sre_parse.parse(fmt.regex or "").getwidth()[0]))
+    except Exception:  # noqa: BLE001 - a syntax Python does not know (RE2's): no shortcut
+        return 1
+
+
 BLOCK_LINES = 262_144  # lines per block at most (`parse.block_lines`): a block's memory grows with lines too
 _WINDOW = 1 << 22  # bytes searched for newlines at a time, so finding them takes bounded memory
 
@@ -709,6 +725,7 @@ class BlockParser:
         self._sql: dict[tuple[str, ...] | None, str] = {}
         self.con = duck_connection()
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
+        self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
 
     def close(self) -> None:
         """The connection is the thread's, reused by the next object (opening one costs ~25 ms)."""
@@ -729,6 +746,7 @@ class BlockParser:
         stats = ParseStats(lines_read=n, invalid_utf8=block.repaired)
         nums = pa.array(np.arange(block.first_line, block.first_line + n, dtype=np.int64))
         fmt = self.ctx.fmt
+        pre = None  # lines decided without the query
         if fmt.kind == "csv":
             lines = block.text.to_pylist()
             tbl, headers = _csv_table(lines, block.first_line, fmt)
@@ -737,10 +755,12 @@ class BlockParser:
         elif fmt.kind == "w3c":
             outs = self._w3c(block, nums, stats)
         else:
-            empty = block.lengths == 0
-            if empty.any():  # empty lines are blank without a query: a flood of them costs little
-                stats.skipped[BLANK] += int(empty.sum())
-                keep = np.flatnonzero(~empty)
+            # Lines too short for the format are decided without a query (blank, or no match), so
+            # a flood of empty or two-byte lines costs a numpy pass, not a parse per line.
+            short = block.lengths < self.min_len
+            if short.any():
+                pre = self._short_lines(block, np.flatnonzero(short), stats)
+                keep = np.flatnonzero(~short)
                 nums, text = nums.take(keep), block.lines(keep)
             else:
                 text = block.text
@@ -749,7 +769,26 @@ class BlockParser:
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
             out = with_forwarded_clients(out, self._proxies)
-        return self._split(out, block, stats)
+        return self._split(out, block, stats, pre)
+
+    def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:
+        """Lines shorter than the format's shortest match: blank ones counted, the rest quarantined
+        as not matching (line_number, reason, host rows, as the query's bad rows are)."""
+        a = np.frombuffer(block.buf, np.uint8)
+        lengths = block.lengths[rows]
+        k = np.arange(int(lengths.max()) if len(rows) else 0)  # a two-byte flood looks at one byte a line
+        if len(a) and len(k):
+            picked = a[np.minimum(block.starts[rows, None] + k, len(a) - 1)]
+            blank = np.all(~(k < lengths[:, None]) | _WHITESPACE[picked], axis=1)
+        else:
+            blank = np.ones(len(rows), bool)
+        stats.skipped[BLANK] += int(blank.sum())
+        bad = rows[~blank]
+        if not len(bad):
+            return None
+        return pa.table({"line_number": pa.array(bad + block.first_line, pa.int64()),
+                         "reason": pa.repeat(pa.scalar(f"does not match format {self.ctx.fmt.id}"), len(bad)),
+                         "host": pa.nulls(len(bad), pa.string())})
 
     def _w3c(self, block: Lines, nums: pa.Array, stats: ParseStats) -> list[pa.Table]:
         """Directive lines (`#...`) are counted as headers; `#Fields:` sets the columns after it."""
@@ -771,7 +810,7 @@ class BlockParser:
             outs.append(self._query(pa.table({"line_number": nums[:0], "line": block.text[:0]}), self.layout))
         return outs
 
-    def _split(self, out: pa.Table, block: Lines, stats: ParseStats) -> ParsedBlock:
+    def _split(self, out: pa.Table, block: Lines, stats: ParseStats, pre: pa.Table | None = None) -> ParsedBlock:
         reason = out["reason"]
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])
@@ -779,6 +818,8 @@ class BlockParser:
             good = pc.is_null(reason)
             events = out.filter(good).drop_columns(["reason"])
             bad = out.filter(pc.invert(good)).select(["line_number", "reason", "host"])
+        if pre is not None:
+            bad = pa.concat_tables([bad, pre], promote_options="permissive")
         ln = events["line_number"].to_numpy()
         if len(ln) > 1 and not bool(np.all(ln[1:] > ln[:-1])):
             events = events.sort_by("line_number")  # DuckDB kept the order; this is a safety net
