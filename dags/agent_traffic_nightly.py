@@ -35,6 +35,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 from agent_traffic_airflow import (
     IP_RANGES,
     alert_on_failure,
+    config_path,
     connection_base_url,
     fail_fast,
     failed_tasks,
@@ -196,6 +197,7 @@ def agent_traffic_nightly():
         """Write the run summary to the store and print it; fail the run unless everything of its
         dates is delivered (or has a counted reason not to be) and every task succeeded."""
         from agent_traffic.extract import planned_dates
+        from agent_traffic.holds import source_holds
         from agent_traffic.summary import build_summary, ledger_status, render
 
         rt = runtime()
@@ -212,7 +214,9 @@ def agent_traffic_nightly():
                                 objects=objects, deliveries=deliveries, ledger=ledger,
                                 dry_run=bool(p.get("dry_run")), quality=quality,
                                 resend_command=_resend_command(days, p),
-                                failed_tasks=failed_tasks(states, ignore=("report", "write_report")))
+                                failed_tasks=failed_tasks(states, ignore=("report", "write_report")),
+                                holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)},
+                                config_path=config_path())
         rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
         print(render(summary))
         if not summary["ok"]:

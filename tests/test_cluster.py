@@ -291,7 +291,7 @@ def test_7_a_destination_added_later_gets_its_history_from_a_backfill(cluster: C
     for r in runs:
         assert cluster.wait_run(DAG, r["dag_run_id"]) == "success", r
     got = received(cluster, NEW_SITE_ID)
-    assert D4 == D3 - timedelta(days=1)  # each run also plans its source's lookback day (1)
+    assert D3 - timedelta(days=1) == D4  # each run also plans its source's lookback day (1)
     for day in (D4, D3, D2):  # every day, each event once, including days whose runs existed
         assert set(of_day(got, day)) == WANT[day] and max(of_day(got, day).values()) == 1, day
     assert set(got) == WANT[D4] | WANT[D3] | WANT[D2]

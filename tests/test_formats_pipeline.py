@@ -116,7 +116,7 @@ def test_cdn_logs_for_many_sites_with_a_per_source_report(tmp_path: Path, sandbo
     put(web, DAY, "access.log.gz", gzip_log(list(combined_lines(DAY, 100, tag="w"))))
     put(web, DAY, "oops.log.gz", gzip.compress(data))  # CloudFront lines in the nginx folder
     cfg = config(tmp_path, sandbox, [
-        {"name": "cdn", "url": str(logs) + "/{date:%Y/%m/%d}/", "format": "auto"},
+        {"name": "cdn", "url": str(logs) + "/{date:%Y/%m/%d}/", "format": "auto", "other_hosts": "quarantine"},
         {"name": "fastly", "url": str(tmp_path / "fastly") + "/{date:%Y/%m/%d}/", "format": "fastly_json",
          "columns": {v: k for k, v in fastly_names.items()}},
         {"name": "web", "url": str(web) + "/{date:%Y/%m/%d}/", "format": "nginx_combined", "site": "example.com"},

@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from agent_traffic.holds import source_holds
 from agent_traffic.pipeline import Runtime, discover_objects, process_object
 from agent_traffic.samples import combined_lines, gzip_log
 from agent_traffic.validate import (
@@ -74,15 +75,18 @@ def test_rows_outside_the_date_are_quarantined_with_the_expectation(tmp_path: Pa
     assert left == 0  # moved to quarantine, not dropped and not left in staging
 
 
-def test_many_failing_rows_hold_the_partition(tmp_path: Path, validator_cache: dict) -> None:
+def test_many_failing_rows_hold_their_source_not_the_partition(tmp_path: Path, validator_cache: dict) -> None:
     lines = list(combined_lines(DAY, 500, malformed_every=0))
     stray = list(combined_lines(DAY + timedelta(days=400), 100, malformed_every=0))
     rt, objects, v = stage(tmp_path, {"a.gz": lines + stray}, validator_cache)
     res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
-    assert res.statuses == {"example.com": FAIL}
-    held = held_partitions(rt.store, str(DAY), ["example.com"])
-    assert held["example.com"]["status"] == FAIL
-    said = next(m for m in held["example.com"]["failures"] if "(ts_naive)" in m)  # what the user reads
+    # bad rows never hold good rows: the partition passes with a warning; a systemic share of
+    # failing rows holds that source's objects of the day, and only those
+    assert res.statuses == {"example.com": WARN}
+    assert held_partitions(rt.store, str(DAY), ["example.com"]) == {}
+    held = source_holds(rt.store, str(DAY))["web"]
+    assert list(held["held"]) == [objects[0]["object_id"]]
+    said = next(m for m in held["failures"] if "(ts_naive)" in m)  # what the user reads
     assert "outside 2026-11-19 12:00 .. 2026-11-23 12:00 UTC" in said and "are these logs from another day" in said
 
 
@@ -90,8 +94,8 @@ def test_high_quarantine_ratio_fails_the_run_suite(tmp_path: Path, validator_cac
     lines = list(combined_lines(DAY, 300, malformed_every=0)) + ["garbage"] * 30
     rt, objects, v = stage(tmp_path, {"a.gz": lines}, validator_cache)
     res = validate_date(rt.cfg, rt.store, str(DAY), objects, run_id="run-1", validator=v)
-    assert res.statuses == {"example.com": FAIL}
-    status = rt.store.get_json(f"_quality/date={DAY}/site=example.com/status.json")
+    assert res.statuses == {"example.com": WARN} and list(res.holds) == ["web"]
+    status = source_holds(rt.store, str(DAY))["web"]
     assert any("run_counts: expect_column_values_to_be_between(quarantine_ratio) failed" in m
                and "more than 5% of the source's lines were quarantined (`quality.quarantine_ratio_fail`)" in m
                for m in status["failures"]), status
@@ -135,7 +139,8 @@ def test_failed_suite_holds_delivery_until_the_input_is_fixed(tmp_path: Path, sa
                        source_url=str(tmp_path / "logs") + "/{date:%Y/%m/%d}/*.gz", base_url=sandbox.url)
     resolver = env_resolver({"SCRUNCH_API_KEY_EXAMPLE": api_key})
     s = run(Runtime.load(str(cfg), "r1"), DAY, DAY, resolver=resolver, progress=lambda _m: None)
-    assert not s["ok"] and s["quality"][str(DAY)]["statuses"] == {"example.com": FAIL}
+    assert not s["ok"] and s["quality"][str(DAY)]["statuses"] == {"example.com": WARN}
+    assert list(s["holds"][str(DAY)]) == ["web"]  # the source's object, held
     d = s["destinations"][0]
     assert d["held"] == d["events_staged"] > 0 and d["delivered"] == 0 and d["balanced"]
     assert any("held, not sent, because the data-quality suites failed" in p for p in s["problems"])

@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url("_outbox"))
     summary = run(
         rt, args.date, args.until or args.date, sites=args.site, destinations=args.destination,
-        dry_run=args.dry_run, reprocess=args.reprocess, outbox=outbox,
+        dry_run=args.dry_run, reprocess=args.reprocess, retry_poisoned=args.retry_poisoned, outbox=outbox,
         progress=Progress(None if args.quiet else sys.stderr), resend_command=_resend(args),
     )
     print(render(summary))
@@ -117,6 +117,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    """Let a source's objects that data quality held go to delivery (after a look at why)."""
+    from agent_traffic.config import load_config
+    from agent_traffic.holds import release
+    from agent_traffic.pipeline import days_between
+
+    cfg = load_config(args.config)
+    if args.source not in {s.name for s in cfg.sources}:
+        print(f"agent-traffic: no source {args.source!r} in the config", file=sys.stderr)
+        return 2
+    days = [d.isoformat() for d in days_between(args.date, args.until or args.date)]
+    done = release(_staging(args.config), days, args.source)
+    if not done:
+        print(f"nothing held for source {args.source} on {', '.join(days)}")
+        return 0
+    for day, objs in done.items():
+        for url in sorted(objs.values()):
+            print(f"released  {day} {url}")
+    first, last = min(done), max(done)
+    print(f"send them: agent-traffic run --config {args.config} --date {first}" + (f" --until {last}" if last != first else ""))
+    return 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     import io
 
@@ -152,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="write request bodies to the outbox, send nothing")
     r.add_argument("--outbox", help="outbox folder for --dry-run (default: <staging>/_outbox)")
     r.add_argument("--reprocess", action="store_true", help="parse objects again even if staged")
+    r.add_argument("--retry-poisoned", action="store_true",
+                   help="parse again objects that failed 3 runs in a row (skipped until they change otherwise)")
     r.add_argument("--json", help="also write the summary as JSON to this file")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_run)
@@ -177,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--to", "--until", dest="last", type=_date, help="last UTC date, inclusive (default: --from)")
     rp.add_argument("--out", help="the HTML file to write (default: agent-traffic-report_<from>[_<to>].html)")
     rp.set_defaults(func=_cmd_report)
+
+    rl = sub.add_parser("release", help="send a source's objects that data quality held (after a look at why)")
+    rl.add_argument("--config", required=True)
+    rl.add_argument("--source", required=True, help="the source named in the summary's hold line")
+    rl.add_argument("--date", "--from", dest="date", required=True, type=_date, help="the held date, YYYY-MM-DD")
+    rl.add_argument("--until", "--to", dest="until", type=_date, help="last date (inclusive) for a range")
+    rl.set_defaults(func=_cmd_release)
 
     c = sub.add_parser("classify", help="what is this user agent? one per line on stdin (`<ua>` or `<ua>\\t<ip>`), "
                        "one JSON object per line out")

@@ -59,7 +59,8 @@ _VENDOR_ONLY: dict[str, tuple[frozenset[str], str]] = {
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # numbers are finite: `.inf` or `.nan` is a mistake wherever a number is set
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SecretRef(_Model):
@@ -87,7 +88,7 @@ class Destination(_Model):
     ip_policy: IpPolicy = "send"  # the vendor's default when not set (VENDOR_DEFAULTS)
     max_batch_bytes: int = Field(1_000_000, gt=1000, le=1_000_000)
     max_batch_events: int = Field(5000, gt=0, le=100_000)
-    max_age_hours: float = Field(48.0, gt=0, description="receive-time vendors: older events are not sent")
+    max_age_hours: float = Field(48.0, gt=0, le=24 * 3660, description="receive-time vendors: older events are not sent")
     send_older_events: bool = Field(False, description="send events older than max_age_hours anyway")
     rate_limit_per_s: float = Field(10.0, gt=0, le=10_000, description="HitKeep: requests/s per instance")
     rate_limit_burst: int = Field(20, ge=1, le=10_000, description="HitKeep: burst per instance")
@@ -144,6 +145,12 @@ class Site(_Model):
         return self.hostnames or (self.name, f"www.{self.name}")
 
 
+class OtherHostSite(_Model):
+    """`other_hosts: {site: NAME}`: lines whose host no site lists belong to that site."""
+
+    site: str = Field(min_length=1)
+
+
 class Source(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="object-store URL pattern; {date:%Y-%m-%d} is the logical date")
@@ -155,6 +162,9 @@ class Source(_Model):
                                            "csv or w3c format: column or JSON path -> raw field (Fastly)")
     trusted_proxies: tuple[str, ...] = Field((), description="networks (CIDR) of your own proxies and load "
                                              "balancers: the client is the last X-Forwarded-For address outside them")
+    other_hosts: Literal["skip", "quarantine"] | OtherHostSite = Field(
+        "skip", description="a line whose host no site lists: skip (counted as 'other host', the default), "
+        "quarantine it, or {site: NAME} to stage it under that site")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -193,15 +203,15 @@ class ObjectStore(_Model):
 
 class DeliveryPolicy(_Model):
     max_attempts: int = Field(6, ge=1, le=50)
-    backoff_base_s: float = Field(0.5, ge=0)
-    backoff_cap_s: float = Field(30.0, ge=0)
-    retry_after_cap_s: float = Field(120.0, ge=0)
-    timeout_s: float = Field(30.0, gt=0)
+    backoff_base_s: float = Field(0.5, ge=0, le=3600)
+    backoff_cap_s: float = Field(30.0, ge=0, le=3600)
+    retry_after_cap_s: float = Field(120.0, ge=0, le=3600)
+    timeout_s: float = Field(30.0, gt=0, le=3600)
     concurrency: int = Field(4, ge=1, le=64, description="requests in flight per destination task")
-    chunks_per_group: int = Field(20, ge=1, description="chunks per mapped Airflow delivery task")
+    chunks_per_group: int = Field(20, ge=1, le=100_000, description="chunks per mapped Airflow delivery task")
     max_groups: int = Field(200, ge=1, le=1000, description="cap on mapped delivery tasks per vendor")
     lease_seconds: float | None = Field(
-        None, gt=0, description="how long a worker owns a chunk it is sending (default: the longest a send "
+        None, gt=0, le=7 * 86400, description="how long a worker owns a chunk it is sending (default: the longest a send "
         "may take, see longest_send_s, plus a minute)")
 
     @property
@@ -226,17 +236,21 @@ class DeliveryPolicy(_Model):
 
 
 class ParsePolicy(_Model):
-    max_line_bytes: int = Field(65536, ge=256)
-    block_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_line_bytes: int = Field(65536, ge=256, le=64 << 20)
+    block_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=512 << 20)
+    block_lines: int = Field(262_144, ge=1024, le=16_777_216, description="lines per parse block at most: "
+                             "memory is bounded by lines too, so blank-line and short-line floods parse in little")
 
 
 class QualityPolicy(_Model):
     """Thresholds of the Great Expectations suites (see validate.py)."""
 
-    allowed_lateness_hours: float = Field(36, ge=0, description="event times may stray this far from the date")
+    allowed_lateness_hours: float = Field(36, ge=0, le=24 * 366,
+                                          description="event times may stray this far from the date")
     methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
                                 "TRACE", "PROPFIND")
-    max_failed_row_ratio: float = Field(0.01, ge=0, le=1, description="above this, the partition is held")
+    max_failed_row_ratio: float = Field(0.01, ge=0, le=1, description="above this share of a source's rows "
+                                        "failing row expectations, its objects of the day are held")
     quarantine_ratio_warn: float = Field(0.01, ge=0, le=1)
     quarantine_ratio_fail: float = Field(0.05, ge=0, le=1)
 
@@ -328,6 +342,10 @@ class Config(_Model):
             if src.site is not None and src.site not in site_names:
                 raise ValueError(f"sources[{i}].site: {src.site!r} is not one of the sites {site_names}"
                                  f"{did_you_mean(src.site, site_names)}")
+            other = src.other_hosts
+            if isinstance(other, OtherHostSite) and other.site not in site_names:
+                raise ValueError(f"sources[{i}].other_hosts.site: {other.site!r} is not one of the sites "
+                                 f"{site_names}{did_you_mean(other.site, site_names)}")
         return self
 
     def site(self, name: str) -> Site:
@@ -387,6 +405,25 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for a near miss among `choices`, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: Values a config may expand to, aliases counted each time they are used: thousands of sites fit
+MAX_CONFIG_VALUES = 1_000_000
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """Values in `data` with every alias expanded, counted up to just past `limit` (then it stops:
+    a billion-laughs file is never walked to its end)."""
+    n, todo = 0, [data]
+    while todo and n <= limit:
+        x = todo.pop()
+        n += 1
+        if isinstance(x, dict):
+            todo.extend(x.values())
+            n += len(x)
+        elif isinstance(x, list):
+            todo.extend(x)
+    return n
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -450,6 +487,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if _expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{p}: the config expands to more than {MAX_CONFIG_VALUES:,} values: YAML aliases (*name) "
+                          "that refer to anchors full of aliases multiply (a 'billion laughs'); write the values out")
     try:
         data = interpolate(data)
     except ConfigError as exc:

@@ -23,6 +23,8 @@ from agent_traffic.storage import ObjectInfo, Store, StoreOptions, list_objects
 
 STAGED = "staged"
 FAILED = "failed"
+POISONED = "poisoned"  # failed POISON_AFTER runs in a row: skipped until it changes or the user retries it
+POISON_AFTER = 3
 
 
 def version_tag(info: ObjectInfo) -> str:
@@ -87,10 +89,13 @@ class Discovery:
     listed: list[dict[str, Any]]  # every object seen: the run's manifest
     lookback: list[str] = field(default_factory=list)  # dates listed only to find late objects
     late: int = 0  # objects to parse found on lookback dates
+    poisoned: list[dict[str, Any]] = field(default_factory=list)  # manifests of poisoned versions, skipped
 
     def as_dict(self, days: Iterable[str]) -> dict[str, Any]:
         return {"days": list(days), "lookback_dates": self.lookback, "seen": self.seen,
-                "unchanged": self.unchanged, "late": self.late, "objects": self.listed}
+                "unchanged": self.unchanged, "late": self.late, "objects": self.listed,
+                "poisoned": [{k: p.get(k) for k in ("url", "date", "source", "reason", "failures")}
+                             for p in self.poisoned]}
 
 
 def discover(
@@ -101,6 +106,7 @@ def discover(
     *,
     sources: Iterable[str] | None = None,
     reprocess: bool = False,
+    retry_poisoned: bool = False,
 ) -> Discovery:
     """List every source for each date, and its lookback dates (`lookback_days`) for late objects;
     return the object versions that still need parsing.
@@ -113,6 +119,8 @@ def discover(
     lookback = lookback_dates(cfg, run_days, wanted)
     manifests = {d.isoformat(): read_manifests(store, d.isoformat()) for d in [*lookback, *run_days]}
     staged_ids = {oid for recs in manifests.values() for oid, rec in recs.items() if rec.get("status") == STAGED}
+    poisoned = {oid: rec for recs in manifests.values() for oid, rec in recs.items() if rec.get("status") == POISONED}
+    skipped_poison: list[dict[str, Any]] = []
     todo: list[ObjectRef] = []
     listed: list[dict[str, Any]] = []
     seen = unchanged = late = 0
@@ -133,6 +141,12 @@ def discover(
                 seen += 1
                 oid = object_id(info.url, version_tag(info))
                 skip = oid in staged_ids and (is_late or not reprocess)
+                if oid in poisoned and not retry_poisoned:  # the same version failed run after run
+                    listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
+                                   "object_id": oid, "date": ds, "source": src.name, "lookback": is_late,
+                                   "action": POISONED})
+                    skipped_poison.append(poisoned[oid])
+                    continue
                 listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
                                "object_id": oid, "date": ds, "source": src.name, "lookback": is_late,
                                "action": "unchanged" if skip else "parse"})
@@ -153,4 +167,4 @@ def discover(
                         previous=prev["object_id"] if prev and prev["object_id"] != oid else None,
                     )
                 )
-    return Discovery(todo, unchanged, seen, listed, [d.isoformat() for d in lookback], late)
+    return Discovery(todo, unchanged, seen, listed, [d.isoformat() for d in lookback], late, skipped_poison)

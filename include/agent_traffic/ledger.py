@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.holds import held_objects
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
@@ -72,6 +73,7 @@ def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, An
         else:
             p[kind].add(name)
     current: dict[str, set[str]] = {}
+    held: dict[str, dict[str, str]] = {}  # date -> object id -> why its source is held
     deliveries: list[dict[str, Any]] = []
     dead_letters: list[dict[str, Any]] = []
     for (dest, site, day), p in sorted(parts.items()):
@@ -80,10 +82,13 @@ def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, An
         prefix = f"_delivery/{dest}/site={site}/date={day}"
         base = {"destination": dest, "site": site, "date": date.fromisoformat(day)}
         verdict = held_partitions(store, day, [site]).get(site)
-        hold = "; ".join(verdict.get("failures", [])) or "data quality failed" if verdict else None
+        site_hold = "; ".join(verdict.get("failures", [])) or "data quality failed" if verdict else None
+        if day not in held:
+            held[day] = held_objects(store, day)
         for plan in sorted(p["plans"], key=lambda x: x.get("object_id", "")):
             if plan.get("object_id") not in current[day]:
                 continue  # a replaced object version: its successor's plan counts instead
+            hold = site_hold or held[day].get(plan.get("object_id"))
             obj = {**base, "object_id": plan.get("object_id"), "source_object": plan.get("source_object")}
             tally: dict[tuple[str, str | None], list[int]] = defaultdict(lambda: [0, 0])
             for c in plan.get("chunks", []):
@@ -111,6 +116,8 @@ def ledger_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, An
             for kind in ("not_selected", "not_eligible"):
                 for reason, n in (plan.get(kind) or {}).items():
                     tally[(kind, reason)][0] += n
+            if plan.get("carried"):  # acknowledged for an earlier version of the object (plan.py)
+                tally[("delivered", None)][0] += plan["carried"]
             if plan.get("too_old"):
                 tally[("too_old", plan.get("too_old_before"))][0] += plan["too_old"]
             for (outcome_name, reason), (events, chunks) in tally.items():

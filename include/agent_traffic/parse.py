@@ -41,9 +41,15 @@ BLANK = "blank"
 HEADER = "header"
 NOT_REQUEST = "not a request record"
 UNKNOWN_HOST = "host matches no configured site"
+OTHER_HOST = "other host"  # a host no site lists, skipped (counted) by a source's default `other_hosts: skip`
 NO_HOST = "no host field to match a site"
-SKIP_REASONS = (BLANK, NOT_REQUEST)
+SKIP_REASONS = (BLANK, NOT_REQUEST, OTHER_HOST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
+#: Times a log line may carry: wider than any real log, narrower than Python's and pandas' ranges
+#: (year 10000, `infinity` or a BC date would overflow them and end the run)
+TS_RANGE = ("1900-01-01 00:00:00+00", "2200-01-01 00:00:00+00")
+TS_OUT_OF_RANGE = "timestamp out of range (before 1900 or after 2199)"
+METHOD_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110: a request method is any token
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
 SCAN_ROWS = 16_384  # lines per Arrow batch handed to DuckDB
@@ -105,6 +111,8 @@ class ParseContext:
     host_sites: dict[str, str]  # hostname (or *.suffix) -> site name
     max_line_bytes: int
     trusted_proxies: tuple[str, ...] = ()  # CIDRs: the client is read from X-Forwarded-For past them
+    other_hosts: str = "quarantine"  # a host no site lists: "quarantine" or "skip" (counted); with
+    other_site: str | None = None  # a site name, such a line is staged under that site instead
 
     @property
     def forwarded(self) -> bool:
@@ -133,6 +141,20 @@ class Lines:
     lengths: np.ndarray  # its length, terminator excluded
     text: pa.Array  # string_view over `buf`: valid UTF-8 (repaired where the input was not)
     repaired: int = 0
+
+    def lines(self, rows: np.ndarray) -> pa.Array:
+        """Some lines of the block as `text` has them (string_view arrays have no take kernel)."""
+        if self.repaired:
+            return self.text.cast(pa.large_string()).take(rows)
+        views = _views(np.frombuffer(self.buf, np.uint8), self.starts[rows], self.lengths[rows])
+        return pa.Array.from_buffers(pa.string_view(), len(rows), [None, pa.py_buffer(views), pa.py_buffer(self.buf)])
+
+    def raw_many(self, rows: np.ndarray) -> pa.Array:
+        """The exact bytes of many lines of the block (binary), without a Python object per line."""
+        a = np.frombuffer(self.buf, np.uint8)
+        views = _views(a, self.starts[rows], self.lengths[rows])
+        return pa.Array.from_buffers(pa.binary_view(), len(rows), [None, pa.py_buffer(views),
+                                                                    pa.py_buffer(self.buf)]).cast(pa.binary())
 
     def raw(self, i: int) -> bytes:
         """The exact bytes of the i-th line of the block."""
@@ -184,6 +206,49 @@ def cut_blocks(pieces: Iterable[bytes], block_bytes: int, max_line_bytes: int) -
         yield buf
 
 
+SHORT_LINE = 16  # lines shorter than this and than the format's shortest match skip the query
+_WHITESPACE = np.zeros(256, bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # what the query trims before it calls a line blank
+
+
+def shortest_match(fmt: LogFormat) -> int:
+    """The fewest characters a line of a regex format has (Python's own regex parser says; 1 if it
+    cannot tell): a shorter line cannot match."""
+    import re._parser as sre_parse  # noqa: PLC0415 - stdlib, needed for regex formats only
+
+    try:
+        return max(1, int(sre_parse.parse(fmt.regex or "").getwidth()[0]))
+    except Exception:  # noqa: BLE001 - a syntax Python does not know (RE2's): no shortcut
+        return 1
+
+
+BLOCK_LINES = 262_144  # lines per block at most (`parse.block_lines`): a block's memory grows with lines too
+_WINDOW = 1 << 22  # bytes searched for newlines at a time, so finding them takes bounded memory
+
+
+def by_lines(buf: bytes | memoryview, max_lines: int) -> Iterator[bytes | memoryview]:
+    """Cut a block of whole lines into blocks of at most `max_lines` lines (views, no copy): 32 MB
+    of blank lines are 32 million lines, and each line costs parsing memory whatever its length."""
+    a = np.frombuffer(buf, np.uint8)
+    if np.count_nonzero(a == 10) + (len(a) > 0 and a[-1] != 10) <= max_lines:
+        yield buf
+        return
+    view, start = memoryview(buf), 0
+    while start < len(a):
+        need, pos, cut = max_lines, start, -1
+        while pos < len(a):
+            nl = np.flatnonzero(a[pos : pos + _WINDOW] == 10)
+            if len(nl) >= need:
+                cut = pos + int(nl[need - 1])
+                break
+            need, pos = need - len(nl), pos + _WINDOW
+        if cut < 0 or cut == len(a) - 1:
+            yield view[start:]
+            return
+        yield view[start : cut + 1]
+        start = cut + 1
+
+
 def frame(buf: bytes | memoryview, first_line: int) -> Lines:
     """Number the lines of a block: numpy finds the newlines, and an Arrow string_view array
     points at each line inside the block, terminator excluded, without copying the bytes."""
@@ -217,10 +282,12 @@ def _views(a: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray
         pick = np.minimum(starts[:, None] + np.arange(4), len(a) - 1)
         views[:, 4:8] = a[pick]
     words[:, 3] = starts
-    for i in np.flatnonzero(lengths <= 12).tolist():  # short strings live inside the view
-        s, ln = int(starts[i]), int(lengths[i])
-        views[i, 4:] = 0
-        views[i, 4 : 4 + ln] = a[s : s + ln]
+    short = np.flatnonzero(lengths <= 12)  # short strings live inside the view, zero-padded
+    if len(short) and len(a):
+        k = np.arange(12)
+        inside = k < lengths[short, None]
+        picked = a[np.minimum(starts[short, None] + k, len(a) - 1)]
+        views[short, 4:] = np.where(inside, picked, 0)
     return views
 
 
@@ -523,11 +590,14 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
 
     t_raw = " || ' ' || ".join(col(n) for n in fmt.timestamp.fields)
     req_parts = f"string_split({col('request')}, ' ')" if "request" in have else "NULL::VARCHAR[]"
-    req_ok = "len(rp) >= 2 AND regexp_full_match(rp[1], '[A-Za-z]+')"
+    req_ok = f"len(rp) >= 2 AND regexp_full_match(rp[1], {_q(METHOD_TOKEN)})"
     from_pq = (f"CASE WHEN {col('path')} IS NOT NULL THEN {col('path')} || coalesce('?' || {col('query')}, '') END"
                if "path" in have else "NULL")
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")
     site = _q(ctx.default_site) if ctx.default_site else _site_case(ctx.host_sites)
+    if ctx.other_site and not ctx.default_site:
+        site = f"coalesce({site}, {_q(ctx.other_site)})"
+    other = OTHER_HOST if ctx.other_hosts == "skip" else UNKNOWN_HOST
     skip = f"WHEN skip_field IS NULL THEN {_q(NOT_REQUEST)}" if fmt.skip_without else ""
     fwd = f" {col('forwarded_for')} AS forwarded_for," if ctx.forwarded else ""
     max_b = int(ctx.max_line_bytes)
@@ -587,7 +657,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
       FROM e
     )
     SELECT
-      md5({_q(ctx.object_id)} || ':' || line_number::VARCHAR) AS event_id,
+      md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line) AS event_id,
       ts, site, coalesce(host, '') AS host, method, path, query,
       scheme || '://' || coalesce(host, '') || path || CASE WHEN query IS NULL THEN '' ELSE '?' || query END AS url,
       status, bytes, duration_ms, client_ip, user_agent, referer, content_type,
@@ -599,11 +669,12 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         {skip}
         WHEN t_raw IS NULL THEN 'no timestamp'
         WHEN ts IS NULL THEN 'unparseable timestamp'
+        WHEN NOT (ts >= TIMESTAMPTZ '{TS_RANGE[0]}' AND ts < TIMESTAMPTZ '{TS_RANGE[1]}') THEN {_q(TS_OUT_OF_RANGE)}
         WHEN method IS NULL OR target IS NULL THEN 'unparseable request line'
         WHEN status IS NULL OR status NOT BETWEEN 100 AND 599 THEN 'status not in 100-599'
         WHEN NOT starts_with(path, '/') THEN 'request target is not a path'
         WHEN site IS NULL AND host IS NULL THEN {_q(NO_HOST)}
-        WHEN site IS NULL THEN {_q(UNKNOWN_HOST)}
+        WHEN site IS NULL THEN {_q(other)}
       END AS reason
     FROM q
     """
@@ -654,6 +725,7 @@ class BlockParser:
         self._sql: dict[tuple[str, ...] | None, str] = {}
         self.con = duck_connection()
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
+        self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
 
     def close(self) -> None:
         """The connection is the thread's, reused by the next object (opening one costs ~25 ms)."""
@@ -674,6 +746,7 @@ class BlockParser:
         stats = ParseStats(lines_read=n, invalid_utf8=block.repaired)
         nums = pa.array(np.arange(block.first_line, block.first_line + n, dtype=np.int64))
         fmt = self.ctx.fmt
+        pre = None  # lines decided without the query
         if fmt.kind == "csv":
             lines = block.text.to_pylist()
             tbl, headers = _csv_table(lines, block.first_line, fmt)
@@ -682,12 +755,40 @@ class BlockParser:
         elif fmt.kind == "w3c":
             outs = self._w3c(block, nums, stats)
         else:
-            outs = [self._query(pa.table({"line_number": nums, "line": block.text}), None)]
+            # Lines too short for the format are decided without a query (blank, or no match), so
+            # a flood of empty or two-byte lines costs a numpy pass, not a parse per line.
+            short = block.lengths < self.min_len
+            if short.any():
+                pre = self._short_lines(block, np.flatnonzero(short), stats)
+                keep = np.flatnonzero(~short)
+                nums, text = nums.take(keep), block.lines(keep)
+            else:
+                text = block.text
+            outs = [self._query(pa.table({"line_number": nums, "line": text}), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
             out = with_forwarded_clients(out, self._proxies)
-        return self._split(out, block, stats)
+        return self._split(out, block, stats, pre)
+
+    def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:
+        """Lines shorter than the format's shortest match: blank ones counted, the rest quarantined
+        as not matching (line_number, reason, host rows, as the query's bad rows are)."""
+        a = np.frombuffer(block.buf, np.uint8)
+        lengths = block.lengths[rows]
+        k = np.arange(int(lengths.max()) if len(rows) else 0)  # a two-byte flood looks at one byte a line
+        if len(a) and len(k):
+            picked = a[np.minimum(block.starts[rows, None] + k, len(a) - 1)]
+            blank = np.all(~(k < lengths[:, None]) | _WHITESPACE[picked], axis=1)
+        else:
+            blank = np.ones(len(rows), bool)
+        stats.skipped[BLANK] += int(blank.sum())
+        bad = rows[~blank]
+        if not len(bad):
+            return None
+        return pa.table({"line_number": pa.array(bad + block.first_line, pa.int64()),
+                         "reason": pa.repeat(pa.scalar(f"does not match format {self.ctx.fmt.id}"), len(bad)),
+                         "host": pa.nulls(len(bad), pa.string())})
 
     def _w3c(self, block: Lines, nums: pa.Array, stats: ParseStats) -> list[pa.Table]:
         """Directive lines (`#...`) are counted as headers; `#Fields:` sets the columns after it."""
@@ -709,7 +810,7 @@ class BlockParser:
             outs.append(self._query(pa.table({"line_number": nums[:0], "line": block.text[:0]}), self.layout))
         return outs
 
-    def _split(self, out: pa.Table, block: Lines, stats: ParseStats) -> ParsedBlock:
+    def _split(self, out: pa.Table, block: Lines, stats: ParseStats, pre: pa.Table | None = None) -> ParsedBlock:
         reason = out["reason"]
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])
@@ -717,10 +818,15 @@ class BlockParser:
             good = pc.is_null(reason)
             events = out.filter(good).drop_columns(["reason"])
             bad = out.filter(pc.invert(good)).select(["line_number", "reason", "host"])
+        if pre is not None:
+            bad = pa.concat_tables([bad, pre], promote_options="permissive")
         ln = events["line_number"].to_numpy()
         if len(ln) > 1 and not bool(np.all(ln[1:] > ln[:-1])):
             events = events.sort_by("line_number")  # DuckDB kept the order; this is a safety net
         if bad.num_rows:
+            unknown = bad.filter(pc.is_in(bad["reason"], pa.array([UNKNOWN_HOST, OTHER_HOST])))
+            for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
+                stats.unknown_hosts[r["values"]] += r["counts"]
             skip = pc.is_in(bad["reason"], pa.array(SKIP_REASONS))
             for r in pc.value_counts(bad.filter(skip)["reason"]).to_pylist():
                 stats.skipped[r["values"]] += r["counts"]
@@ -729,16 +835,13 @@ class BlockParser:
                 bad = bad.sort_by("line_number")
             for r in pc.value_counts(bad["reason"]).to_pylist():
                 stats.reasons[r["values"]] += r["counts"]
-            unknown = bad.filter(pc.equal(bad["reason"], UNKNOWN_HOST))
-            for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
-                stats.unknown_hosts[r["values"]] += r["counts"]
         stats.parsed = events.num_rows
         stats.quarantined = bad.num_rows
         return ParsedBlock(events, self._quarantine_rows(bad, block), stats)
 
     def _quarantine_rows(self, bad: pa.Table, block: Lines) -> pa.Table:
         nums = bad["line_number"]
-        raw = [block.raw(n - block.first_line) for n in nums.to_pylist()]
+        raw = block.raw_many(nums.to_numpy() - block.first_line)
         k = len(raw)
         return pa.table(
             {
@@ -746,7 +849,7 @@ class BlockParser:
                 "source_object": pa.array([self.ctx.source_object] * k, pa.string()),
                 "line_number": nums.cast(pa.int64()),
                 "reason": bad["reason"].cast(pa.string()),
-                "raw": pa.array(raw, pa.binary()),
+                "raw": raw,
             },
             schema=QUARANTINE_SCHEMA,
         )
@@ -786,12 +889,14 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
     return lines, lines - st.reasons.get(f"does not match format {fmt.id}", 0)
 
 
-def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int) -> Iterator[ParsedBlock]:
+def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int,
+                 block_lines: int = BLOCK_LINES) -> Iterator[ParsedBlock]:
     """Parse decompressed bytes; yields events and quarantine rows per block, in line order."""
     parser = BlockParser(ctx)
     try:
         # reading, decompressing and framing in one thread, the DuckDB parse in this one
-        for lines in in_background(_framed(cut_blocks(blocks, block_bytes, ctx.max_line_bytes))):
+        cut = cut_blocks(blocks, block_bytes, ctx.max_line_bytes)
+        for lines in in_background(_framed(b for block in cut for b in by_lines(block, block_lines))):
             yield parser.parse(lines)
     finally:
         parser.close()

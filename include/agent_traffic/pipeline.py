@@ -13,15 +13,24 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
 from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
-from agent_traffic.config import Config, Source, load_config
+from agent_traffic.config import Config, OtherHostSite, Source, load_config
 from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
-from agent_traffic.errors import AgentTrafficError, ConfigError, ObjectReadError
-from agent_traffic.extract import FAILED, STAGED, Discovery, ObjectRef, discover, manifest_key
+from agent_traffic.errors import AgentTrafficError, ConfigError
+from agent_traffic.extract import (
+    FAILED,
+    POISON_AFTER,
+    POISONED,
+    STAGED,
+    Discovery,
+    ObjectRef,
+    discover,
+    manifest_key,
+)
 from agent_traffic.formats import LogFormat, detect_format, load_formats
+from agent_traffic.identity import unchanged_lines
 from agent_traffic.parse import (
     BLANK,
     ParseContext,
@@ -49,6 +58,7 @@ class Runtime:
     cfg: Config
     options: StoreOptions
     run_id: str
+    config_path: str | None = None  # named in the commands the summary tells the user to run
 
     @cached_property
     def store(self) -> Store:
@@ -74,7 +84,7 @@ class Runtime:
     @classmethod
     def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
         cfg = load_config(config_path)
-        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id)
+        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id, config_path)
 
 
 def days_between(first: date, last: date) -> list[date]:
@@ -106,9 +116,11 @@ def run_days(date_from: str | None, date_to: str | None, logical_date: datetime 
 
 
 def discover_objects(
-    rt: Runtime, days: Sequence[date], *, sources: Iterable[str] | None = None, reprocess: bool = False
+    rt: Runtime, days: Sequence[date], *, sources: Iterable[str] | None = None, reprocess: bool = False,
+    retry_poisoned: bool = False,
 ) -> Discovery:
-    return discover(rt.cfg, rt.store, days, rt.options, sources=sources, reprocess=reprocess)
+    return discover(rt.cfg, rt.store, days, rt.options, sources=sources, reprocess=reprocess,
+                    retry_poisoned=retry_poisoned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +141,7 @@ class ObjectResult:
     url: str
     source: str
     date: str
-    status: str  # staged | failed
+    status: str  # staged | failed | poisoned
     format: str | None = None
     format_reason: str | None = None
     compression: str | None = None
@@ -137,6 +149,8 @@ class ObjectResult:
     stats: dict[str, Any] = field(default_factory=dict)
     ai_by_provider: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
+    failures: int = 0  # runs in a row this version failed in
+    carried: dict[str, Any] | None = None  # lines unchanged from the previous version (identity.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -176,15 +190,21 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
                 res.format, res.format_reason = fmt.id, why
                 _stage_blocks(rt, src, ref, fmt, blocks, stager, stats, ai)
         files = stager.commit()
-    except (ObjectReadError, ConfigError, OSError, UnicodeError, duckdb.Error) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever one object raises fails that object, never the run
         stager.abort()
         res.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AgentTrafficError) else str(exc)
         res.stats = stats.as_dict()
+        before = rt.store.get_json_or_none(manifest_key(ref.date, ref.object_id)) or {}
+        res.failures = 1 + (before.get("failures") or 1 if before.get("status") in (FAILED, POISONED) else 0)
+        if res.failures >= POISON_AFTER:
+            res.status = POISONED
         rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
-        log.warning("object %s failed: %s (the next run retries it)", ref.url, res.reason)
+        log.warning("object %s failed (%d run(s) in a row): %s (%s)", ref.url, res.failures, res.reason,
+                    "poisoned: skipped until it changes" if res.status == POISONED else "the next run retries it")
         return res
     res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
     if ref.previous:
+        res.carried = unchanged_lines(rt.store, ref.date, ref.previous, files)
         _drop_version(rt.store, ref.date, ref.previous, keep=set(files))
     rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
     return res
@@ -207,10 +227,12 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             "every client address would be a proxy's: log $http_x_forwarded_for (format nginx_main), or remove "
             "trusted_proxies"
         )
+    other = src.other_hosts
     ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
-                       src.trusted_proxies)
+                       src.trusted_proxies, other_hosts="skip" if other == "skip" else "quarantine",
+                       other_site=other.site if isinstance(other, OtherHostSite) else None)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
-    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):
+    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines)):
         stats.add(block.stats)
         events = block.events
         if events.num_rows:
@@ -259,6 +281,8 @@ def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[
         "stats": res.stats,
         "ai_by_provider": res.ai_by_provider,
         "files": files,
+        "failures": res.failures,
+        "carried": res.carried,
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.holds import held_objects
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 from agent_traffic.vendors import vendor
@@ -351,6 +352,8 @@ class ObjectPlan:
     too_old_before: str | None = None  # the cutoff used, ISO 8601
     planned_at: str | None = None
     pack: str | None = None  # the pack file holding the chunks not yet acknowledged when planned
+    carried: int = 0  # events acknowledged for an earlier version of the object, with the same identity
+    carried_lines: list[list[int]] = field(default_factory=list)  # their lines (ranges), for the next version
 
     def as_dict(self) -> dict[str, Any]:
         """The plan record (shallow: `asdict` deep-copied every chunk meta, thousands for small batches)."""
@@ -364,7 +367,7 @@ class ObjectPlan:
     def balanced(self) -> bool:
         """Every event has exactly one outcome."""
         return self.events_total == (self.selected + self.too_old + sum(self.not_selected.values())
-                                     + sum(self.not_eligible.values()))
+                                     + sum(self.not_eligible.values()) + self.carried)
 
 
 def _fingerprint(dest: Destination, manifest: dict[str, Any]) -> str:
@@ -404,6 +407,29 @@ def _delivered_before(
         kept.append({k: v for k, v in c.items() if k not in ("offset", "length")})  # not in the new pack
         lines.update(lines_in(ack["lines"]))
     return kept, lines
+
+
+def _carried_over(store: Store, prefix: str, carried: dict[str, Any] | None, acked: set[str]) -> np.ndarray:
+    """Lines (ascending) of a new object version whose events the destination acknowledged for
+    the version before it (or carried over into it), with the same identity (identity.py): sent
+    already. Numpy, not sets: a grown 10M-line log carries 10M lines."""
+    none = np.zeros(0, np.int64)
+    if not carried or not carried.get("lines"):
+        return none
+    prev = store.get_json_or_none(plan_key(prefix, carried["from"]))
+    if prev is None:
+        return none
+    sent = list(prev.get("carried_lines") or ())
+    for c in prev.get("chunks", []):
+        if c["chunk_id"] in acked:
+            sent += (store.get_json_or_none(f"{prefix}/acks/{c['chunk_id']}.json") or {}).get("lines") or ()
+    _drop_superseded(store, prefix, prev, acked)  # its unacknowledged chunks are planned anew
+    return np.intersect1d(_lines_array(sent), _lines_array(carried["lines"]))
+
+
+def _lines_array(ranges: Iterable[Sequence[int]]) -> np.ndarray:
+    parts = [np.arange(a, b + 1, dtype=np.int64) for a, b in ranges]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]) -> None:
@@ -448,6 +474,8 @@ def plan_object(
     acked = set(acked_ids(store, prefix)) if acked is None else acked
     kept, delivered = _delivered_before(store, prefix, existing, acked)
     _drop_superseded(store, prefix, existing, acked)
+    carry = _carried_over(store, prefix, manifest.get("carried"), acked)
+    carry_lines = pa.array(carry) if len(carry) else None
     keys = [k for k in manifest.get("files", {}) if k.startswith(f"events/site={site.name}/")]
     counts = Counter[str]()
     done_lines = pa.array(sorted(delivered), pa.int64()) if delivered else None
@@ -455,6 +483,10 @@ def plan_object(
     def keep(t: pa.Table) -> pa.Table:
         """Per staged file: leave out events delivered before, then those the destination does not select."""
         counts["read"] += t.num_rows
+        if carry_lines is not None:  # acknowledged for an earlier version: never sent again
+            same = pc.is_in(t["line_number"], value_set=carry_lines)
+            counts["carried"] += pc.sum(same).as_py() or 0
+            t = t.filter(pc.invert(same))
         if done_lines is not None:
             t = t.filter(pc.invert(pc.is_in(t["line_number"], value_set=done_lines)))
         counts["open"] += t.num_rows
@@ -469,7 +501,8 @@ def plan_object(
     # Skipping by statistics only when no earlier plan delivered lines: those are left out of
     # `open`, which a skipped row group could not tell.
     table = read_object_events(store, keys, keep, columns=plan_columns(dest.vendor),
-                               selection=dest.select if done_lines is None else None, skipped=skipped)
+                               selection=dest.select if done_lines is None and carry_lines is None else None,
+                               skipped=skipped)
     total = counts["read"]
     not_selected: Counter[str] = Counter()
     not_eligible: Counter[str] = Counter()
@@ -526,6 +559,8 @@ def plan_object(
         too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
         planned_at=now.isoformat(timespec="seconds"),
         pack=pack,
+        carried=counts["carried"],
+        carried_lines=[list(r) for r in line_ranges(carry)],
     )
     key = plan_key(prefix, oid)
     if existing is not None:  # a setting changed: this plan replaces that one
@@ -609,6 +644,9 @@ def plan_deliveries(
         for day in days:
             manifests = [m for m in read_manifests(store, day).values() if m.get("status") == STAGED]
             manifests.sort(key=lambda m: (m["url"], m["object_id"]))
+            held_objs = held_objects(store, day)  # a source's objects held by data quality: not planned
+            if held_objs:
+                manifests = [m for m in manifests if m["object_id"] not in held_objs]
             failed_quality = held_partitions(store, day, [s.name for s in cfg.sites])
             for site, dest in cfg.destinations():
                 if sites and site.name not in sites:

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
 from agent_traffic.extract import STAGED, Discovery, ObjectRef, manifest_key, planned_dates
+from agent_traffic.holds import source_holds
 from agent_traffic.pipeline import (
     Runtime,
     days_between,
@@ -51,6 +52,7 @@ def run(
     destinations: Sequence[str] = (),
     dry_run: bool = False,
     reprocess: bool = False,
+    retry_poisoned: bool = False,
     outbox: Store | None = None,
     resolver: SecretResolver | None = None,
     progress: Callable[[str], None] | None = None,
@@ -79,7 +81,7 @@ def run(
     t_run = time.monotonic()
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
-    disc = discover_objects(rt, days, reprocess=reprocess)
+    disc = discover_objects(rt, days, reprocess=reprocess, retry_poisoned=retry_poisoned)
     rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", disc.as_dict(ds))
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged" + (f", {disc.late} late on {', '.join(disc.lookback)}" if disc.late else ""))
@@ -129,6 +131,7 @@ def run(
         run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
         objects=parser.objects, deliveries=sender.deliveries, ledger=ledger, dry_run=dry_run,
         secret_errors=sender.secret_errors, quality=quality, resend_command=resend_command,
+        holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)}, config_path=rt.config_path,
     )
     if outbox is not None:
         summary["outbox"] = outbox.url(rt.run_id)

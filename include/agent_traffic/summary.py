@@ -16,7 +16,9 @@ from typing import Any
 
 from agent_traffic.config import Config
 from agent_traffic.extract import STAGED, read_manifests
+from agent_traffic.holds import held_objects, release_command
 from agent_traffic.ledger import ledger_rows
+from agent_traffic.parse import OTHER_HOST
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
@@ -98,16 +100,41 @@ def ledger_status(
 
 
 def _count_unplanned_held(st: DestinationStatus, store: Store, day: str, site: str, planned: set[str]) -> None:
-    """A held partition's objects the planner never saw: all their events are held."""
+    """Objects the planner never saw because their partition or their source is held: all their
+    events are held."""
     hold = held_partitions(store, day, [site]).get(site)
-    if not hold:
+    by_source = held_objects(store, day)
+    if not hold and not by_source:
         return
-    n = sum(rows for oid, rec in read_manifests(store, day).items()
-            if rec.get("status") == STAGED and oid not in planned
-            for key, rows in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+    why: set[str] = set()
+    n = 0
+    for oid, rec in read_manifests(store, day).items():
+        if rec.get("status") != STAGED or oid in planned or not (hold or oid in by_source):
+            continue
+        rows = sum(r for key, r in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+        if rows:
+            n += rows
+            why |= set(hold.get("failures", [])) if hold else {by_source[oid]}
     st.events_staged += n
     st.held += n
-    st.held_because = sorted(set(st.held_because or []) | set(hold.get("failures", [])))
+    if why:
+        st.held_because = sorted(set(st.held_because or []) | why)
+
+
+def _hold_problems(holds: dict[str, dict[str, Any]], config_path: str | None) -> list[str]:
+    """One line per held source and date: which objects, which expectation, how to release them."""
+    out = []
+    for day, per_source in sorted(holds.items()):
+        for src, rec in sorted(per_source.items()):
+            urls = sorted(rec.get("held", {}).values())
+            if not urls:
+                continue
+            shown = ", ".join(urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
+            out.append(f"source {src} {day}: {len(urls)} object(s) held, not sent ({shown}) because "
+                       f"{'; '.join(rec.get('failures', []))}. Other sources and sites are delivered. Look at "
+                       f"the quarantine, fix the source (then --reprocess), or send them as they are: "
+                       f"`{release_command(config_path, src, day)}` and run the date again")
+    return out
 
 
 def _silent_sources(cfg: Config, days: Sequence[str], discovery: dict[str, Any]) -> list[str]:
@@ -143,10 +170,13 @@ def build_summary(
     quality: dict[str, Any] | None = None,
     resend_command: str | None = None,
     failed_tasks: Sequence[str] = (),
+    holds: dict[str, dict[str, Any]] | None = None,
+    config_path: str | None = None,
 ) -> dict[str, Any]:
     """`resend_command` is what the user runs to send what this run left pending (the command
     line's or Airflow's form of a re-run of these dates); `failed_tasks` are the scheduler's task
-    instances that failed or never ran because of one that did."""
+    instances that failed or never ran because of one that did; `holds`: date -> source -> hold
+    record (holds.py) of the dates reported."""
     resend = resend_command or "re-run these dates"
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -174,8 +204,15 @@ def build_summary(
     if failed_tasks:
         problems.append(f"task(s) failed or did not run: {', '.join(failed_tasks)}; their logs say why. "
                         f"After fixing the cause, run the dates again: {resend}")
-    if failed_objects:
-        problems.append(f"{len(failed_objects)} object(s) failed to parse; the next run retries them")
+    retry = f"agent-traffic run --config {config_path or '<config.yaml>'} --date {{}} --retry-poisoned"
+    for o in objects:
+        if o["status"] == "failed":
+            problems.append(f"object {o['url']} ({o['date']}) failed ({o.get('failures') or 1} run(s) in a row): "
+                            f"{o.get('reason')}; the next run retries it, other objects are unaffected")
+    for o in [o for o in objects if o["status"] == "poisoned"] + list(discovery.get("poisoned", [])):
+        problems.append(f"object {o['url']} ({o['date']}) is poisoned: it failed {o.get('failures')} runs in a "
+                        f"row (last: {o.get('reason')}), so it is skipped until it changes; to try it again: "
+                        f"`{retry.format(o['date'])}`")
     notes = []
     for st in ledger:
         if st.failed:
@@ -184,7 +221,8 @@ def build_summary(
         if st.held:
             problems.append(f"{st.destination} ({st.site}): {st.held} event(s) held, not sent, because the "
                             f"data-quality suites failed: {'; '.join(st.held_because or [])}. Fix the input "
-                            "and re-run with reprocess (--reprocess) to validate and send them")
+                            "and re-run with reprocess (--reprocess) to validate and send them"
+                            + ("; or release a held source as its line says" if holds else ""))
         if st.pending and not dry_run:
             # Pending only because a live process on this machine holds their leases: it sends them.
             # A holder elsewhere may be dead, so its events count as not delivered.
@@ -207,14 +245,24 @@ def build_summary(
                              if f["suite"] == "events_rows" else f"quality {day}: {f['message']}")
     for dest, msg in (secret_errors or {}).items():
         problems.append(f"{dest}: {msg}")
+    problems += _hold_problems(holds or {}, config_path)
     notes += _silent_sources(cfg, days, discovery)
+    for o in objects:
+        if o.get("carried") is not None:
+            same, now = o["carried"]["count"], (o.get("stats") or {}).get("parsed", 0)
+            notes.append(f"object {o['url']}: a new version of an object staged before; {_n(same)} of its "
+                         f"{_n(now)} event(s) are unchanged (those already delivered are not sent again), "
+                         f"{_n(now - same)} new or changed")
     per_source = source_breakdown(objects)
     for name, src in per_source.items():
         if not src["lines"]["balanced"]:
             problems.append(f"source {name}: lines read do not add up to parsed + quarantined + skipped")
         if src["unknown_hosts"]:
             hosts = ", ".join(f"{h} ({_n(n)})" for h, n in list(src["unknown_hosts"].items())[:5])
-            notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) quarantined because "
+            other = src["lines"]["skipped"].get(OTHER_HOST, 0)
+            done = (f"skipped as {OTHER_HOST!r} (not bad data, not counted against quality)" if other
+                    else "quarantined")
+            notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) {done} because "
                          f"their host matches no site's hostnames: {hosts}; add the host to a site's "
                          "`hostnames` to stage them")
     return {
@@ -243,6 +291,8 @@ def build_summary(
         "sources": per_source,
         "quality": {day: {"statuses": q["statuses"], "rows_quarantined": q["rows_quarantined"],
                           "docs": q.get("docs")} for day, q in (quality or {}).items()},
+        "holds": {day: {src: sorted(rec.get("held", {}).values()) for src, rec in hs.items() if rec.get("held")}
+                  for day, hs in (holds or {}).items() if any(r.get("held") for r in hs.values())},
         "ai_events_by_provider": dict(ai.most_common()),
         "this_run": dict(sent),
         "destinations": [s.as_dict() for s in ledger],

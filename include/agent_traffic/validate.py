@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, QualityPolicy
+from agent_traffic.parse import METHOD_TOKEN as PARSE_METHOD
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
 
@@ -42,6 +43,8 @@ PASS, WARN, FAIL = "pass", "warn", "fail"
 #: What the row suite reads: the columns its expectations check (event_id also names a failing row)
 ROW_COLUMNS = ["event_id", "ts", "site", "method", "path", "status", "url", "user_agent"]
 BATCH_ROWS = 250_000
+#: RFC 9110 section 9.1: a method is any token; one outside `quality.methods` is unusual, not invalid
+METHOD_TOKEN = f"^{PARSE_METHOD}$"
 
 
 def status_key(day: str, site: str) -> str:
@@ -100,7 +103,10 @@ def explain(f: Finding, day: str, policy: QualityPolicy) -> str:
     if (e, col) == ("match_regex", "path"):
         return "the path does not start with '/'"
     if (e, col) == ("be_in_set", "method"):
-        return "the method is not in `quality.methods`; add it there if your servers really log it"
+        return ("the method is valid (an RFC 9110 token) but not in `quality.methods`: counted, still delivered; "
+                "add it there if your servers really serve it")
+    if (e, col) == ("match_regex", "method"):
+        return "the method is not an RFC 9110 token (letters, digits and !#$%&'*+.^_`|~-)"
     if (e, col) == ("be_in_set", "site"):
         return "the site is not one of the config's `sites`"
     if (e, col) == ("be_unique", "event_id"):
@@ -124,6 +130,7 @@ class QualityResult:
     findings: list[Finding] = field(default_factory=list)
     rows_quarantined: Counter[str] = field(default_factory=Counter)  # reason -> rows
     statuses: dict[str, str] = field(default_factory=dict)  # site -> pass | warn | fail
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> held objects and why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +140,7 @@ class QualityResult:
             "rows_quarantined": dict(self.rows_quarantined),
             "findings": [f.__dict__ | {"message": f.message()} for f in self.findings if not f.success],
             "expectations_checked": len(self.findings),
+            "holds": self.holds,
         }
 
 
@@ -181,8 +189,9 @@ class Validator:
         return self._definition(f"events_rows_{day}", required + [
             gxe.ExpectColumnValuesToBeBetween(column="status", min_value=100, max_value=599, meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToMatchRegex(column="path", regex=r"^/", meta={"severity": FAIL}),
+            gxe.ExpectColumnValuesToMatchRegex(column="method", regex=METHOD_TOKEN, meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeInSet(column="method", value_set=list(self.policy.methods),
-                                            meta={"severity": FAIL}),
+                                            meta={"severity": WARN}),
             gxe.ExpectColumnValuesToBeInSet(column="site", value_set=[s.name for s in self.cfg.sites],
                                             meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeBetween(column="ts_naive", min_value=start, max_value=end,
@@ -321,12 +330,17 @@ def validate_date(
         _check_rows(v, store, day, sorted(owner), row_total, per_site, bad)
         part_rows = counted.result()
     result.findings.extend(per_site.values())
-    row_fail: Counter[str] = Counter()
+    row_fail: dict[str, Counter[str]] = defaultdict(Counter)  # source -> reason -> rows moved to quarantine
+    source_of = {o["object_id"]: o["source"] for o in staged}
+    moved: dict[str, list[tuple[pa.Table, dict[str, str]]]] = defaultdict(list)  # object -> rows, reasons
     for key, reasons in bad.items():
         removed = _rewrite_without(store, key, set(reasons))
-        _quarantine_rows(store, day, owner[key], removed, reasons)
-        row_fail[_site(key)] += removed.num_rows
+        moved[owner[key]].append((removed, reasons))
+        row_fail[source_of[owner[key]]].update(reasons[e] for e in removed["event_id"].to_pylist())
         result.rows_quarantined.update(reasons.values())
+    for oid, parts in moved.items():  # one write per object: an object over thousands of dates has as many files
+        _quarantine_rows(store, day, oid, pa.concat_tables([t for t, _ in parts]),
+                         {e: r for _, reasons in parts for e, r in reasons.items()})
     if bad:
         part_rows = _partition_counts(store, day, sites)
     result.findings += v.check_frame(v.partition_definition(), part_rows, "partition", "site")
@@ -334,7 +348,8 @@ def validate_date(
     for f in result.findings:
         if not f.success:
             f.hint = explain(f, day, cfg.quality)
-    _decide(cfg, result, sites, row_fail, row_total)
+    _decide(cfg, result, sites)
+    _hold_sources(cfg, store, result, staged, row_fail)
     store.put_json(f"_quality/date={day}/{run_id}.json", result.as_dict())
     for site in sites:
         store.put_json(status_key(day, site), {
@@ -364,7 +379,8 @@ def _check_rows(v: Validator, store: Store, day: str, keys: Sequence[str], row_t
             for event_id, key in failing:
                 agg = per_site[(_site(key), etype, col)]
                 agg.success, agg.unexpected = False, agg.unexpected + 1
-                bad[key].setdefault(event_id, f"failed expectation {etype}({col})")
+                if severity == FAIL:  # a warning is counted, and the row delivered
+                    bad[key].setdefault(event_id, f"failed expectation {etype}({col})")
 
 
 def _site(key: str) -> str:
@@ -443,18 +459,44 @@ def _source_counts(staged: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _decide(cfg: Config, result: QualityResult, sites: Sequence[str], row_fail: Counter[str],
-            row_total: Counter[str]) -> None:
+def _decide(cfg: Config, result: QualityResult, sites: Sequence[str]) -> None:
+    """A site's partition fails only on what concerns it whole (the same event twice); bad rows
+    are quarantined, and a source's systemic failures hold that source alone (`_hold_sources`)."""
     for site in sites:
         failed = [f for f in result.findings if not f.success and _concerns(cfg, f, site)]
-        ratio = row_fail[site] / max(row_total[site], 1)
-        hard = [f for f in failed if f.severity == FAIL and f.suite != "events_rows"]
-        if hard or ratio > cfg.quality.max_failed_row_ratio:
+        hard = [f for f in failed if f.severity == FAIL and f.suite == "partition"]
+        if hard:
             result.statuses[site] = FAIL
         elif failed:
             result.statuses[site] = WARN  # rows quarantined below the ratio, or a warning expectation
         else:
             result.statuses[site] = PASS
+
+
+def _hold_sources(cfg: Config, store: Store, result: QualityResult, staged: Sequence[dict[str, Any]],
+                  row_fail: dict[str, Counter[str]]) -> None:
+    """Per source validated now: hold its objects of the day on a systemic sign (its run_counts
+    suite failed, or more than `quality.max_failed_row_ratio` of its rows failed row expectations),
+    else let them through. Recorded in holds.py's records, said in `result.holds`."""
+    from agent_traffic import holds
+
+    for src in sorted({o["source"] for o in staged}):
+        mine = [o for o in staged if o["source"] == src]
+        failures = [f.message() for f in result.findings
+                    if not f.success and f.severity == FAIL and f.suite == "run_counts" and f.scope == src]
+        rows = sum(n for o in mine for k, n in o["files"].items() if k.startswith("events/"))
+        moved = sum(row_fail[src].values())
+        limit = cfg.quality.max_failed_row_ratio
+        if moved > limit * rows:
+            hints = {f"failed expectation {f.expectation}({f.column})": f.hint for f in result.findings
+                     if f.suite == "events_rows" and not f.success and f.hint}
+            top = ", ".join(f"{r} ({n:,})" + (f": {hints[r]}" if r in hints else "")
+                            for r, n in row_fail[src].most_common(3))
+            failures.append(f"events_rows: {moved:,} of {rows:,} row(s) failed row expectations, more than "
+                            f"`quality.max_failed_row_ratio` ({limit:.0%}): {top}")
+        rec = holds.record(store, result.day, src, {o["object_id"]: o["url"] for o in mine}, failures, result.run_id)
+        if rec["held"]:
+            result.holds[src] = {"objects": sorted(rec["held"].values()), "failures": rec["failures"]}
 
 
 def build_docs(validator: Validator, store: Store, day: str) -> str | None:
