@@ -33,6 +33,7 @@ from agent_traffic.parse import (
     sample_match,
 )
 from agent_traffic.ranges import range_store
+from agent_traffic.redact import redact_url
 from agent_traffic.stage import ObjectStager
 from agent_traffic.storage import Store, StoreOptions, filesystem
 
@@ -163,7 +164,7 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         res.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AgentTrafficError) else str(exc)
         res.stats = stats.as_dict()
         rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
-        log.warning("object %s failed: %s (the next run retries it)", ref.url, res.reason)
+        log.warning("object %s failed: %s (the next run retries it)", redact_url(ref.url), res.reason)
         return res
     res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
     if ref.previous:
@@ -189,7 +190,7 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             "every client address would be a proxy's: log $http_x_forwarded_for (format nginx_main), or remove "
             "trusted_proxies"
         )
-    ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
+    ctx = ParseContext(ref.object_id, redact_url(ref.url), fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
                        src.trusted_proxies)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
     for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes)):

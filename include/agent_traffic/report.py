@@ -20,6 +20,7 @@ import duckdb
 import orjson
 
 from agent_traffic.query import connect
+from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
 
 TOP = 15  # rows in the "top" charts
@@ -218,7 +219,7 @@ def health(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     outcomes = {r["outcome"]: r["n"] for r in dl}
     q = _rows(con, """SELECT count(*) AS partitions, count(*) FILTER (status = 'fail') AS failed
                       FROM quality""")[0]
-    problems = [f"object {r['url']} failed: {r['reason']}" for r in _rows(
+    problems = [f"object {redact_url(r['url'])} failed: {r['reason']}" for r in _rows(
         con, "SELECT url, reason FROM manifests WHERE status <> 'staged' ORDER BY url")]
     problems += [
         f"{r['destination']}: {r['events']:,} event(s) in {r['chunks']} chunk(s) failed "
@@ -267,7 +268,7 @@ def build_report(store: Store, first: date | str, last: date | str | None = None
     last = (last.isoformat() if isinstance(last, date) else last) or first
     con = connect(store, first, last, tables=REPORT_TABLES)
     try:
-        return render(first, last, health(con), report_charts(con), staging=store.root_url)
+        return render(first, last, health(con), report_charts(con), staging=redact_url(store.root_url))
     finally:
         con.close()
 
@@ -554,7 +555,7 @@ def index_page(store: Store, base: str = "") -> str:
     body = (f"<div class='cols'><section><h2>Daily reports</h2><ul id='reports'>{reports or '<li>none yet</li>'}"
             f"</ul></section><section><h2>Data quality</h2><ul id='quality-days'>"
             f"{quality or '<li>none yet</li>'}</ul></section></div>"
-            f"<p class='note'>Staging: {_e(store.root_url)}</p>")
+            f"<p class='note'>Staging: {_e(redact_url(store.root_url))}</p>")
     return page("AI agent traffic: reports and data quality", body)
 
 
