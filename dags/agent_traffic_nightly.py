@@ -50,10 +50,22 @@ def _runtime():
     return Runtime(cfg, options, run_id)
 
 
+def _mask_keys():
+    """Every key the pipeline resolves (a Connection's or an environment variable's) goes to
+    Airflow's secret masker, so task logs blank it (issue 19)."""
+    from airflow.sdk.log import mask_secret
+
+    from agent_traffic.redact import on_register
+
+    on_register(mask_secret)
+
+
 def _secret(dest):
     """Airflow Connection first (its password), then the environment variable."""
     from agent_traffic.errors import SecretMissing
     from agent_traffic.secrets import Secret, env_resolver
+
+    _mask_keys()
 
     if dest.secret.airflow_conn_id:
         try:

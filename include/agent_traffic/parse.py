@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.config import HOSTNAME
 from agent_traffic.formats import (
     MAX_ONEPASS_GROUPS,
     TIME_UNITS,
@@ -42,6 +43,9 @@ HEADER = "header"
 NOT_REQUEST = "not a request record"
 UNKNOWN_HOST = "host matches no configured site"
 NO_HOST = "no host field to match a site"
+INVALID_HOST = "host is not a valid hostname"
+#: A host as staged and sent: a hostname (the config's rule for site names) or a bracketed IPv6 address
+HOST_SQL_RE = rf"(?:{HOSTNAME.pattern}|\[[0-9a-f:.]+\])"
 SKIP_REASONS = (BLANK, NOT_REQUEST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
@@ -602,6 +606,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         WHEN method IS NULL OR target IS NULL THEN 'unparseable request line'
         WHEN status IS NULL OR status NOT BETWEEN 100 AND 599 THEN 'status not in 100-599'
         WHEN NOT starts_with(path, '/') THEN 'request target is not a path'
+        WHEN host <> '' AND (strlen(host) > 253 OR NOT regexp_full_match(host, {_q(HOST_SQL_RE)})) THEN {_q(INVALID_HOST)}
         WHEN site IS NULL AND host IS NULL THEN {_q(NO_HOST)}
         WHEN site IS NULL THEN {_q(UNKNOWN_HOST)}
       END AS reason

@@ -48,8 +48,10 @@ def register(key: str) -> None:
 
 
 def on_register(hook: Callable[[str], None]) -> None:
-    """Call `hook` with every key registered so far and from now on."""
+    """Call `hook` with every key registered so far and from now on (once, however often it is added)."""
     with _lock:
+        if hook in _hooks:
+            return
         _hooks.append(hook)
         known = list(_keys)
     for key in known:

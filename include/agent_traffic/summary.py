@@ -251,7 +251,7 @@ def source_breakdown(objects: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
         if o["status"] == "staged":
             src["staged"] += 1
         else:
-            src["failed"].append({"url": o["url"], "date": o.get("date"), "reason": o.get("reason")})
+            src["failed"].append({"url": redact_url(o["url"]), "date": o.get("date"), "reason": o.get("reason")})
         if o.get("format"):
             src["formats"][o["format"]] += 1
         for k in ("lines_read", "parsed", "quarantined"):
