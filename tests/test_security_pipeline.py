@@ -53,7 +53,8 @@ class _EchoingVendor(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         key = self.headers.get("X-Api-Key", "")
-        body = json.dumps({"error": "x" * 1990 + key, "echo": echoes(key), "you_sent": dict(self.headers)}).encode()
+        head = json.dumps({"echo": echoes(key), "you_sent": dict(self.headers)})[:-1] + ', "error": "'
+        body = (head + "x" * (1992 - len(head)) + key + '"}').encode()  # the key starts 8 characters before the cut
         self.send_response(400)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
