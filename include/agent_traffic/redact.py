@@ -18,6 +18,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -25,10 +26,28 @@ MASK = "***"
 MIN_KEY = 6  # shorter values are not treated as keys (they would blank ordinary words)
 _B64 = "A-Za-z0-9+/_-"
 
+_RUN = re.compile(rf"[{_B64}]{{{MIN_KEY},}}=*")  # a base64-looking run: searched for a key's cores
+
 _lock = threading.Lock()
 _keys: set[str] = set()
 _hooks: list[Callable[[str], None]] = []
-_pattern: re.Pattern[str] | None = None
+_patterns: _Patterns | None = None
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    """The text forms (any case) and the base64 cores of a set of keys, each one alternation:
+    linear in the text (a run is found first, then searched), however long a run is."""
+
+    text: re.Pattern[str]
+    cores: re.Pattern[str] | None
+
+    def apply(self, text: str) -> str:
+        text = self.text.sub(MASK, text)
+        if self.cores is None:
+            return text
+        cores = self.cores
+        return _RUN.sub(lambda m: MASK if cores.search(m.group()) else m.group(), text)
 
 
 def register(key: str) -> None:
@@ -36,12 +55,12 @@ def register(key: str) -> None:
     key = key.strip()
     if len(key) < MIN_KEY:
         return
-    global _pattern
+    global _patterns
     with _lock:
         if key in _keys:
             return
         _keys.add(key)
-        _pattern = None
+        _patterns = None
         hooks = list(_hooks)
     for hook in hooks:
         hook(key)
@@ -78,7 +97,7 @@ def _forms(key: str) -> tuple[list[str], list[str]]:
     return sorted(text, key=len, reverse=True), _b64_cores(key.encode())
 
 
-def _compile(keys: Iterable[str]) -> re.Pattern[str] | None:
+def _compile(keys: Iterable[str]) -> _Patterns | None:
     text: set[str] = set()
     cores: set[str] = set()
     for k in keys:
@@ -87,22 +106,22 @@ def _compile(keys: Iterable[str]) -> re.Pattern[str] | None:
         cores.update(x for x in c if len(x) >= MIN_KEY)
     if not text:
         return None
-    alts = [f"[{_B64}]*{re.escape(c)}[{_B64}]*=*" for c in sorted(cores, key=len, reverse=True)]
-    alts += ["(?i:" + re.escape(t) + ")" for t in sorted(text, key=len, reverse=True)]
-    return re.compile("|".join(alts))
+    alternation = "|".join(re.escape(t) for t in sorted(text, key=len, reverse=True))
+    core_alternation = "|".join(re.escape(c) for c in sorted(cores, key=len, reverse=True))
+    return _Patterns(re.compile(alternation, re.IGNORECASE), re.compile(core_alternation) if cores else None)
 
 
 def scrub(text: str, keys: Iterable[str] | None = None) -> str:
     """`text` with every registered key (or the `keys` given) blanked in every encoding."""
-    global _pattern
+    global _patterns
     if keys is not None:
-        pattern = _compile(k.strip() for k in keys if len(k.strip()) >= MIN_KEY)
+        patterns = _compile(k.strip() for k in keys if len(k.strip()) >= MIN_KEY)
     else:
         with _lock:
-            if _pattern is None and _keys:
-                _pattern = _compile(_keys)
-            pattern = _pattern
-    return pattern.sub(MASK, text) if pattern is not None and text else text
+            if _patterns is None and _keys:
+                _patterns = _compile(_keys)
+            patterns = _patterns
+    return patterns.apply(text) if patterns is not None and text else text
 
 
 def scrub_tree(obj: Any) -> Any:
