@@ -132,9 +132,11 @@ class _Receiver:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.key = key
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as r:
+        req = urllib.request.Request(f"{self.url}/_sandbox/stats", headers={"Authorization": f"Bearer {self.key}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
     def __enter__(self) -> _Receiver:

@@ -57,10 +57,22 @@ def runtime():
     return Runtime(cfg, store_options(cfg), run_id)
 
 
+def mask_keys() -> None:
+    """Every key the pipeline resolves (a Connection's or an environment variable's) goes to
+    Airflow's secret masker, so task logs blank it."""
+    from airflow.sdk.log import mask_secret
+
+    from agent_traffic.redact import on_register
+
+    on_register(mask_secret)
+
+
 def secret(dest):
     """Airflow Connection first (its password), then the environment variable."""
     from agent_traffic.errors import SecretMissing
     from agent_traffic.secrets import Secret, env_resolver
+
+    mask_keys()
 
     if dest.secret.airflow_conn_id:
         try:

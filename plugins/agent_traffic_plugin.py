@@ -27,6 +27,23 @@ DAG_ID = "agent_traffic_nightly"
 URL_PREFIX = "/agent-traffic"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
 SERVED_PREFIXES = ("_reports/", "_quality/")  # never events, the ledger or anything else
+#: Third-party HTML (GX's data docs, anything under files/) runs in a sandbox: no script, an opaque origin
+SANDBOXED_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+                 "form-action 'none'; frame-ancestors 'self'; sandbox")
+
+
+def security_headers(path: str) -> dict[str, str]:
+    """Headers on every answer: our pages may run only the report's own script (by hash) and
+    load nothing from the network; files served as stored run sandboxed; nothing is sniffed."""
+    from agent_traffic.report import PAGE_CSP
+
+    files = "/files/" in path
+    return {
+        "Content-Security-Policy": SANDBOXED_CSP if files else f"{PAGE_CSP}; frame-ancestors 'self'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
 
 
 def staging_store() -> Store:
@@ -72,6 +89,12 @@ def build_app() -> FastAPI:
     app = FastAPI(title="agent-traffic", dependencies=[
         Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))])
 
+    @app.middleware("http")
+    async def secure(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.update(security_headers(request.url.path))
+        return response
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return pages.index_page(store())
@@ -97,6 +120,11 @@ def build_app() -> FastAPI:
 
     @app.get("/quality", response_class=HTMLResponse)
     def quality(day: str | None = None) -> str:
+        if day is not None:
+            try:
+                day = date.fromisoformat(day).isoformat()
+            except ValueError:
+                raise HTTPException(400, "day must be a date, YYYY-MM-DD") from None
         return pages.quality_page(store(), day)
 
     @app.get("/files/{key:path}")

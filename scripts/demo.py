@@ -128,7 +128,9 @@ def main() -> int:
         summary = subprocess.run([str(BIN / "agent-traffic"), "summary", "--config", str(CONFIG)],
                                  env=env, text=True, capture_output=True)
         print(summary.stdout or summary.stderr)
-        with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=5) as r:
+        stats_request = urllib.request.Request(f"{url}/_sandbox/stats",  # the control routes need a key
+                                               headers={"Authorization": f"Bearer {next(iter(keys.values()))}"})
+        with urllib.request.urlopen(stats_request, timeout=5) as r:
             stats = json.load(r)
         step("local receiver: events accepted (all runs), and requests by vendor and status")
         for dest, (_, stored) in DESTINATIONS.items():

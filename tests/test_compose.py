@@ -41,7 +41,7 @@ def test_official_layout_plus_minio() -> None:
                  "airflow-dag-processor", "airflow-triggerer"):
         assert "healthcheck" in SERVICES[name], name
     assert SERVICES["airflow-worker"]["environment"]["DUMB_INIT_SETSID"] == "0"
-    assert "8080:8080" in SERVICES["airflow-apiserver"]["ports"]
+    assert "127.0.0.1:8080:8080" in [interpolate(p) for p in SERVICES["airflow-apiserver"]["ports"]]  # this host only
     assert SERVICES["airflow-init"]["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
 
 

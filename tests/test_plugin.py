@@ -121,3 +121,47 @@ def test_the_nightly_dag_writes_the_report_beside_its_summary(airflow_home: Path
     assert "parse_and_stage" in task.upstream_task_ids
     assert {t for t in dag.task_ids if t.startswith("deliver_")} <= task.upstream_task_ids
     assert "report" not in task.upstream_task_ids and not task.downstream_task_ids
+
+
+def test_a_day_that_is_not_a_date_is_a_400(plugins, monkeypatch) -> None:
+    client = _client(monkeypatch, all_admins=True)
+    for day in ("../../etc", "2026-13-01", "<script>"):
+        r = client.get("/agent-traffic/quality", params={"day": day})
+        assert r.status_code == 400 and "YYYY-MM-DD" in r.json()["detail"], day
+
+
+def test_every_answer_carries_a_strict_policy_and_nosniff(plugins, staged: Staged, monkeypatch) -> None:
+    """Our pages may run only the report's own script (by hash) and fetch nothing; files served as
+    stored (GX's pages) run sandboxed, with no script at all; nothing is content-sniffed."""
+    from agent_traffic.report import SCRIPT_HASH
+
+    client = _client(monkeypatch, all_admins=True)
+    paths = ["/agent-traffic/", "/agent-traffic/report/latest", f"/agent-traffic/report/{DAY1}",
+             "/agent-traffic/quality", "/agent-traffic/report/not-a-date", "/agent-traffic/quality?day=x",
+             f"/agent-traffic/files/_quality/date={DAY1}/docs/index.html",
+             f"/agent-traffic/files/_reports/date={DAY1}/report.html", "/agent-traffic/files/nope"]
+    for path in paths:
+        r = client.get(path)
+        csp = r.headers.get("content-security-policy", "")
+        directives = dict((d.strip().split(" ", 1) + [""])[:2] for d in csp.split(";") if d.strip())
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+        assert directives.get("default-src") == "'none'" and "unsafe-inline" not in directives.get("script-src", ""), path
+        assert not any("http" in v or "*" in v for v in directives.values()), path
+        if "/files/" in path:
+            assert "sandbox" in directives and "script-src" not in directives, path
+        else:
+            assert directives["script-src"] == SCRIPT_HASH, path
+
+
+def test_the_dag_hands_resolved_keys_to_airflows_secret_masker(airflow_home: Path, monkeypatch) -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from agent_traffic.config import Destination, SecretRef
+    from agent_traffic_airflow import secret
+    from tests.leaks import new_key
+
+    key = new_key()
+    monkeypatch.setenv("KA_KEY_FOR_MASK", key)
+    dest = Destination(name="ka", vendor="knownagents", secret=SecretRef(env="KA_KEY_FOR_MASK"))
+    assert secret(dest).reveal() == key  # read from the environment variable ...
+    assert key not in redact(f"the vendor said: bad key {key}")  # ... and masked in task logs

@@ -21,6 +21,7 @@ from agent_traffic.sandbox import Sandbox, register_cli
 
 TIMEOUT = 5
 KEY = "sandbox-test-key-7f3c9a"
+AUTH = {"Authorization": f"Bearer {KEY}"}  # the control routes need the key
 SITE = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"  # a ULID
 OTHER_SITE = "01J9Z8X7W6V5T4S3R2Q1P0N9MA"
 HK_SITE = "3f1c2a9e-4b6d-4e8f-9a0b-1c2d3e4f5a6b"
@@ -436,7 +437,7 @@ def test_control_api(sandbox: Sandbox) -> None:
     assert requests.get(f"{base}/health", timeout=TIMEOUT).status_code == 200
 
     resp = requests.post(
-        f"{base}/faults", json={"script": ["429", "500"], "retry_after": 0}, timeout=TIMEOUT
+        f"{base}/faults", json={"script": ["429", "500"], "retry_after": 0}, headers=AUTH, timeout=TIMEOUT
     )
     assert resp.status_code == 200
     assert resp.json()["pending"] == ["429", "500"]
@@ -447,21 +448,21 @@ def test_control_api(sandbox: Sandbox) -> None:
     post_scrunch(sandbox, event(2), site=OTHER_SITE)
 
     resp = requests.get(
-        f"{base}/accepted", params={"vendor": "scrunch", "site_id": SITE}, timeout=TIMEOUT
+        f"{base}/accepted", params={"vendor": "scrunch", "site_id": SITE}, headers=AUTH, timeout=TIMEOUT
     )
     assert resp.headers["Content-Type"] == "application/x-ndjson"
     assert [json.loads(line) for line in resp.text.splitlines()] == [event(1)]
-    resp = requests.get(f"{base}/accepted", params={"vendor": "scrunch"}, timeout=TIMEOUT)
+    resp = requests.get(f"{base}/accepted", params={"vendor": "scrunch"}, headers=AUTH, timeout=TIMEOUT)
     assert len(resp.text.splitlines()) == 2
 
-    stats = requests.get(f"{base}/stats", timeout=TIMEOUT).json()
+    stats = requests.get(f"{base}/stats", headers=AUTH, timeout=TIMEOUT).json()
     assert stats["requests"]["scrunch"] == {"429": 1, "500": 1, "200": 2}
     assert stats["accepted"]["scrunch"] == {SITE: 1, OTHER_SITE: 1}
 
-    resp = requests.post(f"{base}/faults", json={"rates": {"503": 1.0}}, timeout=TIMEOUT)
+    resp = requests.post(f"{base}/faults", json={"rates": {"503": 1.0}}, headers=AUTH, timeout=TIMEOUT)
     assert resp.json()["rates"] == {"503": 1.0}
     assert post_scrunch(sandbox, event()).status_code == 503
-    requests.post(f"{base}/faults", json={"rates": {}}, timeout=TIMEOUT)
+    requests.post(f"{base}/faults", json={"rates": {}}, headers=AUTH, timeout=TIMEOUT)
     assert post_scrunch(sandbox, event()).status_code == 200
 
 
@@ -470,7 +471,7 @@ def test_control_api(sandbox: Sandbox) -> None:
     [{"script": ["teapot"]}, {"rates": {"500": 2}}, {"retry_after": -1}, {"nope": 1}, [1]],
 )
 def test_control_api_rejects_bad_documents(sandbox: Sandbox, body: Any) -> None:
-    resp = requests.post(f"{sandbox.url}/_sandbox/faults", json=body, timeout=TIMEOUT)
+    resp = requests.post(f"{sandbox.url}/_sandbox/faults", json=body, headers=AUTH, timeout=TIMEOUT)
     assert resp.status_code == 400
     assert sandbox.fault_state()["pending"] == []
 
@@ -654,7 +655,7 @@ def test_cli_serves_in_another_process_until_sigterm(tmp_path: Path) -> None:
         sb.host, sb.port = "127.0.0.1", int(url.rsplit(":", 1)[1])
         assert post_scrunch(sb, event(1)).status_code == 200
         assert post_scrunch(sb, event(2), key="not-a-key").status_code == 401
-        stats = requests.get(f"{url}/_sandbox/stats", timeout=TIMEOUT).json()
+        stats = requests.get(f"{url}/_sandbox/stats", headers=AUTH, timeout=TIMEOUT).json()
         assert stats["requests"]["scrunch"] == {"200": 1, "401": 1}
     finally:
         proc.send_signal(signal.SIGTERM)

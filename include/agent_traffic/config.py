@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_traffic.errors import ConfigError
+from agent_traffic.redact import redact_url, scrub
 
 VENDOR_BASE_URLS = {
     "scrunch": "https://webhooks.scrunchai.com",
@@ -136,6 +137,12 @@ class Site(_Model):
     scheme: Literal["https", "http"] = "https"
     destinations: tuple[Destination, ...] = ()
 
+    @field_validator("name")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        """The name becomes a folder (`site=<name>`) and a partition value: only a hostname will do."""
+        return valid_site_name(v)
+
     @property
     def domain(self) -> str:
         return self.name
@@ -174,6 +181,14 @@ class Source(_Model):
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ValueError(f"{net!r} is not a network; write a CIDR such as 10.0.0.0/8 or one address") from None
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _listable(cls, v: str) -> str:
+        if re.match(r"(?i)^https?://", v):
+            raise ValueError("http(s) sources are not supported: HTTP has no listing to find a day's objects "
+                             "in. Copy the logs to a bucket or folder (rclone, aws s3 sync) and point the url there")
         return v
 
     @field_validator("url")
@@ -291,6 +306,11 @@ class Config(_Model):
     ip_ranges: RangePolicy = RangePolicy()
     formats: tuple[dict[str, Any], ...] = Field((), description="your log formats, same fields as formats.yaml")
 
+    @field_validator("staging")
+    @classmethod
+    def _no_glob(cls, v: str) -> str:
+        return staging_without_globs(v)
+
     @field_validator("formats")
     @classmethod
     def _valid_formats(cls, v: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
@@ -364,6 +384,29 @@ class Config(_Model):
         raise ConfigError(f"unknown destination {name!r}; the config has {[d.name for _, d in self.destinations()]}")
 
 
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+GLOB_CHARS = "*?[]{}"
+
+
+def valid_site_name(name: str) -> str:
+    """A site name that is a hostname (labels of letters, digits, `-`, `_`; 253 characters at most)."""
+    if len(name) > 253 or not HOSTNAME.fullmatch(name):
+        raise ValueError("must be the site's hostname, e.g. example.com: letters, digits, '-' and '.' only "
+                         "(no '/', spaces or '..'), labels of at most 63 and 253 characters in all")
+    return name
+
+
+def staging_without_globs(url: str) -> str:
+    """Staging is read back through glob patterns (DuckDB's read_parquet): a path holding glob
+    characters would match nothing, and every query and report would show 0 events."""
+    bad = sorted({c for c in url if c in GLOB_CHARS})
+    if bad:
+        raise ValueError(f"the staging path holds glob characters {''.join(bad)!r}, which queries and reports "
+                         "would read as patterns and find nothing; choose a folder name without them")
+    return url
+
+
 def _no_dupes(what: str, names: list[str]) -> None:
     seen = {n for n in names if names.count(n) > 1}
     if seen:
@@ -384,7 +427,7 @@ def _resolve_local(url: str, base: Path) -> str:
     return "file://" + str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _format_error(path: str, err: ValidationError) -> str:
+def _format_error(path: str, err: ValidationError, hide: Iterable[str] = ()) -> str:
     errors = err.errors()
     # a list whose items all failed is also "too short": said once, by its items' own errors
     errors = [e for e in errors if not (e["type"] == "too_short" and any(
@@ -396,9 +439,20 @@ def _format_error(path: str, err: ValidationError) -> str:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {_shown(got)!r})"
         lines.append(f"  - {loc}: {msg}{shown}" if loc else f"  - {msg}")  # checks across fields name theirs
-    return "\n".join(lines)
+    return _unechoed("\n".join(lines), hide)
+
+
+def _shown(value: Any) -> Any:
+    """A value as an error may quote it: a URL without its credentials."""
+    return redact_url(value) if isinstance(value, str) else value
+
+
+def _unechoed(text: str, hide: Iterable[str]) -> str:
+    """An error never quotes a value that came from the environment (`secret: ${KEY}` puts a key
+    where a mapping belongs): such values are blanked, in every encoding."""
+    return scrub(text, hide) if hide else text
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -429,18 +483,22 @@ def _expanded_size(data: Any, limit: int) -> int:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(data: Any, env: Mapping[str, str] = os.environ, where: str = "") -> Any:
-    """Expand ${NAME} and ${NAME:-default} in string values (never used for secrets)."""
+def interpolate(data: Any, env: Mapping[str, str] = os.environ, where: str = "",
+                used: set[str] | None = None) -> Any:
+    """Expand ${NAME} and ${NAME:-default} in string values (never used for secrets); the values
+    taken from `env` are added to `used`, so errors can leave them out."""
     if isinstance(data, dict):
-        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k), used) for k, v in data.items()}
     if isinstance(data, list):
-        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [interpolate(v, env, f"{where}[{i}]", used) for i, v in enumerate(data)]
     if not isinstance(data, str):
         return data
 
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in env:
+            if used is not None:
+                used.add(env[name])
             return env[name]
         if default is not None:
             return default
@@ -449,7 +507,7 @@ def interpolate(data: Any, env: Mapping[str, str] = os.environ, where: str = "")
     return _VAR.sub(sub, data)
 
 
-def parse_config(data: Any, *, base_dir: Path, source: str = "<config>") -> Config:
+def parse_config(data: Any, *, base_dir: Path, source: str = "<config>", hide: Iterable[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
     data = dict(data)
@@ -473,7 +531,7 @@ def parse_config(data: Any, *, base_dir: Path, source: str = "<config>") -> Conf
             data["ip_ranges"] = {**ranges, "store": _resolve_local(ranges["store"], base_dir)}
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(_format_error(source, err, hide)) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -490,8 +548,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if _expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
         raise ConfigError(f"{p}: the config expands to more than {MAX_CONFIG_VALUES:,} values: YAML aliases (*name) "
                           "that refer to anchors full of aliases multiply (a 'billion laughs'); write the values out")
+    from_env: set[str] = set()
     try:
-        data = interpolate(data)
+        data = interpolate(data, used=from_env)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
-    return parse_config(data, base_dir=p.resolve().parent, source=str(p))
+    return parse_config(data, base_dir=p.resolve().parent, source=str(p), hide=from_env)

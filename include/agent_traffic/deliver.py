@@ -64,6 +64,7 @@ from agent_traffic.plan import (
     read_chunk,
 )
 from agent_traffic.ratelimit import TokenBucket, limiter_for
+from agent_traffic.redact import redact_url
 from agent_traffic.retry import STOP, SUCCESS, send
 from agent_traffic.secrets import Secret
 from agent_traffic.storage import Store
@@ -435,7 +436,7 @@ def deliver_group(
             box.put_bytes(f"{run_id}/{dest.name}/{group.date}/{ch.chunk_id}.{ext}", ch.body)
             box.put_json(
                 f"{run_id}/{dest.name}/{group.date}/{ch.chunk_id}.request.json",
-                {"method": "POST", "url": v.url(dest), "content_type": ch.content_type,
+                {"method": "POST", "url": redact_url(v.url(dest)), "content_type": ch.content_type,
                  "events": ch.events, "auth": "(header omitted)"},
             )
             res.dry_run_events += ch.events
@@ -451,10 +452,6 @@ def deliver_group(
     http = http_pool(url, cfg.delivery.concurrency)
     leases = Leases(store, prefix, run_id, cfg.delivery.lease_s, cfg.delivery.longest_send_s, lease_owner)
     acks = AckSync(store)
-
-    def scrub(text: str) -> str:
-        """A vendor that echoes the request back must not put the key into the dead letter."""
-        return text.replace(key.reveal(), "***")
 
     def skip(cid: str, leased: bool) -> None:
         """Not sent by this worker: pending (the destination stopped, or another worker has it).
@@ -529,10 +526,10 @@ def deliver_group(
         if r.outcome == STOP and not stop.is_set():
             stop.set()
             store.put_json(stop_marker, {"destination": dest.name, "status": r.status,
-                                         "vendor_answer": scrub(r.body), "run_id": run_id, "at": _now()})
+                                         "vendor_answer": r.body, "run_id": run_id, "at": _now()})
         failure = {
             "chunk_id": ch.chunk_id, "object_id": ch.object_id, "events": ch.events,
-            "status": r.status, "vendor_answer": scrub(r.body), "attempts": r.attempts,
+            "status": r.status, "vendor_answer": r.body, "attempts": r.attempts,
             "outcome": r.outcome, "failed_at": _now(), "run_id": run_id,
         }
         store.put_json(f"{prefix}/dead/{ch.chunk_id}.json", failure)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import queue
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.config import HOSTNAME
 from agent_traffic.formats import (
     MAX_ONEPASS_GROUPS,
     TIME_UNITS,
@@ -43,6 +45,9 @@ NOT_REQUEST = "not a request record"
 UNKNOWN_HOST = "host matches no configured site"
 OTHER_HOST = "other host"  # a host no site lists, skipped (counted) by a source's default `other_hosts: skip`
 NO_HOST = "no host field to match a site"
+INVALID_HOST = "host is not a valid hostname"
+#: A host as staged and sent: a hostname (the config's rule for site names) or a bracketed IPv6 address
+VALID_HOST = re.compile(rf"(?:{HOSTNAME.pattern}|\[[0-9a-f:.]+\])")
 SKIP_REASONS = (BLANK, NOT_REQUEST, OTHER_HOST)
 CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 #: Times a log line may carry: wider than any real log, narrower than Python's and pandas' ranges
@@ -684,6 +689,22 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
 # Block parsing
 
 
+def with_invalid_hosts(out: pa.Table) -> pa.Table:
+    """Lines whose host is not a hostname (a `/`, NUL, newline, markup, over 253 characters) get
+    INVALID_HOST as their reason, ahead of the site checks (a host ending in a site's suffix is
+    still refused) and behind the line's own faults. Checked once per distinct host: a regex per
+    line in the query cost more than the rest of the line's parsing."""
+    bad = [h for h in pc.unique(out["host"]).to_pylist() if h and (len(h) > 253 or not VALID_HOST.fullmatch(h))]
+    if not bad:
+        return out
+    reason = out["reason"]
+    own_fault = pc.and_(pc.is_valid(reason), pc.invert(pc.is_in(reason, pa.array([UNKNOWN_HOST, OTHER_HOST, NO_HOST],
+                                                                                    reason.type))))
+    mask = pc.and_(pc.is_in(out["host"], pa.array(bad, out["host"].type)), pc.invert(own_fault))
+    return out.set_column(out.schema.get_field_index("reason"), "reason",
+                          pc.if_else(mask, pa.scalar(INVALID_HOST, reason.type), reason))
+
+
 def _csv_table(lines: list[str], first_line: int, fmt: LogFormat) -> tuple[pa.Table, int]:
     """CSV formats: split fields in Python (quoted commas), then hand DuckDB plain columns."""
     names = list(fmt.fields)
@@ -811,6 +832,7 @@ class BlockParser:
         return outs
 
     def _split(self, out: pa.Table, block: Lines, stats: ParseStats, pre: pa.Table | None = None) -> ParsedBlock:
+        out = with_invalid_hosts(out)
         reason = out["reason"]
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])

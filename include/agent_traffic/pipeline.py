@@ -42,6 +42,7 @@ from agent_traffic.parse import (
     sample_match,
 )
 from agent_traffic.ranges import range_store
+from agent_traffic.redact import redact_url
 from agent_traffic.stage import ObjectStager
 from agent_traffic.storage import Store, StoreOptions, filesystem
 
@@ -199,7 +200,7 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         if res.failures >= POISON_AFTER:
             res.status = POISONED
         rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
-        log.warning("object %s failed (%d run(s) in a row): %s (%s)", ref.url, res.failures, res.reason,
+        log.warning("object %s failed (%d run(s) in a row): %s (%s)", redact_url(ref.url), res.failures, res.reason,
                     "poisoned: skipped until it changes" if res.status == POISONED else "the next run retries it")
         return res
     res.status, res.stats, res.files, res.ai_by_provider = STAGED, stats.as_dict(), files, ai
@@ -228,8 +229,9 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             "trusted_proxies"
         )
     other = src.other_hosts
-    ctx = ParseContext(ref.object_id, ref.url, fmt, site, host, scheme, host_sites, cfg.parse.max_line_bytes,
-                       src.trusted_proxies, other_hosts="skip" if other == "skip" else "quarantine",
+    ctx = ParseContext(ref.object_id, redact_url(ref.url), fmt, site, host, scheme, host_sites,
+                       cfg.parse.max_line_bytes, src.trusted_proxies,
+                       other_hosts="skip" if other == "skip" else "quarantine",
                        other_site=other.site if isinstance(other, OtherHostSite) else None)
     # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
     for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines)):

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
+from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 from agent_traffic.vendors import vendor
@@ -549,7 +550,7 @@ def plan_object(
         site=site.name,
         date=day,
         object_id=oid,
-        source_object=manifest["url"],
+        source_object=redact_url(manifest["url"]),
         fingerprint=fp,
         events_total=total,
         not_selected=dict(not_selected),

@@ -11,6 +11,8 @@ agree by construction. The nightly DAG writes one report per day to `_reports/da
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -20,6 +22,7 @@ import duckdb
 import orjson
 
 from agent_traffic.query import connect
+from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
 
 TOP = 15  # rows in the "top" charts
@@ -218,7 +221,7 @@ def health(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     outcomes = {r["outcome"]: r["n"] for r in dl}
     q = _rows(con, """SELECT count(*) AS partitions, count(*) FILTER (status = 'fail') AS failed
                       FROM quality""")[0]
-    problems = [f"object {r['url']} failed: {r['reason']}" for r in _rows(
+    problems = [f"object {redact_url(r['url'])} failed: {r['reason']}" for r in _rows(
         con, "SELECT url, reason FROM manifests WHERE status <> 'staged' ORDER BY url")]
     problems += [
         f"{r['destination']}: {r['events']:,} event(s) in {r['chunks']} chunk(s) failed "
@@ -267,7 +270,7 @@ def build_report(store: Store, first: date | str, last: date | str | None = None
     last = (last.isoformat() if isinstance(last, date) else last) or first
     con = connect(store, first, last, tables=REPORT_TABLES)
     try:
-        return render(first, last, health(con), report_charts(con), staging=store.root_url)
+        return render(first, last, health(con), report_charts(con), staging=redact_url(store.root_url))
     finally:
         con.close()
 
@@ -364,7 +367,7 @@ def render(first: str, last: str, h: dict[str, Any], charts: list[Chart], *, sta
     data = {"first": first, "last": last, "charts": [asdict(c) for c in charts]}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'">
+<meta http-equiv="Content-Security-Policy" content="{PAGE_CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>AI agent traffic · {_e(span)}</title>
 <style>{CSS}</style></head>
@@ -523,6 +526,19 @@ SCRIPT = r"""
 """
 
 
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+#: The only script a published page may run: the report's own, by its hash (no 'unsafe-inline',
+#: so a script that log content smuggled into the page would not run)
+SCRIPT_HASH = _sha256(SCRIPT)
+#: What the pages we publish may do: draw with inline styles, run the report's script, nothing else
+PAGE_CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src {SCRIPT_HASH}; img-src data:; "
+            "base-uri 'none'; form-action 'none'")
+
+
+
 # ---------------------------------------------------------------------------------------------
 # Pages for the Airflow UI plugin: the list of reports, and the data-quality results of a date
 
@@ -554,7 +570,7 @@ def index_page(store: Store, base: str = "") -> str:
     body = (f"<div class='cols'><section><h2>Daily reports</h2><ul id='reports'>{reports or '<li>none yet</li>'}"
             f"</ul></section><section><h2>Data quality</h2><ul id='quality-days'>"
             f"{quality or '<li>none yet</li>'}</ul></section></div>"
-            f"<p class='note'>Staging: {_e(store.root_url)}</p>")
+            f"<p class='note'>Staging: {_e(redact_url(store.root_url))}</p>")
     return page("AI agent traffic: reports and data quality", body)
 
 

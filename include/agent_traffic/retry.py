@@ -23,12 +23,15 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 from urllib3.util import parse_url
 
 from agent_traffic.config import DeliveryPolicy
+from agent_traffic.redact import scrub
 
 RETRY = "retry"
 SUCCESS = "success"
 FATAL = "fatal"  # this request will never succeed as is
 STOP = "stop"  # key, grant or site id is wrong: stop sending to this destination
 STOP_STATUSES = frozenset({401, 403, 404})
+ANSWER_CHARS = 2000  # of a vendor's answer kept (dead letters, summaries)
+ANSWER_READ = 65536  # bytes of it scrubbed before the cut, so no key straddles the cut
 
 
 def decide(status: int, success: frozenset[int]) -> str:
@@ -126,7 +129,9 @@ def send(
             res.status, res.body = None, f"{cause} error: {type(exc).__name__}"
             res.possible_duplicates += 1
         else:
-            res.status, res.body = resp.status, resp.data[:2000].decode("utf-8", "replace")
+            # keys first, then the cut: a key echoed across the cut leaves no first characters
+            answer = scrub(resp.data[:ANSWER_READ].decode("utf-8", "replace"))
+            res.status, res.body = resp.status, answer[:ANSWER_CHARS]
             verdict = decide(resp.status, success)
             if verdict != RETRY:
                 res.outcome = verdict

@@ -22,6 +22,7 @@ from agent_traffic.pipeline import (
     validate_staged,
 )
 from agent_traffic.plan import ChunkGroup, plan_deliveries
+from agent_traffic.redact import printable, redact_url, scrub
 from agent_traffic.secrets import Secret, SecretResolver, env_resolver
 from agent_traffic.storage import Store
 from agent_traffic.summary import build_summary, ledger_status
@@ -40,7 +41,7 @@ class Progress:
 
     def __call__(self, msg: str) -> None:
         if self.out is not None:
-            print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", file=self.out, flush=True)
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {printable(scrub(msg))}", file=self.out, flush=True)
 
 
 def run(
@@ -164,7 +165,7 @@ class _Parser:
         for ref in refs:
             self.count += 1
             self.done_bytes += ref.size
-            where = f"[{self.count}/{len(self.disc.objects)}] {ref.url}"
+            where = f"[{self.count}/{len(self.disc.objects)}] {redact_url(ref.url)}"
             if not self.reprocess and self._staged_meanwhile(ref):
                 self.disc.unchanged += 1
                 self.progress(f"parse {where}: staged by another worker meanwhile, skipped")

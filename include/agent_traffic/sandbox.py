@@ -738,10 +738,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- control API (for a sandbox running in another process)
 
+    def _control_key_ok(self) -> bool:
+        """The control routes (what was accepted, scripted faults) need one of the sandbox's keys,
+        as `Authorization: Bearer <key>` or `X-Api-Key`: a receiver reachable from other hosts
+        must not hand out the events it holds or take orders from anyone. Health needs none."""
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else self.headers.get("X-Api-Key", "").strip()
+        return self.server.sandbox._key_ok(given)
+
     def _control_get(self, path: str, query: dict[str, list[str]]) -> None:
         sandbox = self.server.sandbox
         if path == "/_sandbox/health":
             self._send_json(200, {"status": "ok"})
+        elif not self._control_key_ok():
+            self._send_json(401, {"error": "the control routes need the sandbox's key (Authorization: Bearer)"})
         elif path == "/_sandbox/stats":
             self._send_json(200, sandbox.stats())
         elif path == "/_sandbox/accepted":
@@ -758,6 +768,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _control_post(self, path: str) -> None:
         sandbox = self.server.sandbox
         body = self._read_body(1_000_000)
+        if not self._control_key_ok():
+            self._send_json(401, {"error": "the control routes need the sandbox's key (Authorization: Bearer)"})
+            return
         if path != "/_sandbox/faults":
             self._send_json(404, {"error": "not found"})
             return

@@ -11,13 +11,17 @@ from collections.abc import Callable, Mapping
 
 from agent_traffic.config import Destination
 from agent_traffic.errors import SecretMissing
+from agent_traffic.redact import register
 
 
 class Secret:
+    """A key; registered for redaction (`redact.scrub`, Airflow's masker) as it is made."""
+
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register(value)
 
     def reveal(self) -> str:
         return self._value

@@ -19,6 +19,7 @@ from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects, release_command
 from agent_traffic.ledger import ledger_rows
 from agent_traffic.parse import OTHER_HOST
+from agent_traffic.redact import printable, redact_url, scrub, scrub_tree
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
@@ -145,15 +146,8 @@ def _silent_sources(cfg: Config, days: Sequence[str], discovery: dict[str, Any])
         return []
     found = {o["source"] for o in listed if not o.get("lookback")}
     span = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
-    return [f"source {src.name}: no object found for {span} at {_without_userinfo(src.url)}; if logs were "
+    return [f"source {src.name}: no object found for {span} at {redact_url(src.url)}; if logs were "
             "expected, check the url and that they were delivered there" for src in cfg.sources if src.name not in found]
-
-
-def _without_userinfo(url: str) -> str:
-    """The URL less any `user:password@` before its host (a glob's `?` is kept: it is no query)."""
-    scheme, sep, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else url
 
 
 def build_summary(
@@ -191,7 +185,7 @@ def build_summary(
         reasons.update(s.get("quarantine_reasons", {}))
         ai.update(o.get("ai_by_provider", {}))
         if o["status"] != "staged":
-            failed_objects.append({"url": o["url"], "reason": o.get("reason")})
+            failed_objects.append({"url": redact_url(o["url"]), "reason": o.get("reason")})
     sent = Counter()
     leased: Counter[tuple[str, str]] = Counter()  # (destination, site) -> events another worker was sending
     for d in deliveries:
@@ -265,12 +259,12 @@ def build_summary(
             notes.append(f"source {name}: {_n(sum(src['unknown_hosts'].values()))} line(s) {done} because "
                          f"their host matches no site's hostnames: {hosts}; add the host to a site's "
                          "`hostnames` to stage them")
-    return {
+    return scrub_tree({  # vendor answers and log content inside: no key in any encoding leaves
         "run_id": run_id,
         "dates": list(days),
         "lookback_dates": list(discovery.get("lookback_dates", [])),
         "dry_run": dry_run,
-        "staging": cfg.staging,
+        "staging": redact_url(cfg.staging),
         "objects": {
             "seen": discovery.get("seen", 0),
             "unchanged_skipped": discovery.get("unchanged", 0),
@@ -299,7 +293,7 @@ def build_summary(
         "notes": notes,
         "problems": problems,
         "ok": not problems,
-    }
+    })
 
 
 TOP_UNKNOWN_HOSTS = 10
@@ -319,7 +313,7 @@ def source_breakdown(objects: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
         if o["status"] == "staged":
             src["staged"] += 1
         else:
-            src["failed"].append({"url": o["url"], "date": o.get("date"), "reason": o.get("reason")})
+            src["failed"].append({"url": redact_url(o["url"]), "date": o.get("date"), "reason": o.get("reason")})
         if o.get("format"):
             src["formats"][o["format"]] += 1
         for k in ("lines_read", "parsed", "quarantined"):
@@ -407,4 +401,4 @@ def render(summary: dict[str, Any]) -> str:
     for p in summary["problems"]:
         out.append(f"PROBLEM   {p}")
     out.append("status    " + ("OK" if summary["ok"] else "FAILED (see PROBLEM lines)"))
-    return "\n".join(out)
+    return printable(scrub("\n".join(out)))  # log content reaches a terminal: escapes shown, never run

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent_traffic.config import Config, QualityPolicy
+from agent_traffic.offline import offline_html
 from agent_traffic.parse import METHOD_TOKEN as PARSE_METHOD
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
@@ -499,9 +500,31 @@ def _hold_sources(cfg: Config, store: Store, result: QualityResult, staged: Sequ
             result.holds[src] = {"objects": sorted(rec["held"].values()), "failures": rec["failures"]}
 
 
+#: Result fields that hold the rows' own values (log content): dropped before GX renders a page
+ROW_VALUE_FIELDS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+                    "unexpected_list", "unexpected_index_list", "unexpected_index_query", "unexpected_rows",
+                    "details")
+
+
+def _drop_row_values(ctx: Any) -> None:
+    """GX renders failing values as raw HTML: the kept results carry counts only, never a value
+    taken from a log line, so nothing a log writes becomes markup in the data docs."""
+    results = ctx.validation_results_store
+    for key in results.list_keys():
+        res = results.get(key)
+        for r in res.results:
+            for name in ROW_VALUE_FIELDS:
+                r.result.pop(name, None)
+            if not isinstance(r.result.get("observed_value"), int | float | type(None)):
+                r.result.pop("observed_value", None)
+        results.set(key, res)
+
+
 def build_docs(validator: Validator, store: Store, day: str) -> str | None:
-    """Render GX data docs for the validations run in this process; upload under _quality/."""
+    """Render GX data docs for the validations run in this process, without the rows' values and
+    made offline (`offline_html`); upload under _quality/."""
     gx, ctx = validator._gx
+    _drop_row_values(ctx)
     with tempfile.TemporaryDirectory() as d:
         ctx.add_data_docs_site(site_name="staging", site_config={
             "class_name": "SiteBuilder",
@@ -514,5 +537,21 @@ def build_docs(validator: Validator, store: Store, day: str) -> str | None:
             ctx.delete_data_docs_site("staging")
         for p in Path(d).rglob("*"):
             if p.is_file() and p.suffix in (".html", ".css"):
-                store.put_file(f"_quality/date={day}/docs/{p.relative_to(d)}", str(p))
+                store.put_bytes(f"_quality/date={day}/docs/{p.relative_to(d)}", offline_html(p.read_bytes()))
+    _docs_index(store, day)
     return store.url(f"_quality/date={day}/docs/index.html")
+
+
+def _docs_index(store: Store, day: str) -> None:
+    """Our own index of the data docs' pages: GX's builds its table with scripts, which are gone."""
+    from html import escape
+
+    from agent_traffic.report import page
+
+    base = f"_quality/date={day}/docs/"
+    pages = [k.removeprefix(base) for k in store.list(base) if k.endswith(".html") and k != f"{base}index.html"]
+    items = "".join(f"<li><a href='{escape(p, quote=True)}'>{escape(p)}</a></li>" for p in sorted(pages))
+    store.put_bytes(f"{base}index.html", page(f"GX data docs · {day}", (
+        "<p>Great Expectations' pages for this date: each suite's expectations and each validation's "
+        "results (counts only: the failing values themselves are in the quarantine, never in a page).</p>"
+        f"<ul id='docs'>{items or '<li>none</li>'}</ul>")).encode())
