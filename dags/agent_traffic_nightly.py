@@ -43,9 +43,8 @@ def _runtime():
     ctx = get_current_context()
     cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
     options = StoreOptions.from_config(cfg.object_store)
-    if cfg.object_store.airflow_conn_id:
-        conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-        options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
+    for conn in map(BaseHook.get_connection, cfg.object_store.airflow_conn_ids):  # S3, GCS, Azure
+        options = options.with_connection(conn.conn_type, conn.login, conn.password, conn.extra_dejson)
     run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in ctx["run_id"])
     return Runtime(cfg, options, run_id)
 

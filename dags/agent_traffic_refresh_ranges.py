@@ -48,9 +48,8 @@ def agent_traffic_refresh_ranges():
 
         cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
         options = StoreOptions.from_config(cfg.object_store)
-        if cfg.object_store.airflow_conn_id:
-            conn = BaseHook.get_connection(cfg.object_store.airflow_conn_id)
-            options = options.with_connection(conn.login, conn.password, conn.extra_dejson)
+        for conn in map(BaseHook.get_connection, cfg.object_store.airflow_conn_ids):  # S3, GCS, Azure
+            options = options.with_connection(conn.conn_type, conn.login, conn.password, conn.extra_dejson)
         report = refresh_ranges(load_catalog(cfg.catalog_files), range_store(cfg, options),
                                 urls=cfg.ip_ranges.urls, timeout_s=cfg.ip_ranges.timeout_s,
                                 keep=cfg.ip_ranges.keep)

@@ -1,4 +1,5 @@
-"""The staging store on local disk and on an S3 protocol server: atomic writes, listing, leases."""
+"""The staging store on local disk and on S3, GCS and Azure protocol servers (moto, fake-gcs-server,
+Azurite): atomic writes, listing, object versions, the atomic create leases rely on."""
 
 from __future__ import annotations
 
@@ -8,17 +9,16 @@ from pathlib import Path
 import pytest
 
 from agent_traffic.storage import Store, StoreOptions, list_objects
-from tests.conftest import make_bucket, put_object
+from tests.conftest import make_bucket, object_store_server, put_object
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs", "az"])
 def store(request, tmp_path: Path) -> Store:
     if request.param == "local":
         return Store(str(tmp_path / "staging"))
-    endpoint = request.getfixturevalue("s3_env")
-    make_bucket(endpoint, "store-tests")
-    return Store(f"s3://store-tests/{tmp_path.name}", StoreOptions(endpoint_url=endpoint, key="testing",
-                                                                   secret="testing"))
+    server = object_store_server(request, request.param)
+    server.make_bucket("store-tests")
+    return Store(f"{server.scheme}://store-tests/{tmp_path.name}", server.options)
 
 
 def test_put_get_list_delete(store: Store) -> None:
