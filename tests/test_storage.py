@@ -177,6 +177,9 @@ def test_airflow_connections_map_to_each_store() -> None:
         assert not any(s in repr(opts) for s in ("s3cret", "PRIVATE", "acc0untkey", "client-secret", "sig=abc"))
     with pytest.raises(ConfigError, match="google_cloud_platform"):
         base.with_connection("generic", "a", "b", {})
+    with pytest.raises(ConfigError, match="not JSON") as bad:
+        base.with_connection("google_cloud_platform", None, None, {"keyfile_dict": "{'private_key': 'k3y'"})
+    assert "k3y" not in str(bad.value)
 
 
 def test_a_wasb_connection_reaches_azure_blob_storage(azurite: str) -> None:

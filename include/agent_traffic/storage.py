@@ -16,7 +16,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -108,7 +108,13 @@ def _gcp_connection(o: StoreOptions, login: str | None, password: str | None, ex
     is_anonymous; none of them: Application Default Credentials."""
     get = partial(_extra, extra, "google_cloud_platform")
     keyfile = get("keyfile_dict")
-    token: Any = (orjson.loads(keyfile) if isinstance(keyfile, str) else keyfile) or get("key_path")
+    if isinstance(keyfile, str):
+        try:
+            keyfile = orjson.loads(keyfile)
+        except orjson.JSONDecodeError:
+            raise ConfigError("the google_cloud_platform Airflow Connection's keyfile_dict is not JSON: "
+                              "paste the whole service-account key file into it") from None
+    token: Any = keyfile or get("key_path")
     if str(get("is_anonymous")).lower() == "true":
         token = "anon"
     return replace(o, gcs=replace(o.gcs, project=get("project") or o.gcs.project, token=token or o.gcs.token))
@@ -194,7 +200,7 @@ SCHEMES = (
            remote_kwargs=lambda o: _set(project=o.gcs.project, endpoint_url=o.gcs.endpoint_url, token=o.gcs.token),
            fs_class="agent_traffic.gcs.GcsFileSystem"),
     Scheme("Azure Blob Storage", ("az", "abfs", "abfss"), ("etag",), ("last_modified",), atomic_create=True,
-           remote_kwargs=lambda o: _set(**{k: getattr(o.azure, k) for k in AzureOptions.__dataclass_fields__})),
+           remote_kwargs=lambda o: _set(**asdict(o.azure))),
 )
 _OTHER = Scheme("other", (), ("ETag", "etag"), ("mtime", "LastModified", "last_modified", "created"))
 
