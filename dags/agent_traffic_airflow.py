@@ -26,25 +26,28 @@ def config_path() -> str:
 
 
 def store_options(cfg):
-    """The config's object-store options overlaid with its Airflow Connection, if it names one.
+    """The config's object-store options overlaid with its Airflow Connections (S3, GCS, Azure).
 
     An `aws` Connection is resolved by the Amazon provider, as every Airflow AWS hook does:
     keys, `role_arn` (an assumed role), web identity, profiles, session tokens. Credentials of an
     assumed role last its session (one hour by default: `assume_role_kwargs` in the extra)."""
+    from dataclasses import replace
+
     from agent_traffic.storage import StoreOptions
 
     options = StoreOptions.from_config(cfg.object_store)
-    conn_id = cfg.object_store.airflow_conn_id
-    if not conn_id:
-        return options
-    conn = BaseHook.get_connection(conn_id)
-    extra = conn.extra_dejson or {}
-    if conn.conn_type != "aws":
-        return options.with_connection(conn.login, conn.password, extra)
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+    for conn_id in cfg.object_store.airflow_conn_ids:
+        conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson or {}
+        if conn.conn_type != "aws":
+            options = options.with_connection(conn.conn_type, conn.login, conn.password, extra)
+            continue
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
 
-    creds = AwsGenericHook(aws_conn_id=conn_id, client_type="s3").get_credentials()
-    return options.with_connection(creds.access_key, creds.secret_key, extra, token=creds.token)
+        creds = AwsGenericHook(aws_conn_id=conn_id, client_type="s3").get_credentials()
+        options = replace(options.with_connection("aws", creds.access_key, creds.secret_key, extra),
+                          token=creds.token)
+    return options
 
 
 def runtime():

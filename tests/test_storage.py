@@ -1,24 +1,25 @@
-"""The staging store on local disk and on an S3 protocol server: atomic writes, listing, leases."""
+"""The staging store on local disk and on S3, GCS and Azure protocol servers (moto, fake-gcs-server,
+Azurite): atomic writes, listing, object versions, the atomic create leases rely on."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import pytest
 
-from agent_traffic.storage import Store, StoreOptions, list_objects
-from tests.conftest import make_bucket, put_object
+from agent_traffic.storage import Store, StoreOptions, filesystem, list_objects
+from tests.conftest import make_bucket, object_store_server, put_object, write_config
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs", "az"])
 def store(request, tmp_path: Path) -> Store:
     if request.param == "local":
         return Store(str(tmp_path / "staging"))
-    endpoint = request.getfixturevalue("s3_env")
-    make_bucket(endpoint, "store-tests")
-    return Store(f"s3://store-tests/{tmp_path.name}", StoreOptions(endpoint_url=endpoint, key="testing",
-                                                                   secret="testing"))
+    server = object_store_server(request, request.param)
+    server.make_bucket("store-tests")
+    return Store(f"{server.scheme}://store-tests/{tmp_path.name}", server.options)
 
 
 def test_put_get_list_delete(store: Store) -> None:
@@ -135,3 +136,83 @@ def test_put_stream_writes_parts_whole_and_get_range_reads_a_slice(store: Store)
     with pytest.raises(RuntimeError):
         store.put_stream("p/broken", failing())
     assert store.list("p/") == ["p/pack"]  # a failed stream leaves nothing behind
+
+
+def test_listing_globs_prefixes_and_versions_on_each_store(object_store) -> None:
+    """Every object store lists globs and prefixes alike, and gives each object its store's version
+    (S3 / Azure ETag, GCS generation), which changes when the object is rewritten."""
+    from agent_traffic.extract import object_id, version_tag
+
+    s = object_store.scheme
+    object_store.make_bucket("listing-each")
+    for key in ("logs/2026/11/21/a.gz", "logs/2026/11/21/b.gz", "logs/2026/11/22/c.gz", "logs/2026/11/21/.hidden"):
+        object_store.put("listing-each", key, b"x" * 3)
+    got = list_objects(f"{s}://listing-each/logs/2026/11/21/*.gz", object_store.options)
+    assert [o.url for o in got] == [f"{s}://listing-each/logs/2026/11/21/a.gz", f"{s}://listing-each/logs/2026/11/21/b.gz"]
+    assert all(o.size == 3 and o.version and o.mtime for o in got)
+    assert len(list_objects(f"{s}://listing-each/logs/2026/", object_store.options)) == 3
+    assert list_objects(f"{s}://listing-each/nothing/here/", object_store.options) == []
+    fs, path = filesystem(f"{s}://listing-each/logs/2026/11/21/a.gz", object_store.options)
+    native = fs.info(path)
+    assert got[0].version == str(native.get("generation") or native.get("ETag") or native.get("etag")).strip('"')
+    before = got[0]
+    object_store.put("listing-each", "logs/2026/11/21/a.gz", b"yyyy")  # rewritten: a new version
+    after = list_objects(f"{s}://listing-each/logs/2026/11/21/a.gz", object_store.options)[0]
+    assert after.version != before.version
+    assert object_id(after.url, version_tag(after)) != object_id(before.url, version_tag(before))
+
+
+def test_airflow_connections_map_to_each_store() -> None:
+    from agent_traffic.errors import ConfigError
+    from agent_traffic.storage import GcsOptions
+
+    base = StoreOptions(endpoint_url="http://minio:9000", gcs=GcsOptions(project="cfg-project"))
+    aws = base.with_connection("aws", "AKID", "s3cret", {"region_name": "auto"})
+    assert (aws.key, aws.secret, aws.endpoint_url, aws.region) == ("AKID", "s3cret", "http://minio:9000", "auto")
+    key = {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nabc"}
+    gcp = base.with_connection("google_cloud_platform", None, None,
+                               {"keyfile_dict": json.dumps(key), "project": "logs-project"})
+    assert gcp.gcs.token == key and gcp.gcs.project == "logs-project"
+    old_style = base.with_connection("google_cloud_platform", None, None,
+                                     {"extra__google_cloud_platform__key_path": "/keys/sa.json"})
+    assert old_style.gcs.token == "/keys/sa.json" and old_style.gcs.project == "cfg-project"
+    assert base.with_connection("google_cloud_platform", None, None, {}).gcs.token is None  # ADC
+    wasb = base.with_connection("wasb", "mylogs", "acc0untkey", {})
+    assert (wasb.azure.account_name, wasb.azure.account_key) == ("mylogs", "acc0untkey")
+    sp = base.with_connection("adls", "client-id", "client-secret", {"tenant_id": "t1", "account_name": "mylogs"})
+    assert (sp.azure.client_id, sp.azure.client_secret, sp.azure.tenant_id, sp.azure.account_name) == (
+        "client-id", "client-secret", "t1", "mylogs")
+    sas = base.with_connection("wasb", "mylogs", None, {"sas_token": "sv=2025&sig=abc"})
+    assert sas.azure.sas_token == "sv=2025&sig=abc" and sas.azure.account_key is None
+    for opts in (aws, gcp, wasb, sp, sas):  # secrets never in repr (logs, exceptions)
+        assert not any(s in repr(opts) for s in ("s3cret", "PRIVATE", "acc0untkey", "client-secret", "sig=abc"))
+    with pytest.raises(ConfigError, match="google_cloud_platform"):
+        base.with_connection("generic", "a", "b", {})
+    with pytest.raises(ConfigError, match="not JSON") as bad:
+        base.with_connection("google_cloud_platform", None, None, {"keyfile_dict": "{'private_key': 'k3y'"})
+    assert "k3y" not in str(bad.value)
+
+
+def test_a_wasb_connection_reaches_azure_blob_storage(azurite: str) -> None:
+    """A wasb Connection holding a connection string (as Airflow's Azure hook reads it) opens the store."""
+    opts = StoreOptions().with_connection("wasb", None, None, {"connection_string": azurite})
+    fs, _ = filesystem("az://conn-test", opts)
+    if not fs.exists("conn-test"):
+        fs.mkdir("conn-test")
+    store = Store("az://conn-test/staging", opts)
+    assert store.create_json("leases/a.json", {"n": 1}) and not store.create_json("leases/a.json", {"n": 2})
+    assert store.get_json("leases/a.json") == {"n": 1}
+
+
+def test_config_names_each_store_and_its_connection(tmp_path: Path) -> None:
+    from agent_traffic.config import load_config
+
+    cfg_path = write_config(tmp_path / "c.yaml", staging="gs://stg/x", source_url="az://logs/{date:%Y}/",
+                            base_url="http://127.0.0.1:9",
+                            object_store={"airflow_conn_id": "r2", "gcs": {"project": "p", "airflow_conn_id": "gcp"},
+                                          "azure": {"account_name": "acct", "airflow_conn_id": "blob"}})
+    cfg = load_config(str(cfg_path))
+    assert cfg.staging == "gs://stg/x" and cfg.sources[0].url == "az://logs/{date:%Y}/"
+    assert cfg.object_store.airflow_conn_ids == ("r2", "gcp", "blob")
+    opts = StoreOptions.from_config(cfg.object_store, env={})
+    assert opts.gcs.project == "p" and opts.azure.account_name == "acct" and opts.gcs.token is None

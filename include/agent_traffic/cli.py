@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rt = Runtime.load(args.config, new_run_id())
     outbox = None
     if args.dry_run:
-        outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url("_outbox"))
+        outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url("_outbox"), rt.options)
     summary = run(
         rt, args.date, args.until or args.date, sites=args.site, destinations=args.destination,
         dry_run=args.dry_run, reprocess=args.reprocess, retry_poisoned=args.retry_poisoned, outbox=outbox,

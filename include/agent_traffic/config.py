@@ -206,14 +206,42 @@ class Source(_Model):
         return self.url.format(date=day)
 
 
+class GcsStore(_Model):
+    """How to reach gs:// URLs. Credentials: Application Default Credentials on the command line
+    (GOOGLE_APPLICATION_CREDENTIALS, gcloud, the metadata server), or an Airflow Connection of
+    type google_cloud_platform."""
+
+    project: str | None = None
+    endpoint_url: str | None = Field(None, description="an emulator; else STORAGE_EMULATOR_HOST or Google's")
+    anonymous: bool = Field(False, description="no credentials: public buckets and emulators")
+    airflow_conn_id: str | None = None
+
+
+class AzureStore(_Model):
+    """How to reach az:// and abfs:// URLs. Credentials on the command line: the AZURE_STORAGE_*
+    variables (CONNECTION_STRING, or ACCOUNT_NAME with ACCOUNT_KEY or SAS_TOKEN, or a service
+    principal's CLIENT_ID, CLIENT_SECRET and TENANT_ID), else Azure's default credential chain;
+    inside Airflow, a Connection of type wasb or adls."""
+
+    account_name: str | None = None
+    airflow_conn_id: str | None = None
+
+
 class ObjectStore(_Model):
-    """How to reach s3:// URLs (AWS, MinIO or any S3-compatible store)."""
+    """How to reach s3:// URLs (AWS, MinIO, R2 or any S3-compatible store), gs:// and az://."""
 
     endpoint_url: str | None = None
     region: str | None = None
     access_key_env: str = "AWS_ACCESS_KEY_ID"
     secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
     airflow_conn_id: str | None = None
+    gcs: GcsStore = GcsStore()
+    azure: AzureStore = AzureStore()
+
+    @property
+    def airflow_conn_ids(self) -> tuple[str, ...]:
+        """The Airflow Connections that hold credentials for these stores (S3, GCS, Azure)."""
+        return tuple(c for c in (self.airflow_conn_id, self.gcs.airflow_conn_id, self.azure.airflow_conn_id) if c)
 
 
 class DeliveryPolicy(_Model):
@@ -278,7 +306,7 @@ class RangePolicy(_Model):
     """
 
     urls: dict[str, str | None] = Field(default_factory=dict, description="list id -> URL, or null: do not fetch")
-    store: str | None = Field(None, description="snapshot folder or s3:// prefix (default: <staging>/_ranges)")
+    store: str | None = Field(None, description="snapshot folder or object-store prefix (default: <staging>/_ranges)")
     max_age_days: int = Field(30, ge=1, le=3650, description="a list older than this (vs. the request's day) "
                               "never makes a request `spoofed`, only `unverifiable`")
     timeout_s: float = Field(30.0, gt=0, le=600, description="per range-file download")
@@ -295,7 +323,7 @@ class RangePolicy(_Model):
 
 class Config(_Model):
     version: Literal[1] = 1
-    staging: str = Field(description="staging root: a local folder or s3://bucket/prefix")
+    staging: str = Field(description="staging root: a local folder, s3://, gs:// or az://container/prefix")
     object_store: ObjectStore = ObjectStore()
     sources: tuple[Source, ...] = Field(min_length=1)
     sites: tuple[Site, ...] = Field(min_length=1)

@@ -1,9 +1,10 @@
 """Discover source objects for logical dates, and remember which versions were staged.
 
-The unit of idempotency for parsing is one object version (URL + ETag, or size and mtime where the
-store has no ETag). Its manifest record under `_manifests/date=<D>/<object_id>.json` is written
-last, after its files, so it is the commit marker: an object without a `staged` record is parsed
-(again) by the next run; one with a record is skipped unless the run asks to reprocess.
+The unit of idempotency for parsing is one object version (URL + the store's version of the object:
+the ETag on S3 and Azure, the generation on GCS; size and mtime where the store has none). Its
+manifest record under `_manifests/date=<D>/<object_id>.json` is written last, after its files, so
+it is the commit marker: an object without a `staged` record is parsed (again) by the next run;
+one with a record is skipped unless the run asks to reprocess.
 
 Late objects: each source also lists its `lookback_days` dates before the run's dates (CloudFront
 files arrive up to 24 h late, filed under the hour they happened). A late object is staged under
@@ -28,7 +29,7 @@ POISON_AFTER = 3
 
 
 def version_tag(info: ObjectInfo) -> str:
-    return info.etag or f"{info.size}:{info.mtime}"
+    return info.version or f"{info.size}:{info.mtime}"
 
 
 def object_id(url: str, version: str) -> str:
@@ -47,6 +48,7 @@ class ObjectRef:
     source: str
     date: str
     previous: str | None = None  # object id of an older version of the same URL, to replace
+    version: str | None = None  # the store's version (S3 / Azure ETag, GCS generation); None: size and mtime
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,12 +144,13 @@ def discover(
                 oid = object_id(info.url, version_tag(info))
                 skip = oid in staged_ids and (is_late or not reprocess)
                 if oid in poisoned and not retry_poisoned:  # the same version failed run after run
-                    listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
-                                   "object_id": oid, "date": ds, "source": src.name, "lookback": is_late,
-                                   "action": POISONED})
+                    listed.append({"url": info.url, "size": info.size, "etag": info.etag, "version": info.version,
+                                   "mtime": info.mtime, "object_id": oid, "date": ds, "source": src.name,
+                                   "lookback": is_late, "action": POISONED})
                     skipped_poison.append(poisoned[oid])
                     continue
-                listed.append({"url": info.url, "size": info.size, "etag": info.etag, "mtime": info.mtime,
+                listed.append({"url": info.url, "size": info.size, "etag": info.etag, "version": info.version,
+                               "mtime": info.mtime,
                                "object_id": oid, "date": ds, "source": src.name, "lookback": is_late,
                                "action": "unchanged" if skip else "parse"})
                 if skip:
@@ -162,6 +165,7 @@ def discover(
                         size=info.size,
                         etag=info.etag,
                         mtime=info.mtime,
+                        version=info.version,
                         source=src.name,
                         date=ds,
                         previous=prev["object_id"] if prev and prev["object_id"] != oid else None,

@@ -1,36 +1,69 @@
-"""Object storage through fsspec: local folders and any S3-compatible store, one interface.
+"""Object storage through fsspec: local folders, S3 (and S3-compatible stores: MinIO, R2), Google
+Cloud Storage and Azure Blob Storage, one interface; what differs between them is a `Scheme`.
 
 All pipeline state lives under the staging root, so tasks of one run may land on different
 workers. Writes are whole-object puts of finished files (a temporary name then a rename on local
-disk; a single PUT on S3, which is atomic), so a killed task never leaves a half file behind.
+disk; a single upload on object stores, visible only once complete), so a killed task never leaves
+a half file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 import fsspec
 import orjson
 
 from agent_traffic.config import ObjectStore
+from agent_traffic.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GcsOptions:
+    """Connection options for gs:// URLs; `token` is gcsfs's: None (Application Default
+    Credentials), "anon", a service-account key file's path, or its parsed JSON."""
+
+    project: str | None = None
+    endpoint_url: str | None = None
+    token: str | dict[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class AzureOptions:
+    """Connection options for az:// and abfs:// URLs. Unset fields fall back to adlfs's
+    AZURE_STORAGE_* environment variables, then to Azure's default credential chain."""
+
+    account_name: str | None = None
+    account_key: str | None = field(default=None, repr=False)
+    connection_string: str | None = field(default=None, repr=False)
+    sas_token: str | None = field(default=None, repr=False)
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """Connection options for s3:// URLs; credentials stay out of repr()."""
+    """Connection options for object-store URLs (the S3 ones at the top level, for s3:// on AWS,
+    MinIO, R2 or any S3-compatible store); credentials stay out of repr()."""
 
     endpoint_url: str | None = None
     region: str | None = None
     key: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)  # a session token (an assumed role's)
+    token: str | None = field(default=None, repr=False)  # S3: a session token (an assumed role's)
+    gcs: GcsOptions = GcsOptions()
+    azure: AzureOptions = AzureOptions()
 
     @classmethod
     def from_config(cls, cfg: ObjectStore, env: Mapping[str, str] = os.environ) -> StoreOptions:
@@ -39,45 +72,155 @@ class StoreOptions:
             region=cfg.region,
             key=env.get(cfg.access_key_env),
             secret=env.get(cfg.secret_key_env),
+            gcs=GcsOptions(project=cfg.gcs.project, endpoint_url=cfg.gcs.endpoint_url,
+                           token="anon" if cfg.gcs.anonymous else None),
+            azure=AzureOptions(account_name=cfg.azure.account_name),
         )
 
-    def with_connection(self, login: str | None, password: str | None, extra: Mapping[str, Any],
-                        token: str | None = None) -> StoreOptions:
-        """These options overlaid with an Airflow Connection's fields (type aws: login = access
-        key, password = secret key, extra endpoint_url / region_name; or the credentials the
-        Amazon provider resolved from it, with their session token); the caller fetches it."""
-        return StoreOptions(
-            endpoint_url=extra.get("endpoint_url") or self.endpoint_url,
-            region=extra.get("region_name") or self.region,
-            key=login or self.key,
-            secret=password or self.secret,
-            token=token if login else self.token,
-        )
+    def with_connection(self, conn_type: str | None, login: str | None, password: str | None,
+                        extra: Mapping[str, Any]) -> StoreOptions:
+        """These options overlaid with an Airflow Connection's fields; its type says which store
+        it is for (aws, google_cloud_platform, wasb or adls). The caller fetches the Connection."""
+        overlay = _CONNECTION_TYPES.get(conn_type or "")
+        if overlay is None:
+            raise ConfigError(
+                f"Airflow Connection type {conn_type!r} is not an object store's: use aws (S3, MinIO, R2), "
+                f"google_cloud_platform (GCS), wasb or adls (Azure Blob Storage)"
+            )
+        return overlay(self, login, password, extra)
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
-        if protocol not in ("s3", "s3a"):
+        return scheme(protocol).fsspec_kwargs(self)
+
+
+def _aws_connection(o: StoreOptions, login: str | None, password: str | None, extra: Mapping[str, Any]) -> StoreOptions:
+    """Type aws: login = access key, password = secret key, extra endpoint_url / region_name."""
+    return replace(o, endpoint_url=extra.get("endpoint_url") or o.endpoint_url,
+                   region=extra.get("region_name") or o.region, key=login or o.key, secret=password or o.secret)
+
+
+def _extra(extra: Mapping[str, Any], conn_type: str, name: str) -> Any:
+    """An extra field, under its plain name or the `extra__<type>__` prefix of older Connections."""
+    return extra.get(name) or extra.get(f"extra__{conn_type}__{name}")
+
+
+def _gcp_connection(o: StoreOptions, login: str | None, password: str | None, extra: Mapping[str, Any]) -> StoreOptions:
+    """Type google_cloud_platform: extra keyfile_dict (the key's JSON), key_path, project,
+    is_anonymous; none of them: Application Default Credentials."""
+    get = partial(_extra, extra, "google_cloud_platform")
+    keyfile = get("keyfile_dict")
+    if isinstance(keyfile, str):
+        try:
+            keyfile = orjson.loads(keyfile)
+        except orjson.JSONDecodeError:
+            raise ConfigError("the google_cloud_platform Airflow Connection's keyfile_dict is not JSON: "
+                              "paste the whole service-account key file into it") from None
+    token: Any = keyfile or get("key_path")
+    if str(get("is_anonymous")).lower() == "true":
+        token = "anon"
+    return replace(o, gcs=replace(o.gcs, project=get("project") or o.gcs.project, token=token or o.gcs.token))
+
+
+def _azure_connection(o: StoreOptions, login: str | None, password: str | None, extra: Mapping[str, Any]) -> StoreOptions:
+    """Types wasb and adls, as Airflow's Azure hooks read them: extra connection_string; or
+    tenant_id with login = client id, password = client secret (a service principal); else
+    login = account name with password, extra shared_access_key or sas_token as its key."""
+    get = partial(_extra, extra, "wasb")
+    a = o.azure
+    if get("connection_string"):
+        return replace(o, azure=replace(a, connection_string=get("connection_string")))
+    account = get("account_name") or a.account_name
+    if get("tenant_id"):
+        return replace(o, azure=replace(a, account_name=account, tenant_id=get("tenant_id"),
+                                        client_id=login, client_secret=password))
+    return replace(o, azure=replace(a, account_name=login or account, sas_token=get("sas_token") or a.sas_token,
+                                    account_key=get("shared_access_key") or password or a.account_key))
+
+
+_CONNECTION_TYPES: dict[str, Callable[[StoreOptions, str | None, str | None, Mapping[str, Any]], StoreOptions]] = {
+    "aws": _aws_connection,
+    "google_cloud_platform": _gcp_connection,
+    "wasb": _azure_connection,
+    "adls": _azure_connection,
+}
+
+
+def _s3_kwargs(o: StoreOptions) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if o.key:
+        kw["key"] = o.key
+    if o.secret:
+        kw["secret"] = o.secret
+    if o.token:
+        kw["token"] = o.token
+    client: dict[str, Any] = {}
+    if o.endpoint_url:
+        client["endpoint_url"] = o.endpoint_url
+    if o.region:
+        client["region_name"] = o.region
+    if client:
+        kw["client_kwargs"] = client
+    return kw
+
+
+def _set(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What differs between kinds of store, so the rest of the code asks instead of branching:
+    how to open one, which listing field is an object's version, and whether it has the atomic
+    create that leases need (fsspec's `pipe_file(mode="create")`: `If-None-Match: *` on S3 and
+    Azure, `ifGenerationMatch=0` on GCS; a hard link on local disk, see `Store.create_exclusive`)."""
+
+    name: str
+    protocols: tuple[str, ...]
+    version_keys: tuple[str, ...] = ()  # first one present; none: size and mtime tell versions apart
+    mtime_keys: tuple[str, ...] = ("mtime",)
+    atomic_create: bool = False
+    remote_kwargs: Callable[[StoreOptions], dict[str, Any]] | None = None  # None: no options
+    fs_class: str | None = None  # instead of fsspec's registered class
+
+    def fsspec_kwargs(self, options: StoreOptions) -> dict[str, Any]:
+        if self.remote_kwargs is None:
             return {}
-        kw: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
-        if self.key:
-            kw["key"] = self.key
-        if self.secret:
-            kw["secret"] = self.secret
-        if self.token:
-            kw["token"] = self.token
-        client: dict[str, Any] = {}
-        if self.endpoint_url:
-            client["endpoint_url"] = self.endpoint_url
-        if self.region:
-            client["region_name"] = self.region
-        if client:
-            kw["client_kwargs"] = client
-        return kw
+        # a fresh instance that never answers from a cached listing: leases and exists() must see the store now
+        return {"skip_instance_cache": True, "use_listings_cache": False, **self.remote_kwargs(options)}
+
+    def filesystem(self, url: str, options: StoreOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self.fs_class is None:
+            return fsspec.core.url_to_fs(url, **self.fsspec_kwargs(options))
+        module, _, name = self.fs_class.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return cls(**self.fsspec_kwargs(options)), cls._strip_protocol(url)
+
+
+SCHEMES = (
+    Scheme("local", ("file", "local")),
+    Scheme("S3", ("s3", "s3a"), ("ETag",), ("LastModified",), atomic_create=True, remote_kwargs=_s3_kwargs),
+    Scheme("GCS", ("gs", "gcs"), ("generation",), ("mtime", "updated"), atomic_create=True,
+           remote_kwargs=lambda o: _set(project=o.gcs.project, endpoint_url=o.gcs.endpoint_url, token=o.gcs.token),
+           fs_class="agent_traffic.gcs.GcsFileSystem"),
+    Scheme("Azure Blob Storage", ("az", "abfs", "abfss"), ("etag",), ("last_modified",), atomic_create=True,
+           remote_kwargs=lambda o: _set(**asdict(o.azure))),
+)
+_OTHER = Scheme("other", (), ("ETag", "etag"), ("mtime", "LastModified", "last_modified", "created"))
+
+
+def scheme(protocol: str) -> Scheme:
+    """The store kind of a protocol (`file` for plain paths)."""
+    return next((s for s in SCHEMES if protocol in s.protocols), _OTHER)
+
+
+def url_scheme(url: str) -> Scheme:
+    """The store kind of a URL or a plain path."""
+    return scheme(url.split("://", 1)[0] if "://" in url else "file")
 
 
 def filesystem(url: str, options: StoreOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without protocol) for a URL."""
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    return fsspec.core.url_to_fs(url, **(options or StoreOptions()).fsspec_kwargs(protocol))
+    return url_scheme(url).filesystem(url, options or StoreOptions())
 
 
 @dataclass(frozen=True)
@@ -86,11 +229,19 @@ class ObjectInfo:
     size: int
     etag: str | None
     mtime: float | None
+    version: str | None = None  # the store's version of the object: S3 / Azure ETag, GCS generation
 
 
-def _info(fs: fsspec.AbstractFileSystem, protocol: str, path: str, raw: Mapping[str, Any]) -> ObjectInfo:
+def _first(raw: Mapping[str, Any], keys: Iterable[str]) -> Any:
+    return next((raw[k] for k in keys if raw.get(k) is not None), None)
+
+
+def _info(kind: Scheme, protocol: str, path: str, raw: Mapping[str, Any]) -> ObjectInfo:
     etag = raw.get("ETag") or raw.get("etag")
-    mtime = raw.get("mtime") or raw.get("LastModified") or raw.get("created")
+    version = _first(raw, kind.version_keys)
+    mtime = _first(raw, kind.mtime_keys)
+    if isinstance(mtime, str):
+        mtime = datetime.fromisoformat(mtime)
     if hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
     url = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
@@ -99,14 +250,15 @@ def _info(fs: fsspec.AbstractFileSystem, protocol: str, path: str, raw: Mapping[
         size=int(raw.get("size") or 0),
         etag=str(etag).strip('"') if etag else None,
         mtime=float(mtime) if mtime is not None else None,
+        version=str(version).strip('"') if version is not None else None,
     )
 
 
 def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectInfo]:
     """Objects matching a URL that is a glob (`*`, `?`, `[`) or a prefix (listed recursively)."""
     fs, path = filesystem(url, options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    protocol = "file" if protocol in ("file", "local") else protocol
+    kind = url_scheme(url)
+    protocol = kind.protocols[0] if kind.protocols else fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if any(c in path for c in "*?["):
         found = fs.glob(path, detail=True)
     elif not fs.exists(path):
@@ -114,7 +266,7 @@ def list_objects(url: str, options: StoreOptions | None = None) -> list[ObjectIn
     else:
         found = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     out = [
-        _info(fs, protocol, p, raw)
+        _info(kind, protocol, p, raw)
         for p, raw in found.items()
         if raw.get("type", "file") == "file" and not os.path.basename(p).startswith(".")
     ]
@@ -180,6 +332,7 @@ class Store:
     def __init__(self, root_url: str, options: StoreOptions | None = None) -> None:
         self.root_url = root_url.rstrip("/")
         self.options = options or StoreOptions()
+        self.scheme = url_scheme(self.root_url)
         self.fs, self.root = filesystem(self.root_url, self.options)
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.is_local:
@@ -242,8 +395,9 @@ class Store:
     def create_exclusive(self, key: str, data: bytes, *, durable: bool = True) -> bool:
         """Create `key` only if it does not exist; False if it does. Atomic on local disk (a
         finished temporary file hard-linked to the name, which fails if the name exists, so a
-        reader never sees the file empty) and on S3-compatible stores (a conditional PUT,
-        `If-None-Match: *`), so two workers racing for the same lease cannot both win.
+        reader never sees the file empty) and on object stores (a conditional write: `If-None-Match: *`
+        on S3 and Azure, `ifGenerationMatch=0` on GCS), so two workers racing for the same lease
+        cannot both win.
         `durable=False`: no fsync on local disk, for files an OS crash may lose (a lease)."""
         target = self.path(key)
         if self.is_local:
@@ -255,16 +409,15 @@ class Store:
             finally:
                 os.unlink(tmp)
             return True
-        if "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
-            bucket, _, path = target.partition("/")
-            try:
-                self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data, IfNoneMatch="*")
-            except FileExistsError:
-                return False
-            return True
-        raise NotImplementedError(
-            f"{self.root_url}: this store has no atomic create; use a local folder or an S3-compatible store"
-        )
+        if not self.scheme.atomic_create:
+            raise NotImplementedError(
+                f"{self.root_url}: this store has no atomic create; use a local folder, S3, GCS or Azure Blob Storage"
+            )
+        try:
+            self.fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
 
     def put_json(self, key: str, obj: Any, *, durable: bool = True) -> None:
         self.put_bytes(key, _json(obj), durable=durable)
