@@ -25,7 +25,7 @@ def test_the_days_of_a_run() -> None:
 
 
 def test_an_aws_connection_is_resolved_by_the_amazon_provider_role_and_all(
-        s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+        airflow_home, s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A Connection with `role_arn`: the provider assumes the role (moto's STS on loopback) and
     the store lists the bucket with the temporary credentials and their session token."""
     from agent_traffic_airflow import store_options
@@ -54,7 +54,8 @@ def test_an_aws_connection_is_resolved_by_the_amazon_provider_role_and_all(
     ({"conn_type": "http", "host": "webhooks.example.com"}, "https://webhooks.example.com"),
     ({"conn_type": "generic", "password": "k"}, None),
 ])
-def test_a_destinations_connection_host_is_its_base_url(conn, url, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_a_destinations_connection_host_is_its_base_url(conn, url, airflow_home, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path) -> None:
     from agent_traffic_airflow import connection_base_url, with_base_url
 
     monkeypatch.setenv("AIRFLOW_CONN_SCRUNCH_EXAMPLE", json.dumps({**conn, "password": "k"}))
@@ -72,7 +73,7 @@ def test_a_destinations_connection_host_is_its_base_url(conn, url, monkeypatch: 
     assert moved.destination("other").endpoint_base == "https://config.example"
 
 
-def test_a_run_fails_on_failed_tasks_causes_first() -> None:
+def test_a_run_fails_on_failed_tasks_causes_first(airflow_home) -> None:
     from agent_traffic_airflow import failed_tasks
 
     states = {"discover": "failed", "parse_and_stage": "upstream_failed", "validate": "upstream_failed",

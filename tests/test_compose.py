@@ -145,7 +145,7 @@ def test_every_airflow_service_shares_one_jwt_secret_and_a_required_fernet_key()
     assert "AIRFLOW_JWT_SECRET=" in example and "AIRFLOW_FERNET_KEY=" in example and "Fernet.generate_key" in example
 
 
-def test_the_cluster_dependencies_are_pinned_as_the_official_image_has_them() -> None:
+def test_the_cluster_dependencies_are_pinned_as_the_official_image_has_them(airflow_home) -> None:
     """celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0: the scheduler cannot load its executor."""
     pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
