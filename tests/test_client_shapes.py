@@ -6,11 +6,14 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from agent_traffic.annotate import Annotator
 from agent_traffic.catalog import CatalogError, load_catalog
 from agent_traffic.classify import APP_CLIENT, HUMAN, UNKNOWN, Classifier
 from agent_traffic.clients import ClientKind, load_client_shapes, parse_client_shapes
 from agent_traffic.plan import select_mask
 from tests import ua_corpus
+from tests.test_classify_cli import _classify
+from tests.test_enrich import events_table
 
 MAX_FP_RATE = 0.002  # browsers called bots
 MIN_RECALL = 0.97  # bots found
@@ -169,3 +172,26 @@ def test_bad_rules_file_says_where() -> None:
     text = str(err.value)
     assert "mine.yaml: apps.rules[0] (broken).pattern: not a valid regex" in text
     assert "mine.yaml: browsers: expected `rules:`, a non-empty list" in text
+
+
+def test_cli_reports_apps_with_no_verdict() -> None:
+    """The path users run: `agent-traffic classify`, a user agent and an IP per line."""
+    lines = ["Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230901.001)\t203.0.113.9",
+             "okhttp/4.9.0\t203.0.113.9"]
+    out = _classify("\n".join(lines).encode() + b"\n")
+    assert [(r["agent"], r["category"], r["is_bot"], r["verification"]) for r in out] == [
+        ("app", "App", False, None), ("okhttp", "App", False, "unverifiable")]
+
+
+def test_pipeline_gives_apps_no_verdict_and_keeps_their_referrals() -> None:
+    """The stage's annotate step: an app claims no operator, so it gets no IP verdict; like a
+    browser's, its visit from an AI assistant is a referral."""
+    annotator = Annotator.build(snapshots={})
+    dalvik = "Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230901.001)"
+    out = annotator.annotate(events_table([
+        {"user_agent": dalvik, "client_ip": "203.0.113.9", "referer": "https://chatgpt.com/"},
+        {"user_agent": "curl/8.5.0", "client_ip": "203.0.113.9", "referer": "https://chatgpt.com/"}]))
+    got = out.select(["agent", "category", "is_bot", "verification", "referred_by"]).to_pylist()
+    assert got[0] == {"agent": "app", "category": "App", "is_bot": False, "verification": None,
+                      "referred_by": "openai"}
+    assert got[1]["is_bot"] and got[1]["verification"] == "unverifiable" and got[1]["referred_by"] is None
