@@ -164,7 +164,8 @@ def test_rules_file_names_each_section_and_rule() -> None:
 
 def test_bad_rules_file_says_where() -> None:
     doc = {"version": 1,
-           "bot_hints": {"rules": [{"name": "ok", "pattern": "bot"}]},
+           "bot_hints": {"lowercase": True, "rules": [{"name": "ok", "pattern": "bot\\S"},
+                                                      {"name": "shouty", "pattern": "Bot"}]},
            "apps": {"rules": [{"name": "broken", "pattern": "Dalvik/(\\d"}]},
            "browsers": {"rules": []}}
     with pytest.raises(CatalogError) as err:
@@ -172,6 +173,8 @@ def test_bad_rules_file_says_where() -> None:
     text = str(err.value)
     assert "mine.yaml: apps.rules[0] (broken).pattern: not a valid regex" in text
     assert "mine.yaml: browsers: expected `rules:`, a non-empty list" in text
+    assert "mine.yaml: bot_hints.rules[1] (shouty).pattern: the section is matched lower-cased" in text
+    assert "rules[0] (ok)" not in text
 
 
 def test_cli_reports_apps_with_no_verdict() -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from agent_traffic.catalog import CatalogError
 
-__all__ = ["ClientKind", "ClientShapes", "load_client_shapes"]
+__all__ = ["ClientKind", "ClientShapes", "Section", "load_client_shapes", "parse_client_shapes"]
 
 _LABEL = "clients.yaml"
 _SECTIONS = ("bot_hints", "apps", "browsers")
@@ -33,34 +33,55 @@ class ClientKind(Enum):
 
 
 @dataclass(frozen=True)
-class ClientShapes:
-    """The three compiled sections; `rules` keeps each section's (name, pattern) for docs/debugging."""
+class Section:
+    """One section's rules as two regexes: those anchored with `^` are tried once at the start
+    (`match`), the rest anywhere (`search`); Python's engine would otherwise retry every anchored
+    rule at every position. A `lowercase` section is matched against the lower-cased string, which
+    is several times faster than IGNORECASE."""
 
-    bot_hints: re.Pattern[str]
-    apps: re.Pattern[str]
-    browsers: re.Pattern[str]
-    rules: dict[str, tuple[tuple[str, str], ...]]
+    anchored: re.Pattern[str] | None
+    anywhere: re.Pattern[str] | None
+    lowercase: bool
+    rules: tuple[tuple[str, str], ...]
+
+    def hit(self, user_agent: str) -> bool:
+        text = user_agent.lower() if self.lowercase else user_agent
+        return bool((self.anchored and self.anchored.match(text))
+                    or (self.anywhere and self.anywhere.search(text)))
+
+    def rule(self, user_agent: str) -> str | None:
+        """The name of the first rule that matches: for debugging, not on the hot path."""
+        text = user_agent.lower() if self.lowercase else user_agent
+        return next((name for name, pattern in self.rules if re.search(pattern, text)), None)
+
+
+@dataclass(frozen=True)
+class ClientShapes:
+    """The three compiled sections, in the order they are tried."""
+
+    bot_hints: Section
+    apps: Section
+    browsers: Section
 
     def kind(self, user_agent: str) -> ClientKind:
-        """The fallback class of a user agent no catalog agent claimed."""
-        if self.bot_hints.search(user_agent):
+        """The fallback class of a user agent no catalog agent claimed: a bot hint wins, then an
+        app, then a browser shape. (Hints are looked for last, and only when a shape matched: the
+        answer is the same and a string of no known shape costs one regex less.)"""
+        if self.apps.hit(user_agent):
+            shape = ClientKind.APP
+        elif self.browsers.hit(user_agent):
+            shape = ClientKind.BROWSER
+        else:
             return ClientKind.BOT
-        if self.apps.search(user_agent):
-            return ClientKind.APP
-        if self.browsers.search(user_agent):
-            return ClientKind.BROWSER
-        return ClientKind.BOT
+        return ClientKind.BOT if self.bot_hints.hit(user_agent) else shape
 
     def rule(self, user_agent: str) -> tuple[ClientKind, str | None]:
         """The deciding section and rule name (None when no rule matched): for debugging."""
         for kind in ClientKind:
-            for name, pattern in self.rules[kind.value]:
-                if _compile([pattern], self._flags(kind)).search(user_agent):
-                    return kind, name
+            name = getattr(self, kind.value).rule(user_agent)
+            if name is not None:
+                return kind, name
         return ClientKind.BOT, None
-
-    def _flags(self, kind: ClientKind) -> int:
-        return getattr(self, kind.value).flags & re.IGNORECASE
 
 
 @lru_cache(maxsize=1)
@@ -75,14 +96,13 @@ def parse_client_shapes(doc: Any, label: str) -> ClientShapes:
     errors: list[str] = []
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise CatalogError([f"{label}: expected a mapping with `version: 1`"])
-    compiled: dict[str, re.Pattern[str]] = {}
-    rules: dict[str, tuple[tuple[str, str], ...]] = {}
+    sections: dict[str, Section] = {}
     for section in _SECTIONS:
         body = doc.get(section)
         if not isinstance(body, dict) or not isinstance(body.get("rules"), list) or not body["rules"]:
             errors.append(f"{label}: {section}: expected `rules:`, a non-empty list")
             continue
-        flags = re.IGNORECASE if body.get("ignore_case") else 0
+        lowercase = bool(body.get("lowercase"))
         kept: list[tuple[str, str]] = []
         for i, rule in enumerate(body["rules"]):
             name = rule.get("name") if isinstance(rule, dict) else None
@@ -96,13 +116,22 @@ def parse_client_shapes(doc: Any, label: str) -> ClientShapes:
             except re.error as exc:
                 errors.append(f"{where}.pattern: not a valid regex: {exc}")
                 continue
+            if lowercase and _UPPER_LITERAL.search(pattern):
+                errors.append(f"{where}.pattern: the section is matched lower-cased; write the pattern in lower case")
+                continue
             kept.append((name, pattern))
-        compiled[section] = _compile([p for _, p in kept], flags)
-        rules[section] = tuple(kept)
+        sections[section] = Section(
+            anchored=_compile([p for _, p in kept if p.startswith("^")]),
+            anywhere=_compile([p for _, p in kept if not p.startswith("^")]),
+            lowercase=lowercase, rules=tuple(kept))
     if errors:
         raise CatalogError(errors)
-    return ClientShapes(rules=rules, **compiled)
+    return ClientShapes(**sections)
 
 
-def _compile(patterns: list[str], flags: int) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in patterns), flags)
+# An upper-case letter that is a literal, not part of an escape such as \S, \W, \D or \B.
+_UPPER_LITERAL = re.compile(r"(?<!\\)[A-Z]")
+
+
+def _compile(patterns: list[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
