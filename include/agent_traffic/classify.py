@@ -15,9 +15,10 @@ Matching rules:
   matched text, then the earlier catalog entry.
 - No match: the client shapes of `data/clients.yaml` decide (`clients.py`): a bot marker (a URL,
   an e-mail, `compatible;` with a non-browser name, a bot word) makes an `Unknown Bot`; an app's
-  HTTP stack (Dalvik, CFNetwork, okhttp) an `App` (not a bot, not AI); a browser shape, including
+  HTTP stack (Dalvik, CFNetwork) an `App` (not a bot, not AI); a browser shape, including
   in-app, proxy, feature-phone and text browsers, a human `Browser`; anything else, including
-  empty and `-`, an `Unknown Bot`.
+  empty and `-`, an `Unknown Bot`. A catalog agent of category `App` or `Browser` (okhttp) is
+  not a bot either.
 
 All tokens and patterns are compiled into ONE regex. Tokens form a character trie (fast in
 Python's engine, which has no trie optimisation of its own); the regex is a zero-width lookahead
@@ -95,6 +96,7 @@ COLUMNS: tuple[str, ...] = (
 
 # Only the first 2 KiB of a user agent is matched: bounds the cost of hostile, huge headers.
 MAX_UA_CHARS = 2048
+
 
 def looks_like_browser(user_agent: str) -> bool:
     """True for a human browser's shape (`data/clients.yaml`): used only when no catalog agent
