@@ -103,9 +103,9 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
             bots, found, browsers, as_bots, dropped = r["scores"][key]
             rows.append({"corpus": "sample (tests)" if corpus == "ua_corpus" else "full fixtures",
                          "split": split, "detector": label, "bots": bots,
-                         "recall_%": round(100 * found / bots, 2), "browsers": browsers,
+                         "recall_%": f"{100 * found / bots:.2f}", "browsers": browsers,
                          "browsers_as_bots": as_bots,
-                         "fp_%": round(100 * as_bots / browsers, 3), "cpu_us_per_ua": round(r["timing"]["us_per_ua"], 1)})
+                         "fp_%": f"{100 * as_bots / browsers:.3f}", "cpu_us_per_ua": round(r["timing"]["us_per_ua"], 1)})
     dropped = {corpus_key.split("|")[0]: v[4] for corpus_key, v in results[next(iter(results))]["scores"].items()}
     notes = [
         "recall: crawler lines classified is_bot; fp: device lines classified is_bot. Device lines that are not "
