@@ -234,7 +234,6 @@ def test_empty_catalog_classifies_by_shape_only() -> None:
         "Chrome/131.0.0.0 Safari/537.36 (compatible; SiteCheck)",
         "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Chrome/120 Safari/537.36 +https://crawler.example",
-        "Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230901.001)",
         "Mozilla/5.0",
         "Mozilla/4.0 (compatible;)",
         "SomeTool/1.0",

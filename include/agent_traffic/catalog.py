@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "APP",
     "BROWSER",
     "CATEGORIES",
     "CLOUDFLARE_CATEGORIES",
@@ -44,7 +45,7 @@ __all__ = [
     "wrap_pattern",
 ]
 
-# Known Agents' 16 agent types (knownagents node-sdk `AgentType`), plus our two fallbacks.
+# Known Agents' 16 agent types (knownagents node-sdk `AgentType`), plus our three fallbacks.
 KNOWN_AGENTS_TYPES: tuple[str, ...] = (
     "AI Agent",
     "AI Assistant",
@@ -65,7 +66,8 @@ KNOWN_AGENTS_TYPES: tuple[str, ...] = (
 )
 BROWSER = "Browser"
 UNKNOWN_BOT = "Unknown Bot"
-CATEGORIES: tuple[str, ...] = (*KNOWN_AGENTS_TYPES, BROWSER, UNKNOWN_BOT)
+APP = "App"  # an app's own HTTP stack (Dalvik, CFNetwork, okhttp): not a browser, not a crawler
+CATEGORIES: tuple[str, ...] = (*KNOWN_AGENTS_TYPES, BROWSER, UNKNOWN_BOT, APP)
 PURPOSES: tuple[str, ...] = (
     "training",
     "search_indexing",
@@ -82,7 +84,7 @@ CLOUDFLARE_CATEGORIES: tuple[str | None, ...] = ("AI Crawler", "AI Search", "AI 
 TOKEN_BOUNDARY = "[A-Za-z0-9_-]"
 
 # Names the classifier uses for its fallbacks; a catalog agent may not take them.
-_RESERVED_NAMES = frozenset({"human", "unknown"})
+_RESERVED_NAMES = frozenset({"human", "unknown", "app"})
 _PACKAGED_LABEL = "agents.yaml"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~8x faster
 _MAX_ERRORS = 20
@@ -139,8 +141,8 @@ class Agent:
 
     @property
     def is_bot(self) -> bool:
-        """Everything in the catalog is automated, unless a user lists a browser-like app."""
-        return self.category != BROWSER
+        """Everything in the catalog is automated, unless a user lists a browser or an app."""
+        return self.category not in (BROWSER, APP)
 
 
 @dataclass(frozen=True)

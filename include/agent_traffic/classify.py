@@ -13,9 +13,12 @@ Matching rules:
 - Robots-only agents (Google-Extended, Applebot-Extended) never match traffic.
 - When several agents match one string, precedence decides: higher `priority`, then the longer
   matched text, then the earlier catalog entry.
-- No match: a string that looks like a browser (Mozilla/5.0 with a known engine and no bot
-  markers, or a legacy MSIE/Presto string) is a human `Browser`; anything else, including empty
-  and `-`, is an `Unknown Bot`.
+- No match: the client shapes of `data/clients.yaml` decide (`clients.py`): a bot marker (a URL,
+  an e-mail, `compatible;` with a non-browser name, a bot word) makes an `Unknown Bot`; an app's
+  HTTP stack (Dalvik, CFNetwork) an `App` (not a bot, not AI); a browser shape, including
+  in-app, proxy, feature-phone and text browsers, a human `Browser`; anything else, including
+  empty and `-`, an `Unknown Bot`. A catalog agent of category `App` or `Browser` (okhttp) is
+  not a bot either.
 
 All tokens and patterns are compiled into ONE regex. Tokens form a character trie (fast in
 Python's engine, which has no trie optimisation of its own); the regex is a zero-width lookahead
@@ -32,6 +35,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agent_traffic.catalog import (
+    APP,
     BROWSER,
     TOKEN_BOUNDARY,
     UNKNOWN_BOT,
@@ -40,11 +44,13 @@ from agent_traffic.catalog import (
     load_catalog,
     wrap_pattern,
 )
+from agent_traffic.clients import ClientKind, load_client_shapes
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "APP_CLIENT",
     "COLUMNS",
     "HUMAN",
     "MAX_UA_CHARS",
@@ -73,6 +79,8 @@ class Classification:
 
 HUMAN = Classification("human", "none", BROWSER, "none", None, None, False, False)
 UNKNOWN = Classification("unknown", "unknown", UNKNOWN_BOT, "none", None, None, False, True)
+APP_CLIENT = Classification("app", "none", APP, "none", None, None, False, False)
+_BY_KIND = {ClientKind.BROWSER: HUMAN, ClientKind.APP: APP_CLIENT, ClientKind.BOT: UNKNOWN}
 
 COLUMNS: tuple[str, ...] = (
     "user_agent",
@@ -89,23 +97,11 @@ COLUMNS: tuple[str, ...] = (
 # Only the first 2 KiB of a user agent is matched: bounds the cost of hostile, huge headers.
 MAX_UA_CHARS = 2048
 
-_BROWSER_RE = re.compile(
-    r"^Mozilla/5\.0 \(.*?(?:AppleWebKit/\d|Gecko/\d|Trident/\d|Presto/\d|like Gecko)"
-    r"|^Mozilla/4\.0 \(compatible; MSIE \d+\.\d+; Windows"
-    r"|^Opera/\d+\.\d+ \([^)]*\) Presto/\d"
-)
-# Things real browsers never send but unlisted bots usually do.
-_BOT_HINT_RE = re.compile(
-    r"https?://|\+http|www\.|@[a-z0-9-]+\.[a-z]"
-    r"|compatible;(?! ?(?:MSIE|Konqueror))"
-    r"|(?:bot|crawler|spider|scraper)(?=[/;)]|$)",
-    re.IGNORECASE,
-)
-
 
 def looks_like_browser(user_agent: str) -> bool:
-    """True for a human browser's shape: used only when no catalog agent matched."""
-    return bool(_BROWSER_RE.search(user_agent)) and not _BOT_HINT_RE.search(user_agent)
+    """True for a human browser's shape (`data/clients.yaml`): used only when no catalog agent
+    matched."""
+    return load_client_shapes().kind(user_agent) is ClientKind.BROWSER
 
 
 class Classifier:
@@ -127,6 +123,7 @@ class Classifier:
                     self._token_owner.setdefault(tok.lower(), i)
         self._prefixes = _boundary_prefixes(self._token_owner)
         self._regex = self._compile()
+        self._shapes = load_client_shapes()
         self._cached = lru_cache(maxsize=cache_size)(self._classify_uncached)
 
     def _compile(self) -> re.Pattern[str] | None:
@@ -206,7 +203,7 @@ class Classifier:
                 best = (key, idx)
         if best is not None:
             return self._results[best[1]]
-        return HUMAN if looks_like_browser(text) else UNKNOWN
+        return _BY_KIND[self._shapes.kind(text)]
 
 
 def _prepare(user_agent: str) -> str:

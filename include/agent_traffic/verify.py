@@ -7,7 +7,7 @@
 - `unverifiable`: anything else: the agent's operator publishes no list, no list is loaded, the
   event has no (valid) IP, or a list is partial or too old. Absence of evidence is never spoofing.
 
-Events that claim no catalog agent (human browsers, unknown bots) get no verdict (None).
+Events that claim no catalog agent (human browsers, apps, unknown bots) get no verdict (None).
 The pipeline asks once per distinct (agent, IP, day), never per row: `verdict_codes` answers all
 the claims of one agent at once (binary searches in numpy, IPv4 as integers and IPv6 as 16
 bytes: crawlers come from thousands of addresses a day); `verify` answers one claim (the command
@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from agent_traffic.catalog import Catalog
-from agent_traffic.classify import HUMAN, UNKNOWN
+from agent_traffic.classify import APP_CLIENT, HUMAN, UNKNOWN
 from agent_traffic.ranges import Snapshot
 
 __all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verifier", "parse_ip"]
@@ -34,7 +34,7 @@ VERIFIED, SPOOFED, UNVERIFIABLE = "verified", "spoofed", "unverifiable"
 VERDICTS = (VERIFIED, SPOOFED, UNVERIFIABLE)
 _CODE = {v: i for i, v in enumerate(VERDICTS)}
 _EPOCH = date(1970, 1, 1)
-NO_CLAIM = frozenset({HUMAN.agent, UNKNOWN.agent})  # agents that claim no operator: no verdict
+NO_CLAIM = frozenset({HUMAN.agent, APP_CLIENT.agent, UNKNOWN.agent})  # claim no operator: no verdict
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
