@@ -49,3 +49,18 @@ def test_the_link_checker_sees_a_broken_link(tmp_path: Path):
     page.write_text("# Top\n\n[ok](x.md#top) [gone](missing.md) [bad](x.md#nowhere) `[code](nope.md)`\n")
     assert _links(page) == ["x.md#top", "missing.md", "x.md#nowhere"]
     assert _anchors(page) == {"top"}
+
+
+def test_benchmark_results_keep_their_history_when_regenerated():
+    from benchmarks.__main__ import render
+
+    results = {"x": {"title": "X", "when": "today", "machine": "m", "commit": "c", "rows": [{"a": 1}]}}
+    previous = render(results) + "\n## History: before\n\n- 91 s on the old machine\n"
+    again = render(results, previous)
+    assert again.endswith("## History: before\n\n- 91 s on the old machine\n")
+    assert again.count("## X") == 1
+    assert "History" not in render(results, render(results))
+
+
+def test_benchmark_results_md_has_the_history_section():
+    assert "\n## History" in (REPO / "benchmarks" / "results.md").read_text("utf-8")
