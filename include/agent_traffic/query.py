@@ -39,7 +39,7 @@ OPTIONAL_EVENT_FIELDS: list[pa.Field] = [
     pa.field("cloudflare_category", pa.string()),  # AI Crawler | AI Search | AI Assistant
 ]
 
-#: What each name holds: printed by `agent-traffic query` and kept in step with the README.
+#: What each name holds: printed by `agent-traffic query` and kept in step with docs/data.md.
 TABLES: dict[str, str] = {
     "events": "every staged event (one row per request): schema columns + date (UTC day of ts)",
     "quarantine": "lines that did not parse, rows that failed a row-level expectation: reason, raw, date",
