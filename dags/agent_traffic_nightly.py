@@ -72,6 +72,8 @@ MAX_PARSE_BATCHES = 64
         "destinations": Param([], type="array", description="only these destinations (empty: all)"),
         "dry_run": Param(False, type="boolean", description="write request bodies to the outbox, send nothing"),
         "reprocess": Param(False, type="boolean", description="parse objects again even if staged"),
+        "retry_poisoned": Param(False, type="boolean",
+                                description="parse objects again that failed 3 runs in a row (poisoned)"),
     },
     tags=["agent-traffic"],
     doc_md=__doc__,
@@ -88,7 +90,8 @@ def agent_traffic_nightly():
         rt = runtime()
         days = run_days()
         d = discover_objects(rt, [date.fromisoformat(x) for x in days],
-                             reprocess=bool((params or {}).get("reprocess")))
+                             reprocess=bool((params or {}).get("reprocess")),
+                             retry_poisoned=bool((params or {}).get("retry_poisoned")))
         rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", d.as_dict(days))
         n = min(MAX_PARSE_BATCHES, len(d.objects)) or 1
         batches: list[list[dict]] = [[] for _ in range(n)]
@@ -216,7 +219,8 @@ def agent_traffic_nightly():
                                 resend_command=_resend_command(days, p),
                                 failed_tasks=failed_tasks(states, ignore=("report", "write_report")),
                                 holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)},
-                                config_path=config_path())
+                                config_path=config_path(),
+                                retry_poisoned_command=_trigger_command({"date_from": "{date}", "retry_poisoned": True}))
         rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
         print(render(summary))
         if not summary["ok"]:
@@ -251,11 +255,14 @@ def _outbox(rt):
 
 def _resend_command(days: list[str], params: dict) -> str:
     """The trigger that sends what this run left: the same dates, sites and destinations."""
+    return _trigger_command({"date_from": days[0], "date_to": days[-1],
+                             **{k: params[k] for k in ("sites", "destinations") if params.get(k)}})
+
+
+def _trigger_command(conf: dict) -> str:
     import json
     import shlex
 
-    conf = {"date_from": days[0], "date_to": days[-1],
-            **{k: params[k] for k in ("sites", "destinations") if params.get(k)}}
     return shlex.join(["airflow", "dags", "trigger", "agent_traffic_nightly", "-c", json.dumps(conf)])
 
 

@@ -82,3 +82,24 @@ def test_a_run_fails_on_failed_tasks_causes_first(airflow_home) -> None:
     assert failed_tasks(states, ignore=("report", "write_report")) == [
         "deliver_scrunch_1 (failed)", "discover (failed)", "parse_and_stage (upstream_failed)",
         "validate (upstream_failed)"]
+
+
+def test_a_poisoned_object_is_retried_from_airflow_with_the_trigger_it_names(airflow_home, tmp_path) -> None:
+    """In Airflow the PROBLEM line names the trigger with `retry_poisoned`, a param of the DAG."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from agent_traffic.summary import build_summary
+    from tests.conftest import REPO
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("agent_traffic_nightly")
+    assert dag.params["retry_poisoned"] is False
+    nightly = __import__("agent_traffic_nightly")
+    command = nightly._trigger_command({"date_from": "{date}", "retry_poisoned": True})
+    cfg = parse_config({"version": 1, "staging": str(tmp_path), "sites": [{"name": "example.com", "destinations": []}],
+                        "sources": [{"name": "w", "url": str(tmp_path) + "/{date:%Y}/", "site": "example.com"}]},
+                       base_dir=tmp_path)
+    poisoned = {"url": "s3://logs/bad.log.gz", "date": "2026-11-21", "failures": 3, "reason": "boom"}
+    s = build_summary(run_id="r", cfg=cfg, days=["2026-11-21"], discovery={"poisoned": [poisoned]}, objects=[],
+                      deliveries=[], ledger=[], dry_run=False, retry_poisoned_command=command)
+    said = next(p for p in s["problems"] if "is poisoned" in p)
+    assert said.endswith("""`airflow dags trigger agent_traffic_nightly -c '{"date_from": "2026-11-21", "retry_poisoned": true}'`""")

@@ -32,7 +32,8 @@ def test_dag_folder_imports_without_errors(dagbag) -> None:
     dag = dagbag.get_dag("agent_traffic_nightly")
     assert isinstance(dag.timetable, CronDataIntervalTimetable)  # not a zero-width cron trigger
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert set(dag.params.keys()) == {"date_from", "date_to", "sites", "destinations", "dry_run", "reprocess"}
+    assert set(dag.params.keys()) == {"date_from", "date_to", "sites", "destinations", "dry_run", "reprocess",
+                                        "retry_poisoned"}
     assert dag.doc_md and "agent_traffic_nightly" in dag.doc_md
     deliver = dag.get_task("deliver_scrunch")
     assert deliver.pool == "agent_traffic_scrunch"

@@ -166,11 +166,13 @@ def build_summary(
     failed_tasks: Sequence[str] = (),
     holds: dict[str, dict[str, Any]] | None = None,
     config_path: str | None = None,
+    retry_poisoned_command: str | None = None,
 ) -> dict[str, Any]:
     """`resend_command` is what the user runs to send what this run left pending (the command
     line's or Airflow's form of a re-run of these dates); `failed_tasks` are the scheduler's task
     instances that failed or never ran because of one that did; `holds`: date -> source -> hold
-    record (holds.py) of the dates reported."""
+    record (holds.py) of the dates reported; `retry_poisoned_command` parses a poisoned object
+    again (`{date}` stands for its date)."""
     resend = resend_command or "re-run these dates"
     lines: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -198,7 +200,8 @@ def build_summary(
     if failed_tasks:
         problems.append(f"task(s) failed or did not run: {', '.join(failed_tasks)}; their logs say why. "
                         f"After fixing the cause, run the dates again: {resend}")
-    retry = f"agent-traffic run --config {config_path or '<config.yaml>'} --date {{}} --retry-poisoned"
+    retry = retry_poisoned_command or (f"agent-traffic run --config {config_path or '<config.yaml>'} "
+                                       "--date {date} --retry-poisoned")
     for o in objects:
         if o["status"] == "failed":
             problems.append(f"object {o['url']} ({o['date']}) failed ({o.get('failures') or 1} run(s) in a row): "
@@ -206,7 +209,7 @@ def build_summary(
     for o in [o for o in objects if o["status"] == "poisoned"] + list(discovery.get("poisoned", [])):
         problems.append(f"object {o['url']} ({o['date']}) is poisoned: it failed {o.get('failures')} runs in a "
                         f"row (last: {o.get('reason')}), so it is skipped until it changes; to try it again: "
-                        f"`{retry.format(o['date'])}`")
+                        f"`{retry.replace('{date}', o['date'])}`")
     notes = []
     for st in ledger:
         if st.failed:
