@@ -62,3 +62,12 @@ def test_with_a_config_uses_its_catalog_and_stored_snapshots(tmp_path: Path) -> 
     out = _classify(stdin, "--config", str(tmp_path / "cfg.yaml"), "--date", "2026-11-21")
     assert [o["verification"] for o in out] == ["verified", "spoofed", "unverifiable"]
     assert out[2]["agent"] == "AcmeBot"
+
+
+def test_a_bad_catalog_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agents:\n  - name: x\n")
+    proc = subprocess.run([sys.executable, "-m", "agent_traffic", "classify", "--catalog", str(bad)], input="",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"agent-traffic: {bad}: version: required field is missing")

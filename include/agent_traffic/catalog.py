@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from agent_traffic.errors import AgentTrafficError
+
 __all__ = [
     "APP",
     "BROWSER",
@@ -90,8 +92,9 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is 
 _MAX_ERRORS = 20
 
 
-class CatalogError(ValueError):
-    """A catalog file is unreadable or invalid; the message names file, agent and field."""
+class CatalogError(AgentTrafficError, ValueError):
+    """A catalog file is unreadable or invalid; the message names file, agent and field (an
+    AgentTrafficError, so the command line prints it, not a traceback)."""
 
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors = list(errors)

@@ -748,9 +748,6 @@ class BlockParser:
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
         self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
 
-    def close(self) -> None:
-        """The connection is the thread's, reused by the next object (opening one costs ~25 ms)."""
-
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
         sql = self._sql.get(layout)
         if sql is None:
@@ -902,11 +899,7 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
     if not head:
         return 0, 0
     ctx = ParseContext("sample", "sample", fmt, "sample", "sample", "https", {}, 1 << 30)
-    parser = BlockParser(ctx)
-    try:
-        st = parser.parse(frame(head, 1)).stats
-    finally:
-        parser.close()
+    st = BlockParser(ctx).parse(frame(head, 1)).stats
     lines = st.lines_read - sum(st.skipped.values())
     return lines, lines - st.reasons.get(f"does not match format {fmt.id}", 0)
 
@@ -914,14 +907,11 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
 def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int,
                  block_lines: int = BLOCK_LINES) -> Iterator[ParsedBlock]:
     """Parse decompressed bytes; yields events and quarantine rows per block, in line order."""
-    parser = BlockParser(ctx)
-    try:
-        # reading, decompressing and framing in one thread, the DuckDB parse in this one
-        cut = cut_blocks(blocks, block_bytes, ctx.max_line_bytes)
-        for lines in in_background(_framed(b for block in cut for b in by_lines(block, block_lines))):
-            yield parser.parse(lines)
-    finally:
-        parser.close()
+    parser = BlockParser(ctx)  # its DuckDB connection is the thread's, reused by the next object
+    # reading, decompressing and framing in one thread, the DuckDB parse in this one
+    cut = cut_blocks(blocks, block_bytes, ctx.max_line_bytes)
+    for lines in in_background(_framed(b for block in cut for b in by_lines(block, block_lines))):
+        yield parser.parse(lines)
 
 
 def _framed(blocks: Iterable[bytes | memoryview]) -> Iterator[Lines]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
+from agent_traffic.annotate import Annotator
 from agent_traffic.config import Config, OtherHostSite, Source, load_config
 from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
 from agent_traffic.errors import AgentTrafficError, ConfigError
@@ -126,9 +126,6 @@ def discover_objects(
 
 # ---------------------------------------------------------------------------------------------
 # parse + classify + stage, one object
-
-
-CLASS_COLUMNS = ANNOTATION_COLUMNS
 
 
 def classify_table(annotator: Annotator, events: pa.Table) -> pa.Table:

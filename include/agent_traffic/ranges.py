@@ -32,7 +32,7 @@ import numpy as np
 
 from agent_traffic.catalog import Catalog
 from agent_traffic.config import Config
-from agent_traffic.errors import ConfigError
+from agent_traffic.errors import AgentTrafficError, ConfigError
 from agent_traffic.storage import Store, StoreOptions
 
 __all__ = [
@@ -60,7 +60,7 @@ _DAY_FILE = re.compile(r"(\d{4}-\d{2}-\d{2})\.json$")
 USER_AGENT = "agent-traffic-range-refresh/1"
 
 
-class RangeFileError(ValueError):
+class RangeFileError(AgentTrafficError, ValueError):
     """A body is not a usable range file; the message says what is wrong with it."""
 
 
