@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 from agent_traffic.deliver import deliver_group
-from agent_traffic.plan import find_chunk, pack_key, plan_deliveries
+from agent_traffic.ledger import Ledger
+from agent_traffic.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 from tests.test_leases import DAY, SITE_ID, _prefix, planned  # noqa: F401 - the fixture
 
@@ -24,10 +25,10 @@ def _plan(rt, group) -> tuple[str, dict]:
 def test_a_torn_pack_is_rebuilt_and_every_event_sent_once(planned, sandbox, api_key) -> None:  # noqa: F811
     rt, group = planned
     prefix = _prefix(group)
-    expected = sum(find_chunk(rt.store, prefix, cid).events for cid in group.chunk_ids)
+    expected = sum(Ledger.of(rt.store, group).find_chunk(cid).events for cid in group.chunk_ids)
     _key, plan = _plan(rt, group)
-    data = rt.store.get_bytes(pack_key(prefix, plan["pack"]))
-    rt.store.put_bytes(pack_key(prefix, plan["pack"]), data[: len(data) - 200])  # a torn tail: the last chunk
+    data = rt.store.get_bytes(Ledger.of(rt.store, group).pack_key(plan["pack"]))
+    rt.store.put_bytes(Ledger.of(rt.store, group).pack_key(plan["pack"]), data[: len(data) - 200])  # a torn tail: the last chunk
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="heal")
     got = _received(sandbox)
     assert r.delivered_events == group.events == expected
@@ -39,9 +40,8 @@ def test_a_torn_pack_is_rebuilt_and_every_event_sent_once(planned, sandbox, api_
 
 def test_a_missing_pack_is_rebuilt(planned, sandbox, api_key) -> None:  # noqa: F811
     rt, group = planned
-    prefix = _prefix(group)
     _key, plan = _plan(rt, group)
-    rt.store.delete(pack_key(prefix, plan["pack"]))
+    rt.store.delete(Ledger.of(rt.store, group).pack_key(plan["pack"]))
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="heal")
     got = _received(sandbox)
     assert r.delivered_events == group.events and r.pending_events == 0
@@ -66,7 +66,7 @@ def test_a_pack_stays_while_a_chunk_in_it_failed(planned, sandbox, api_key) -> N
     _key, plan = _plan(rt, group)
     sandbox.inject("422")  # the first request is refused: a dead letter, resent by the next run
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="one")
-    assert r.failed_events > 0 and rt.store.exists(pack_key(prefix, plan["pack"]))
+    assert r.failed_events > 0 and rt.store.exists(Ledger.of(rt.store, group).pack_key(plan["pack"]))
     (again,) = plan_deliveries(rt.cfg, rt.store, [DAY.isoformat()]).groups
     r2 = deliver_group(rt.cfg, rt.store, again, Secret(api_key), run_id="two")
     assert r2.delivered_events == r.failed_events and r2.failed_events == 0

@@ -16,9 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent_traffic.deliver import Leases, deliver_group, lease_key
+from agent_traffic.deliver import deliver_group
+from agent_traffic.leases import Leases
+from agent_traffic.ledger import Ledger
 from agent_traffic.pipeline import Runtime, discover_objects, process_object
-from agent_traffic.plan import ChunkGroup, find_chunk, ledger_prefix, pack_key, plan_deliveries
+from agent_traffic.plan import ChunkGroup, plan_deliveries
 from agent_traffic.runner import run
 from agent_traffic.samples import write_day
 from agent_traffic.secrets import Secret, env_resolver
@@ -56,11 +58,11 @@ def live_pid():
 
 
 def _prefix(group: ChunkGroup) -> str:
-    return ledger_prefix(group.destination, group.site, group.date)
+    return f"_delivery/{group.destination}/site={group.site}/date={group.date}"  # the stored layout
 
 
 def _seqs_of(store: Store, group: ChunkGroup, cid: str) -> set[str]:
-    ch = find_chunk(store, _prefix(group), cid)
+    ch = Ledger.of(store, group).find_chunk(cid)
     return {json.loads(line)["url"].rsplit("seq=", 1)[1] for line in ch.body.splitlines()}
 
 
@@ -72,7 +74,7 @@ def _lease(store: Store, group: ChunkGroup, cid: str, *, gen: int = 0, host: str
            expires_in: timedelta = timedelta(minutes=10)) -> str:
     """Another worker's lease on a chunk, as its `Leases.claim` writes it."""
     now = datetime.now(UTC)
-    key = lease_key(_prefix(group), cid, gen)
+    key = Ledger.of(store, group).lease_key(cid, gen)
     assert store.create_exclusive(key, orjson.dumps({
         "chunk_id": cid, "gen": gen, "run_id": "other-run", "host": host, "pid": pid,
         "claimed_at": now.isoformat(timespec="seconds"),
@@ -130,14 +132,14 @@ def test_group_result_line_says_pending_and_who_has_it(planned, sandbox, api_key
 def test_a_later_try_of_the_same_task_takes_over_its_leases_on_any_host(planned, sandbox, api_key) -> None:
     """Airflow retries a task whose worker died on another machine: the retry (same run, task and
     map index, a higher try) takes over the dead try's leases at once; another task's are kept."""
-    from agent_traffic.deliver import LeaseOwner
+    from agent_traffic.leases import LeaseOwner
 
     rt, group = planned
     dead, other = group.chunk_ids[0], group.chunk_ids[1]
     owner = LeaseOwner("scheduled__2026-11-21", "deliver_scrunch[0]", 2)
     for cid, task in ((dead, owner.task), (other, "deliver_scrunch[1]")):
         now = datetime.now(UTC)
-        assert rt.store.create_exclusive(lease_key(_prefix(group), cid, 0), orjson.dumps({
+        assert rt.store.create_exclusive(Ledger.of(rt.store, group).lease_key(cid, 0), orjson.dumps({
             "gen": 0, "run_id": "x", "host": "worker-gone", "pid": 7, "owner_run": owner.run_id,
             "owner_task": task, "owner_try": 1, "expires_at": (now + timedelta(minutes=16)).isoformat()}))
     r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="x", lease_owner=owner)
@@ -190,7 +192,7 @@ def test_a_lease_of_a_live_process_on_this_machine_is_respected(planned, sandbox
 def test_a_chunk_finished_between_first_look_and_claim_is_not_resent(planned, sandbox, api_key) -> None:
     rt, group = planned
     cid = group.chunk_ids[0]
-    key = lease_key(_prefix(group), cid, 0)
+    key = Ledger.of(rt.store, group).lease_key(cid, 0)
     theirs = _seqs_of(rt.store, group, cid)
     other = Store(rt.store.root_url)  # the other worker's own connection to the same store
 
@@ -220,8 +222,8 @@ def test_a_chunk_finished_between_first_look_and_claim_is_not_resent(planned, sa
 
 def test_two_workers_racing_for_a_chunk_one_wins(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "st"))
-    a = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-a", 60)
-    b = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-b", 60)
+    a = Leases(Ledger(store, "d", "s", "2026-11-21"), "run-a", 60)
+    b = Leases(Ledger(store, "d", "s", "2026-11-21"), "run-b", 60)
     assert a.claim("c1") and not b.claim("c1")
     a.release("c1")
     assert b.claim("c1") and not a.claim("c1")
@@ -249,9 +251,9 @@ def test_a_claim_whose_answer_was_lost_finds_its_own_lease(tmp_path: Path) -> No
             return False
 
     store = LostAnswer(str(tmp_path / "st"))
-    mine = Leases(store, "_delivery/d/site=s/date=2026-11-21", "run-a", 60)
+    mine = Leases(Ledger(store, "d", "s", "2026-11-21"), "run-a", 60)
     assert mine.claim("c1")  # recognised by its token, not left stuck until it expires
-    other = Leases(Store(str(tmp_path / "st")), "_delivery/d/site=s/date=2026-11-21", "run-b", 60)
+    other = Leases(Ledger(Store(str(tmp_path / "st")), "d", "s", "2026-11-21"), "run-b", 60)
     assert not other.claim("c1")
     mine.release("c1")
     assert store.list("_delivery/") == []
@@ -294,32 +296,32 @@ def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(
     assert sum(r.chunks_leased_elsewhere for r in results) == per
     assert sum(r.leased_elsewhere_events for r in results) == sum(c["events"] for c in theirs)
     got = Counter(SEQ.search(v["request_path"]).group(1) for v in sandbox.accepted("known_agents"))
-    held_back = {s for c in theirs for s in _visit_seqs(rt.store, prefix, c["chunk_id"])}
+    held_back = {s for c in theirs for s in _visit_seqs(Ledger.of(rt.store, groups[0]), c["chunk_id"])}
     assert not held_back & set(got) and max(got.values()) == 1
     assert sum(got.values()) + len(held_back) == sum(g.events for g in groups)
     assert rt.store.list(f"{prefix}/leases/") == [f"{prefix}/leases/{plan['object_id']}.u1.0.json"]  # only theirs
-    assert rt.store.exists(pack_key(prefix, plan["pack"]))  # their chunks are not acknowledged yet
+    assert Ledger.of(rt.store, groups[0]).has_pack(plan["pack"])  # their chunks are not acknowledged yet
 
 
-def _visit_seqs(store: Store, prefix: str, cid: str) -> set[str]:
+def _visit_seqs(ledger: Ledger, cid: str) -> set[str]:
     from tests.vendor_fixtures import SEQ
 
-    return {SEQ.search(v["request_path"]).group(1) for v in json.loads(find_chunk(store, prefix, cid).body)}
+    return {SEQ.search(v["request_path"]).group(1) for v in json.loads(ledger.find_chunk(cid).body)}
 
 
 def test_a_lease_is_renewed_before_the_next_send_could_outlast_it(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "st"))
-    prefix = "_delivery/d/site=s/date=2026-11-21"
-    mine = Leases(store, prefix, "run-a", ttl_s=10, longest_send_s=9.5)  # renewed with under 9.75 s left
+    ledger = Ledger(store, "d", "s", "2026-11-21")
+    mine = Leases(ledger, "run-a", ttl_s=10, longest_send_s=9.5)  # renewed with under 9.75 s left
     assert mine.claim("u1")
-    first = store.get_json(lease_key(prefix, "u1", 0))
+    first = store.get_json(ledger.lease_key("u1", 0))
     mine.keep("u1")
-    assert store.get_json(lease_key(prefix, "u1", 0)) == first  # plenty left: no write
+    assert store.get_json(ledger.lease_key("u1", 0)) == first  # plenty left: no write
     time.sleep(1.1)  # expiry has second resolution
     mine.keep("u1")
-    renewed = store.get_json(lease_key(prefix, "u1", 0))
+    renewed = store.get_json(ledger.lease_key("u1", 0))
     assert renewed["expires_at"] > first["expires_at"] and renewed["token"] == first["token"]
-    other = Leases(Store(str(tmp_path / "st")), prefix, "run-b", 10)
+    other = Leases(Ledger(Store(str(tmp_path / "st")), "d", "s", "2026-11-21"), "run-b", 10)
     assert not other.claim("u1")
     mine.release("u1")
     assert store.list("_delivery/") == []
@@ -330,7 +332,7 @@ def test_groups_never_split_a_lease_run_so_side_by_side_tasks_all_send(tmp_path:
     leave its chunks pending. Groups end at run boundaries; run together, everything is sent."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from agent_traffic.plan import lease_unit
+    from agent_traffic.ledger import lease_unit
     from agent_traffic.vendors import vendor
 
     per = vendor("knownagents").chunks_per_lease

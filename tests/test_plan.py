@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
-from agent_traffic.plan import Chunk, decode_chunk, encode_chunk, line_ranges, lines_in
+from agent_traffic.ledger import Chunk, Ledger, decode_chunk, encode_chunk
 from agent_traffic.plan import build_chunks as _build
+from agent_traffic.plan import line_ranges, lines_in
 
 SITE = Site(name="example.com")
 
@@ -154,22 +155,23 @@ def _staged(tmp_path, n: int):
 
 
 def test_a_changed_setting_plans_again_but_never_resends_what_was_acknowledged(tmp_path) -> None:
-    from agent_traffic.plan import find_chunk, ledger_prefix, pack_key, plan_object
+    from agent_traffic.plan import plan_object
 
     store, manifest = _staged(tmp_path, 250)
-    prefix = ledger_prefix("scrunch-example", "example.com", "2026-11-21")
+    ledger = Ledger(store, "scrunch-example", "example.com", "2026-11-21")
+    prefix = ledger.prefix
     first = plan_object(store, SITE, dest(max_batch_events=100), manifest)
     assert [c["events"] for c in first.chunks] == [100, 100, 50]
     acked = first.chunks[1]  # the vendor took the middle chunk; an ack records its lines
-    chunk = find_chunk(store, prefix, acked["chunk_id"])
+    chunk = ledger.find_chunk(acked["chunk_id"])
     store.put_json(f"{prefix}/acks/{acked['chunk_id']}.json", {"chunk_id": acked["chunk_id"], "lines": chunk.lines})
     second = plan_object(store, SITE, dest(max_batch_events=40), manifest)
     assert second.chunks[0] == {k: v for k, v in acked.items() if k not in ("offset", "length")}  # kept, not repacked
     assert second.balanced  # counted once
-    new_lines = [n for c in second.chunks[1:] for n in lines_in(find_chunk(store, prefix, c["chunk_id"]).lines)]
+    new_lines = [n for c in second.chunks[1:] for n in lines_in(ledger.find_chunk(c["chunk_id"]).lines)]
     assert sorted(new_lines) == [*range(1, 101), *range(201, 251)]  # every other event, once
     assert all(c["events"] <= 40 for c in second.chunks[1:])
-    assert second.pack != first.pack and not store.exists(pack_key(prefix, first.pack))  # the old pack went
+    assert second.pack != first.pack and not ledger.has_pack(first.pack)  # the old pack went
 
 
 def test_too_old_depends_on_now_and_the_vendor(tmp_path) -> None:

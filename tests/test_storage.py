@@ -94,7 +94,7 @@ class _CountingStore(Store):
 
 def test_acks_are_made_durable_together(tmp_path: Path) -> None:
     """A group commit: acks land at once (a killed process loses none), one sync covers many."""
-    from agent_traffic.deliver import AckSync
+    from agent_traffic.ledger import AckSync
 
     store = _CountingStore(str(tmp_path / "st"))
     acks = AckSync(store, interval_s=3600)

@@ -12,34 +12,19 @@ configuration changes (a new batch size, `send_older_events` switched on), the o
 again, but chunks already acknowledged are kept as they are and their lines are left out of the
 new chunks: a delivered event is never sent again because a setting changed.
 
-The chunks live under the ledger until acknowledged (dlt's load packages are the model), all of
-an object's in one pack file, each at the offset its plan records:
-```
-_delivery/<dest>/site=<site>/date=<D>/plans/<object_id>.json    outcomes, chunk list, pack offsets
-_delivery/<dest>/site=<site>/date=<D>/packs/<object_id>.<token>.pack  chunks: meta line + request body
-_delivery/<dest>/site=<site>/date=<D>/acks/<chunk_id>.json      after the vendor's 2xx (with lines)
-_delivery/<dest>/site=<site>/date=<D>/dead/<chunk_id>.json      status, vendor body, attempts
-_delivery/<dest>/site=<site>/date=<D>/too_old/<chunk_id>.json   expired before it could be sent
-_delivery/<dest>/site=<site>/date=<D>/leases/<unit>.<gen>.json  a worker is sending it (deliver.py)
-```
-One pack per object, not a file per chunk: a small-batch vendor (Known Agents' 100 visits, HitKeep's
-one event) has thousands of chunks per object, and a file created and removed per request cost
-more than the request (on S3 two requests more per request; on local disk, inode allocation). A
-pack is removed once every chunk of its plan is acknowledged or expired. Packs are written
-without fsync: a chunk's id hashes its bytes, so delivery detects a missing or torn pack and
-plans its object again (`deliver.py`).
+The chunks live in the ledger until acknowledged (dlt's load packages are the model), all of an
+object's in one pack file, each at the offset its plan records: the keys, the records and the
+tree are `ledger.py`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -53,6 +38,7 @@ import pyarrow.parquet as pq
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
+from agent_traffic.ledger import Chunk, Ledger, ObjectPlan, Ranges, encode_chunk, lease_unit
 from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
@@ -61,36 +47,6 @@ from agent_traffic.vendors import vendor
 PLAN_VERSION = 3  # 3: chunks in one pack per object
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
-
-Ranges = tuple[tuple[int, int], ...]
-
-
-def ledger_prefix(dest: str, site: str, day: str) -> str:
-    return f"_delivery/{dest}/site={site}/date={day}"
-
-
-def pack_key(prefix: str, pack: str) -> str:
-    return f"{prefix}/packs/{pack}"
-
-
-def plan_key(prefix: str, object_id: str) -> str:
-    return f"{prefix}/plans/{object_id}.json"
-
-
-def lease_unit(meta: dict[str, Any], per_lease: int) -> str:
-    """The lease a chunk is sent under: the chunk itself, or its run of `per_lease` chunks in its
-    object (small-request vendors). Groups never split a run (`_group`), so two mapped tasks
-    never want the same lease."""
-    return meta["chunk_id"] if per_lease <= 1 else f"{meta['object_id']}.u{meta['index'] // per_lease}"
-
-
-def read_chunk(store: Store, prefix: str, meta: dict[str, Any]) -> Chunk:
-    """A planned chunk from its object's pack (FileNotFoundError, ValueError when it is not there)."""
-    if not meta.get("pack"):
-        raise FileNotFoundError(f"chunk {meta.get('chunk_id')} has no pack (acknowledged when it was planned)")
-    start = int(meta["offset"])
-    return decode_chunk(store.get_range(pack_key(prefix, meta["pack"]), start, start + int(meta["length"])))
-
 
 def line_ranges(lines: Iterable[int] | np.ndarray) -> Ranges:
     """Ascending line numbers as inclusive runs: [1,2,3,7] -> ((1,3),(7,7))."""
@@ -109,39 +65,6 @@ def line_ranges(lines: Iterable[int] | np.ndarray) -> Ranges:
 def lines_in(ranges: Iterable[Sequence[int]]) -> Iterator[int]:
     for a, b in ranges:
         yield from range(a, b + 1)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    chunk_id: str
-    index: int
-    object_id: str
-    events: int
-    first_line: int
-    last_line: int
-    oldest_ts: float  # Unix seconds of the oldest event: the age check at send time
-    content_type: str
-    body: bytes
-    lines: Ranges = ()  # every line in the chunk; kept in the pack and its ack, not the plan
-
-    def meta(self) -> dict[str, Any]:
-        """Everything but the body and the line list (`asdict` would deep-copy both: it showed up
-        in profiles of small-batch vendors, a meta per request)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("body", "lines")}
-        d["body_bytes"] = len(self.body)
-        return d
-
-
-def encode_chunk(chunk: Chunk) -> bytes:
-    return orjson.dumps({**chunk.meta(), "lines": chunk.lines}) + b"\n" + chunk.body
-
-
-def decode_chunk(data: bytes) -> Chunk:
-    head, _, body = data.partition(b"\n")
-    meta = orjson.loads(head)
-    meta.pop("body_bytes", None)
-    lines = tuple((a, b) for a, b in meta.pop("lines", ()))
-    return Chunk(body=body, lines=lines, **meta)
 
 
 SELECT_REASONS = {
@@ -335,42 +258,6 @@ def chunk_intact(ch: Chunk, dest: str, site: str) -> bool:
     return chunk_id(dest, site, ch.object_id, ch.first_line, ch.last_line, ch.events, ch.body) == ch.chunk_id
 
 
-@dataclass
-class ObjectPlan:
-    """What one object version contributes to one destination: an outcome for every event."""
-
-    destination: str
-    site: str
-    date: str
-    object_id: str
-    source_object: str
-    fingerprint: str
-    events_total: int
-    not_selected: dict[str, int]
-    chunks: list[dict[str, Any]]  # chunk metas, in order (kept acknowledged ones first); packed ones with offset, length
-    not_eligible: dict[str, int] = field(default_factory=dict)
-    too_old: int = 0
-    too_old_before: str | None = None  # the cutoff used, ISO 8601
-    planned_at: str | None = None
-    pack: str | None = None  # the pack file holding the chunks not yet acknowledged when planned
-    carried: int = 0  # events acknowledged for an earlier version of the object, with the same identity
-    carried_lines: list[list[int]] = field(default_factory=list)  # their lines (ranges), for the next version
-
-    def as_dict(self) -> dict[str, Any]:
-        """The plan record (shallow: `asdict` deep-copied every chunk meta, thousands for small batches)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def selected(self) -> int:
-        return sum(c["events"] for c in self.chunks)
-
-    @property
-    def balanced(self) -> bool:
-        """Every event has exactly one outcome."""
-        return self.events_total == (self.selected + self.too_old + sum(self.not_selected.values())
-                                     + sum(self.not_eligible.values()) + self.carried)
-
-
 def _fingerprint(dest: Destination, manifest: dict[str, Any]) -> str:
     parts = [
         PLAN_VERSION,
@@ -390,7 +277,7 @@ def _fingerprint(dest: Destination, manifest: dict[str, Any]) -> str:
 
 
 def _delivered_before(
-    store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]
+    ledger: Ledger, previous: dict[str, Any] | None, acked: set[str]
 ) -> tuple[list[dict[str, Any]], set[int]]:
     """The previous plan's acknowledged chunks, and the lines they carried.
 
@@ -402,7 +289,7 @@ def _delivered_before(
     for c in (previous or {}).get("chunks", []):
         if c["chunk_id"] not in acked:
             continue
-        ack = store.get_json_or_none(f"{prefix}/acks/{c['chunk_id']}.json") or {}
+        ack = ledger.read_ack(c["chunk_id"]) or {}
         if not ack.get("lines"):
             continue
         kept.append({k: v for k, v in c.items() if k not in ("offset", "length")})  # not in the new pack
@@ -410,21 +297,21 @@ def _delivered_before(
     return kept, lines
 
 
-def _carried_over(store: Store, prefix: str, carried: dict[str, Any] | None, acked: set[str]) -> np.ndarray:
+def _carried_over(ledger: Ledger, carried: dict[str, Any] | None, acked: set[str]) -> np.ndarray:
     """Lines (ascending) of a new object version whose events the destination acknowledged for
     the version before it (or carried over into it), with the same identity (identity.py): sent
     already. Numpy, not sets: a grown 10M-line log carries 10M lines."""
     none = np.zeros(0, np.int64)
     if not carried or not carried.get("lines"):
         return none
-    prev = store.get_json_or_none(plan_key(prefix, carried["from"]))
+    prev = ledger.read_plan(carried["from"])
     if prev is None:
         return none
     sent = list(prev.get("carried_lines") or ())
     for c in prev.get("chunks", []):
         if c["chunk_id"] in acked:
-            sent += (store.get_json_or_none(f"{prefix}/acks/{c['chunk_id']}.json") or {}).get("lines") or ()
-    _drop_superseded(store, prefix, prev, acked)  # its unacknowledged chunks are planned anew
+            sent += (ledger.read_ack(c["chunk_id"]) or {}).get("lines") or ()
+    _drop_superseded(ledger, prev, acked)  # its unacknowledged chunks are planned anew
     return np.intersect1d(_lines_array(sent), _lines_array(carried["lines"]))
 
 
@@ -433,26 +320,98 @@ def _lines_array(ranges: Iterable[Sequence[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _drop_superseded(store: Store, prefix: str, previous: dict[str, Any] | None, acked: set[str]) -> None:
+def _drop_superseded(ledger: Ledger, previous: dict[str, Any] | None, acked: set[str]) -> None:
     """Remove a previous plan's pack and the records of its unacknowledged chunks: the new plan
-    replaces them (`chunks/` files are the layout before packs)."""
+    replaces them."""
     if previous and previous.get("pack"):
-        store.delete(pack_key(prefix, previous["pack"]))
+        ledger.delete_pack(previous["pack"])
     for c in (previous or {}).get("chunks", []):
-        cid = c["chunk_id"]
-        if cid not in acked:
-            for kind, ext in (("chunks", "chunk"), ("dead", "json"), ("too_old", "json")):
-                store.delete(f"{prefix}/{kind}/{cid}.{ext}")
+        if c["chunk_id"] not in acked:
+            ledger.forget(c["chunk_id"])
 
 
-def drop_pack_if_done(store: Store, prefix: str, plan: dict[str, Any], done: Callable[[str], bool]) -> bool:
-    """Remove a plan's pack once every chunk in it is acknowledged or expired (dead letters keep
-    it: a later run resends them). True if it was removed."""
-    packed = [c["chunk_id"] for c in plan.get("chunks", []) if "offset" in c]
-    if not plan.get("pack") or not all(done(c) for c in reversed(packed)):  # the last chunks finish last
-        return False
-    store.delete(pack_key(prefix, plan["pack"]))
-    return True
+@dataclass
+class _Unsent:
+    """Per staged file as it is read: leaves out events delivered before (acknowledged for an
+    earlier version: never sent again), then those the destination does not select."""
+
+    carry_lines: pa.Array | None
+    done_lines: pa.Array | None
+    select: str
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def keep(self, t: pa.Table) -> pa.Table:
+        self.counts["read"] += t.num_rows
+        if self.carry_lines is not None:
+            same = pc.is_in(t["line_number"], value_set=self.carry_lines)
+            self.counts["carried"] += pc.sum(same).as_py() or 0
+            t = t.filter(pc.invert(same))
+        if self.done_lines is not None:
+            t = t.filter(pc.invert(pc.is_in(t["line_number"], value_set=self.done_lines)))
+        self.counts["open"] += t.num_rows
+        mask = select_mask(t, self.select)
+        return t if mask is None else t.filter(mask)
+
+    def skipped(self, rows: int) -> None:
+        """Row groups the destination selects none of, by their statistics: read and not selected."""
+        self.counts["read"] += rows
+        self.counts["open"] += rows
+
+    @property
+    def selection(self) -> str | None:
+        """Skipping by statistics only when no earlier plan delivered lines: those are left out
+        of `open`, which a skipped row group could not tell."""
+        return self.select if self.done_lines is None and self.carry_lines is None else None
+
+
+def _packed(chunks: Iterable[Chunk], acked: set[str], metas: list[dict[str, Any]]) -> Iterator[bytes]:
+    """The pack's bytes: the chunks not acknowledged yet, each meta given its offset and length."""
+    offset = 0
+    for ch in chunks:
+        meta = ch.meta()
+        if ch.chunk_id not in acked:
+            data = encode_chunk(ch)
+            meta.update(offset=offset, length=len(data))
+            offset += len(data)
+            yield data
+        metas.append(meta)
+
+
+@dataclass
+class _Outcomes:
+    """The plan's counts of events not put in a chunk, per reason."""
+
+    not_selected: Counter[str] = field(default_factory=Counter)
+    not_eligible: Counter[str] = field(default_factory=Counter)
+    too_old: int = 0
+
+
+def _left_out(table: pa.Table, dest: Destination, cutoff: datetime | None, out: _Outcomes) -> pa.Table:
+    """The events the vendor can take and that are not too old; the others counted in `out`."""
+    reasons = vendor(dest.vendor).ineligible(table, dest) if table.num_rows else None
+    if reasons is not None:
+        for item in pc.value_counts(pc.drop_null(reasons)).to_pylist():
+            out.not_eligible[item["values"]] += item["counts"]
+        table = table.filter(pc.is_null(reasons))
+    if cutoff is not None and table.num_rows:
+        old = pc.less(table["ts"], pa.scalar(cutoff, table.schema.field("ts").type))
+        out.too_old = pc.sum(old).as_py() or 0
+        table = table.filter(pc.invert(old))
+    return table
+
+
+def _write_pack(ledger: Ledger, table: pa.Table, site: Site, dest: Destination, oid: str, out: _Outcomes,
+                metas: list[dict[str, Any]], acked: set[str]) -> str | None:
+    """Cut the events into chunks after the kept ones; pack the unacknowledged ones. The pack's
+    name, or None when every chunk is acknowledged already (or there is none)."""
+    start = 1 + max((c["index"] for c in metas), default=-1)  # kept chunks keep their numbers
+    parts = _packed(build_chunks(table, site, dest, oid, out.not_eligible, start_index=start), acked, metas)
+    first = next(parts, None)
+    if first is None:
+        return None
+    pack = ledger.new_pack(oid)
+    ledger.write_pack(pack, itertools.chain((first,), parts))
+    return pack
 
 
 def plan_object(
@@ -464,131 +423,53 @@ def plan_object(
     `acked`: the destination's acknowledged chunk ids for the date, when the caller has them.
     """
     now = now or datetime.now(UTC)
-    day = manifest["date"]
     oid = manifest["object_id"]
-    prefix = ledger_prefix(dest.name, site.name, day)
+    ledger = Ledger(store, dest.name, site.name, manifest["date"])
     fp = _fingerprint(dest, manifest)
-    existing = store.get_json_or_none(plan_key(prefix, oid))
+    existing = ledger.read_plan(oid)
     if existing and existing.get("fingerprint") == fp:
         return ObjectPlan(**existing)
-    v = vendor(dest.vendor)
-    acked = set(acked_ids(store, prefix)) if acked is None else acked
-    kept, delivered = _delivered_before(store, prefix, existing, acked)
-    _drop_superseded(store, prefix, existing, acked)
-    carry = _carried_over(store, prefix, manifest.get("carried"), acked)
-    carry_lines = pa.array(carry) if len(carry) else None
+    acked = set(ledger.acked_ids()) if acked is None else acked
+    metas, delivered = _delivered_before(ledger, existing, acked)
+    _drop_superseded(ledger, existing, acked)
+    carry = _carried_over(ledger, manifest.get("carried"), acked)
+    unsent = _Unsent(pa.array(carry) if len(carry) else None,
+                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select)
     keys = [k for k in manifest.get("files", {}) if k.startswith(f"events/site={site.name}/")]
-    counts = Counter[str]()
-    done_lines = pa.array(sorted(delivered), pa.int64()) if delivered else None
-
-    def keep(t: pa.Table) -> pa.Table:
-        """Per staged file: leave out events delivered before, then those the destination does not select."""
-        counts["read"] += t.num_rows
-        if carry_lines is not None:  # acknowledged for an earlier version: never sent again
-            same = pc.is_in(t["line_number"], value_set=carry_lines)
-            counts["carried"] += pc.sum(same).as_py() or 0
-            t = t.filter(pc.invert(same))
-        if done_lines is not None:
-            t = t.filter(pc.invert(pc.is_in(t["line_number"], value_set=done_lines)))
-        counts["open"] += t.num_rows
-        mask = select_mask(t, dest.select)
-        return t if mask is None else t.filter(mask)
-
-    def skipped(rows: int) -> None:
-        """Row groups the destination selects none of, by their statistics: read and not selected."""
-        counts["read"] += rows
-        counts["open"] += rows
-
-    # Skipping by statistics only when no earlier plan delivered lines: those are left out of
-    # `open`, which a skipped row group could not tell.
-    table = read_object_events(store, keys, keep, columns=plan_columns(dest.vendor),
-                               selection=dest.select if done_lines is None and carry_lines is None else None,
-                               skipped=skipped)
-    total = counts["read"]
-    not_selected: Counter[str] = Counter()
-    not_eligible: Counter[str] = Counter()
-    too_old = 0
+    table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor),
+                               selection=unsent.selection, skipped=unsent.skipped)
+    out = _Outcomes()
     cutoff = age_cutoff(dest, now)
-    metas = list(kept)
     pack: str | None = None
-    unselected = counts["open"] - (table.num_rows if table is not None else 0)
+    unselected = unsent.counts["open"] - (table.num_rows if table is not None else 0)
     if unselected:  # filtered out per file, or in row groups never read
-        not_selected[not_selected_reason(dest.select)] += unselected
-    if table is not None and total:
-        reasons = v.ineligible(table, dest) if table.num_rows else None
-        if reasons is not None:
-            for item in pc.value_counts(pc.drop_null(reasons)).to_pylist():
-                not_eligible[item["values"]] += item["counts"]
-            table = table.filter(pc.is_null(reasons))
-        if cutoff is not None and table.num_rows:
-            old = pc.less(table["ts"], pa.scalar(cutoff, table.schema.field("ts").type))
-            too_old = pc.sum(old).as_py() or 0
-            table = table.filter(pc.invert(old))
-        start = 1 + max((c["index"] for c in kept), default=-1)  # kept chunks keep their numbers
-        pack = f"{oid}.{uuid.uuid4().hex[:12]}.pack"  # new per planning: never one a reader uses
-        offset = 0
-
-        def packed() -> Iterator[bytes]:
-            nonlocal offset
-            for ch in build_chunks(table, site, dest, oid, not_eligible, start_index=start):
-                meta = ch.meta()
-                if ch.chunk_id not in acked:
-                    data = encode_chunk(ch)
-                    meta.update(offset=offset, length=len(data))
-                    offset += len(data)
-                    yield data
-                metas.append(meta)
-
-        parts = packed()
-        first = next(parts, None)
-        if first is None:  # every chunk acknowledged already (or none): no pack
-            pack = None
-        else:
-            store.put_stream(pack_key(prefix, pack), itertools.chain((first,), parts), durable=False)
+        out.not_selected[not_selected_reason(dest.select)] += unselected
+    if table is not None and unsent.counts["read"]:
+        table = _left_out(table, dest, cutoff, out)
+        pack = _write_pack(ledger, table, site, dest, oid, out, metas, acked)
     plan = ObjectPlan(
-        destination=dest.name,
-        site=site.name,
-        date=day,
-        object_id=oid,
-        source_object=redact_url(manifest["url"]),
-        fingerprint=fp,
-        events_total=total,
-        not_selected=dict(not_selected),
-        chunks=metas,
-        not_eligible=dict(not_eligible),
-        too_old=too_old,
-        too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
-        planned_at=now.isoformat(timespec="seconds"),
-        pack=pack,
-        carried=counts["carried"],
+        destination=dest.name, site=site.name, date=manifest["date"], object_id=oid,
+        source_object=redact_url(manifest["url"]), fingerprint=fp, events_total=unsent.counts["read"],
+        not_selected=dict(out.not_selected), chunks=metas, not_eligible=dict(out.not_eligible),
+        too_old=out.too_old, too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
+        planned_at=now.isoformat(timespec="seconds"), pack=pack, carried=unsent.counts["carried"],
         carried_lines=[list(r) for r in line_ranges(carry)],
     )
-    key = plan_key(prefix, oid)
-    if existing is not None:  # a setting changed: this plan replaces that one
-        store.put_json(key, plan.as_dict())
+    return _commit(ledger, plan, replace=existing is not None)
+
+
+def _commit(ledger: Ledger, plan: ObjectPlan, *, replace: bool) -> ObjectPlan:
+    """Write the plan: it replaces the object's plan when a setting changed; else it is the first,
+    unless another worker planned this object meanwhile (runs side by side). Then that plan is the
+    one everyone reads, so ours and its pack go (a pack no plan names would never be removed)."""
+    if ledger.write_plan(plan, replace=replace):
         return plan
-    if store.create_json(key, plan.as_dict()):
-        return plan
-    # Another worker planned this object meanwhile (runs side by side): its plan is the one
-    # everyone reads, so ours and its pack go (a pack no plan names would never be removed).
-    if pack is not None:
-        store.delete(pack_key(prefix, pack))
-    return ObjectPlan(**store.get_json(key))
-
-
-def _ids(store: Store, prefix: str, kind: str, ext: str) -> Iterator[str]:
-    for key in store.list(f"{prefix}/{kind}/"):
-        name = key.rsplit("/", 1)[-1]
-        if name.endswith(ext):
-            yield name[: -len(ext)]
-
-
-def acked_ids(store: Store, prefix: str) -> list[str]:
-    return list(_ids(store, prefix, "acks", ".json"))
-
-
-def too_old_ids(store: Store, prefix: str) -> list[str]:
-    return list(_ids(store, prefix, "too_old", ".json"))
+    if plan.pack is not None:
+        ledger.delete_pack(plan.pack)
+    theirs = ledger.read_plan(plan.object_id)
+    if theirs is None:
+        raise FileNotFoundError(f"{ledger.plan_key(plan.object_id)}: created by another worker, then removed")
+    return ObjectPlan(**theirs)
 
 
 @dataclass(frozen=True)
@@ -657,13 +538,13 @@ def plan_deliveries(
                 if site.name in failed_quality:  # the data-quality suites failed: send nothing
                     held[(day, site.name)] = failed_quality[site.name].get("failures", [])
                     continue
-                prefix = ledger_prefix(dest.name, site.name, day)
-                acked = set(acked_ids(store, prefix))  # listed once per destination and date
+                ledger = Ledger(store, dest.name, site.name, day)
+                acked = set(ledger.acked_ids())  # listed once per destination and date
                 these = list(pool.map(partial(plan_object, store, site, dest, now=now, acked=acked), manifests))
                 plans += these
-                done = acked | set(too_old_ids(store, prefix))
+                done = acked | set(ledger.too_old_ids())
                 for p in these:  # a run killed after its last ack left the pack behind
-                    drop_pack_if_done(store, prefix, p.as_dict(), done.__contains__)
+                    ledger.drop_pack_if_done(p.as_dict(), done.__contains__)
                 per_lease = vendor(dest.vendor).chunks_per_lease
                 pending.setdefault((dest.name, site.name, day), []).extend(
                     (c["chunk_id"], c["events"], lease_unit(c, per_lease))
@@ -705,63 +586,3 @@ def _group(cfg: Config, pending: dict[tuple[str, str, str], list[tuple[str, int,
             groups.append(ChunkGroup(dest, vendors[dest], site, day, tuple(c for c, _, _ in part),
                                      sum(n for _, n, _ in part)))
     return groups
-
-
-class PlanIndex:
-    """Chunk id -> its plan's chunk meta (object, index, pack, offset, length), read from the
-    date's plans on first use and again after a re-plan. `of` keeps it for the process's next
-    delivery groups of the same date (a backfill delivers dozens): a stale entry costs only a
-    refresh, because a chunk read through it must still match its id's hash."""
-
-    _cache: dict[tuple[str, str], PlanIndex] = {}
-    _cache_lock = threading.Lock()
-    CACHED = 8  # dates x destinations x sites; a few suffice for a run that goes date by date
-
-    @classmethod
-    def of(cls, store: Store, prefix: str) -> PlanIndex:
-        key = (store.root_url, prefix)
-        with cls._cache_lock:
-            index = cls._cache.pop(key, None) or cls(store, prefix)
-            cls._cache[key] = index  # most recent last
-            while len(cls._cache) > cls.CACHED:
-                cls._cache.pop(next(iter(cls._cache)))
-        return index
-
-    def __init__(self, store: Store, prefix: str) -> None:
-        self.store, self.prefix = store, prefix
-        self._metas: dict[str, dict[str, Any]] | None = None
-        self._plans: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def refresh(self) -> None:
-        metas: dict[str, dict[str, Any]] = {}
-        plans: dict[str, dict[str, Any]] = {}
-        for _key, plan in self.store.iter_json(f"{self.prefix}/plans/"):
-            plans[plan["object_id"]] = plan
-            for c in plan.get("chunks", []):
-                metas[c["chunk_id"]] = {**c, "pack": plan.get("pack")}
-        with self._lock:
-            self._metas, self._plans = metas, plans
-
-    def meta(self, cid: str) -> dict[str, Any] | None:
-        if self._metas is None:
-            self.refresh()
-        assert self._metas is not None
-        return self._metas.get(cid)
-
-    def unit(self, cid: str, per_lease: int) -> str:
-        """The lease unit (`plan.lease_unit`); a chunk no plan lists is its own."""
-        meta = self.meta(cid) if per_lease > 1 else None
-        return cid if meta is None else lease_unit(meta, per_lease)
-
-    def plans_of(self, cids: Sequence[str]) -> list[dict[str, Any]]:
-        oids = {m["object_id"] for c in cids if (m := self.meta(c)) is not None}
-        return [self._plans[o] for o in sorted(oids) if o in self._plans]
-
-
-def find_chunk(store: Store, prefix: str, chunk_id: str) -> Chunk:
-    """A planned chunk by id (for tools and tests; delivery keeps a `PlanIndex`)."""
-    meta = PlanIndex(store, prefix).meta(chunk_id)
-    if meta is None:
-        raise FileNotFoundError(f"no plan under {prefix} has chunk {chunk_id}")
-    return read_chunk(store, prefix, meta)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
@@ -25,16 +26,25 @@ from urllib3.util import parse_url
 from agent_traffic.config import DeliveryPolicy
 from agent_traffic.redact import scrub
 
-RETRY = "retry"
-SUCCESS = "success"
-FATAL = "fatal"  # this request will never succeed as is
-STOP = "stop"  # key, grant or site id is wrong: stop sending to this destination
+
+class Decision(StrEnum):
+    """What to do after an answer (Vector's RetryAction), decided in this order of precedence: a
+    status in the vendor's success set is SUCCESS; else 401/403/404 is STOP; else 408, 429 and 5xx but 501 are RETRY; anything else is FATAL. A send
+    whose attempts run out ends as RETRY; a request that could not be built ends as STOP."""
+
+    SUCCESS = "success"
+    STOP = "stop"  # key, grant or site id is wrong: stop sending to this destination
+    RETRY = "retry"
+    FATAL = "fatal"  # this request will never succeed as is
+
+
+SUCCESS, STOP, RETRY, FATAL = Decision.SUCCESS, Decision.STOP, Decision.RETRY, Decision.FATAL
 STOP_STATUSES = frozenset({401, 403, 404})
 ANSWER_CHARS = 2000  # of a vendor's answer kept (dead letters, summaries)
 ANSWER_READ = 65536  # bytes of it scrubbed before the cut, so no key straddles the cut
 
 
-def decide(status: int, success: frozenset[int]) -> str:
+def decide(status: int, success: frozenset[int]) -> Decision:
     if status in success:
         return SUCCESS
     if status in STOP_STATUSES:
@@ -76,7 +86,7 @@ def _not_connected(url: str, exc: Exception) -> str:
 
 @dataclass
 class SendResult:
-    outcome: str  # SUCCESS | FATAL | STOP | RETRY (attempts exhausted)
+    outcome: Decision  # RETRY when attempts ran out
     status: int | None
     body: str
     attempts: int

@@ -17,7 +17,7 @@ from typing import Any
 from agent_traffic.config import Config
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects, release_command
-from agent_traffic.ledger import ledger_rows
+from agent_traffic.ledger import Outcome, ledger_rows
 from agent_traffic.parse import OTHER_HOST
 from agent_traffic.redact import printable, redact_url, scrub, scrub_tree
 from agent_traffic.storage import Store
@@ -49,6 +49,31 @@ class DestinationStatus:
                                       + sum((self.not_eligible or {}).values()) + self.too_old
                                       + self.delivered + self.failed + self.pending + self.held)
 
+    def add(self, outcome: Outcome, reason: str | None, events: int, chunks: int = 0) -> None:
+        """Count one ledger row (ledger.py): its events under their outcome."""
+        self.events_staged += events
+        self.chunks += chunks
+        match outcome:
+            case Outcome.NOT_SELECTED:
+                self.not_selected = self.not_selected if self.not_selected is not None else Counter()
+                self.not_selected[str(reason)] += events
+            case Outcome.NOT_ELIGIBLE:
+                self.not_eligible = self.not_eligible if self.not_eligible is not None else Counter()
+                self.not_eligible[str(reason)] += events
+            case Outcome.TOO_OLD:
+                self.too_old += events
+                if reason:
+                    self.too_old_before = max(self.too_old_before or "", reason)
+            case Outcome.HELD:
+                self.held += events
+                self.held_because = sorted(set(self.held_because or []) | set((reason or "").split("; ")))
+            case Outcome.DELIVERED:
+                self.delivered += events
+            case Outcome.FAILED:
+                self.failed += events
+            case Outcome.PENDING:
+                self.pending += events
+
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["not_selected"] = dict(self.not_selected or {})
@@ -74,20 +99,7 @@ def ledger_status(
             if r["destination"] != dest.name or r["site"] != site.name:
                 continue
             planned.setdefault(r["date"].isoformat(), set()).add(r["object_id"])
-            n, outcome, reason = r["events"], r["outcome"], r["reason"]
-            st.events_staged += n
-            st.chunks += r["chunks"]
-            if outcome in ("not_selected", "not_eligible"):
-                getattr(st, outcome)[reason] += n
-            elif outcome == "too_old":
-                st.too_old += n
-                if reason:
-                    st.too_old_before = max(st.too_old_before or "", reason)
-            elif outcome == "held":
-                st.held += n
-                st.held_because = sorted(set(st.held_because or []) | set(reason.split("; ")))
-            else:
-                setattr(st, outcome, getattr(st, outcome) + n)
+            st.add(Outcome(r["outcome"]), r["reason"], r["events"], r["chunks"])
         for day in days:
             _count_unplanned_held(st, store, day, site.name, planned.get(day, set()))
         failures = [d for d in dead if d["destination"] == dest.name and d["site"] == site.name]
