@@ -20,6 +20,7 @@ import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
@@ -28,10 +29,21 @@ from agent_traffic.catalog import Catalog
 from agent_traffic.classify import APP_CLIENT, HUMAN, UNKNOWN
 from agent_traffic.ranges import Snapshot
 
-__all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verifier", "parse_ip"]
+__all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verdict", "Verifier", "parse_ip"]
 
-VERIFIED, SPOOFED, UNVERIFIABLE = "verified", "spoofed", "unverifiable"
-VERDICTS = (VERIFIED, SPOOFED, UNVERIFIABLE)
+
+
+class Verdict(StrEnum):
+    """A claim's verdict, decided in this order of precedence: inside a list is VERIFIED; else a
+    positive contradiction is SPOOFED; anything else is UNVERIFIABLE (the module's docstring)."""
+
+    VERIFIED = "verified"
+    SPOOFED = "spoofed"
+    UNVERIFIABLE = "unverifiable"
+
+
+VERIFIED, SPOOFED, UNVERIFIABLE = Verdict.VERIFIED, Verdict.SPOOFED, Verdict.UNVERIFIABLE
+VERDICTS = tuple(Verdict)  # `verdict_codes` answers with indexes into this
 _CODE = {v: i for i, v in enumerate(VERDICTS)}
 _EPOCH = date(1970, 1, 1)
 NO_CLAIM = frozenset({HUMAN.agent, APP_CLIENT.agent, UNKNOWN.agent})  # claim no operator: no verdict
@@ -79,7 +91,7 @@ class Verifier:
         """Agents that have at least one range list: the only ones worth looking up per IP."""
         return sorted(self.lists)
 
-    def verify(self, agent: str, ip: str | None, day: date | None = None) -> str | None:
+    def verify(self, agent: str, ip: str | None, day: date | None = None) -> Verdict | None:
         """The verdict for one claim; None when `agent` is not a catalog agent (no claim)."""
         if agent in NO_CLAIM or agent not in self.agents:
             return None
