@@ -55,14 +55,15 @@ threading.Event().wait()
 OURS = """
 import json, os, sys, time
 from agent_traffic.deliver import deliver_group
+from agent_traffic.ledger import ROOT as LEDGER
 from agent_traffic.pipeline import Runtime
 from agent_traffic.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 config, dest, day = sys.argv[1:4]
 rt = Runtime.load(config, "bench")
-if rt.store.exists(f"_delivery/{dest}"):  # the last measurement's ledger: moved aside, removed when the suite ends
+if rt.store.exists(f"{LEDGER}/{dest}"):  # the last measurement's ledger: moved aside, removed when the suite ends
     os.makedirs(rt.store.path("_trash"), exist_ok=True)
-    os.rename(rt.store.path(f"_delivery/{dest}"), rt.store.path(f"_trash/{time.time_ns()}"))
+    os.rename(rt.store.path(f"{LEDGER}/{dest}"), rt.store.path(f"_trash/{time.time_ns()}"))
 key = Secret(os.environ["BENCH_KEY"])
 t0 = time.perf_counter()
 plan = plan_deliveries(rt.cfg, rt.store, [day], destinations=[dest])
