@@ -363,7 +363,7 @@ class GroupSender:
         if r.outcome is Decision.STOP and not self.stop.is_set():
             self.stop.set()
             self.ledger.stop(Stopped(self.dest.name, r.status, r.body, self.run_id, now_iso()))
-        dead = DeadLetter(ch.chunk_id, ch.object_id, ch.events, r.status, r.body, r.attempts, r.outcome,
+        dead = DeadLetter(ch.chunk_id, ch.object_id, ch.events, r.status, r.body, r.attempts, r.outcome.value,
                           now_iso(), self.run_id)
         self.ledger.dead_letter(dead)
         with self._lock:
