@@ -101,7 +101,7 @@ class Destination(_Model):
             raise ValueError(f"{vendor.title} is self-hosted: set `base_url` to your instance, "
                              f"e.g. https://{vendor.name}.example.com")
         if vendor.max_request is not None:
-            _within_request(vendor, self.max_batch_bytes, self.max_batch_events)
+            _within_request(vendor.title, vendor.max_request, self.max_batch_bytes, self.max_batch_events)
         return self
 
     @property
@@ -114,14 +114,13 @@ class Destination(_Model):
         return (self.base_url or self.spec.base_url or "").rstrip("/")
 
 
-def _within_request(vendor: VendorSpec, max_bytes: int, max_events: int) -> None:
-    """A destination's batches fit in one of the vendor's requests."""
-    assert vendor.max_request is not None
-    most_bytes, most_events = vendor.max_request
+def _within_request(title: str, most: tuple[int, int], max_bytes: int, max_events: int) -> None:
+    """A destination's batches fit in one of the vendor's requests, `most` (bytes, events)."""
+    most_bytes, most_events = most
     if max_events > most_events or max_bytes > most_bytes:
         events = "one event" if most_events == 1 else f"at most {most_events:,} events"
         must = "be 1" if most_events == 1 else f"be at most {most_events}"
-        raise ValueError(f"{vendor.title} takes {events} per request of at most {most_bytes:,} bytes: "
+        raise ValueError(f"{title} takes {events} per request of at most {most_bytes:,} bytes: "
                          f"max_batch_events must {must} and max_batch_bytes at most {most_bytes}")
 
 
