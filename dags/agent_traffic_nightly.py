@@ -20,8 +20,9 @@ destination in checkpointed chunks.
   Destination keys come from the Airflow Connection named in the config (`secret.airflow_conn_id`:
   its password is the key, and its host, when set, the vendor's base URL).
 * **Pools**: `agent_traffic_<vendor>` (scrunch, hitkeep, knownagents) caps concurrent delivery
-  tasks per vendor. HitKeep limits requests per client IP and the client's limiter lives in the
-  task's process, so at most one HitKeep delivery task runs at a time per DAG run.
+  tasks per vendor. A plan and a deliver task per vendor of the vendor table (`vendors/specs.py`),
+  which also says how many of a vendor's delivery tasks run at once per DAG run: HitKeep limits
+  requests per client IP and the client's limiter lives in the task's process, so one at a time.
 
 Tasks pass keys and counts through XCom, never data; checkpoints live in the staging store.
 """
@@ -32,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
+from agent_traffic.vendors.specs import SPECS
 from agent_traffic_airflow import (
     IP_RANGES,
     alert_on_failure,
@@ -47,9 +49,8 @@ from agent_traffic_airflow import (
     with_base_url,
 )
 
-VENDORS = ("scrunch", "hitkeep", "knownagents")
-#: Mapped delivery tasks of one vendor running at once per DAG run (default 4).
-MAX_ACTIVE_DELIVERIES = {"hitkeep": 1}
+#: The vendors with a plan and a deliver task, as the vendor table lists them when the DAG is parsed.
+VENDORS = tuple(SPECS)
 MAX_PARSE_BATCHES = 64
 
 
@@ -171,7 +172,7 @@ def agent_traffic_nightly():
 
     def deliver_task(vendor: str):
         @task(task_id=f"deliver_{vendor}", pool=f"agent_traffic_{vendor}", retries=3,
-              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=MAX_ACTIVE_DELIVERIES.get(vendor, 4),
+              retry_exponential_backoff=2.0, max_active_tis_per_dagrun=SPECS[vendor].parallel_deliveries,
               execution_timeout=timedelta(hours=3), map_index_template="{{ group_label }}")
         @fail_fast
         def deliver(group: dict, params: dict | None = None) -> dict:

@@ -267,9 +267,12 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    pools = home / "pools.json"  # one `airflow` start for all three vendors' pools
-    pools.write_text(json.dumps({f"agent_traffic_{v}": {"slots": n, "description": f"{v} deliveries",
-                                                        "include_deferred": False}
-                                 for v, n in (("scrunch", 4), ("hitkeep", 1), ("knownagents", 4))}))
+    from agent_traffic.vendors import SPECS
+
+    pools = home / "pools.json"  # one `airflow` start for every vendor's pool, a slot per parallel task
+    pools.write_text(json.dumps({f"agent_traffic_{s.name}": {"slots": s.parallel_deliveries,
+                                                             "description": f"{s.name} deliveries",
+                                                             "include_deferred": False}
+                                 for s in SPECS.values()}))
     subprocess.run([airflow, "pools", "import", str(pools)], env=env, check=True, capture_output=True, timeout=120)
     return home

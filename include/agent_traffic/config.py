@@ -21,42 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_traffic.errors import ConfigError
 from agent_traffic.redact import redact_url, scrub
+from agent_traffic.vendors.specs import SPECS, VendorSpec, choices, spec
 
-VENDOR_BASE_URLS = {
-    "scrunch": "https://webhooks.scrunchai.com",
-    "knownagents": "https://api.knownagents.com",
-}  # HitKeep is self-hosted: its destinations must give `base_url`
-
-VendorName = Literal["scrunch", "hitkeep", "knownagents"]
 #: ai: AI agents; ai_and_referred: plus human visits referred by an AI assistant (`referred_by`);
 #: automated: every bot; all: every request.
 Selection = Literal["ai", "ai_and_referred", "automated", "all"]
 IpPolicy = Literal["send", "truncate", "omit"]
-
-#: Vendors that stamp the time they receive a row (they take no event timestamp): events older
-#: than a destination's `max_age_hours` would show as today's traffic, so they are not sent
-#: unless the destination sets `send_older_events`.
-RECEIVE_TIME_VENDORS = frozenset({"hitkeep", "knownagents"})
-
-#: Defaults a destination gets from its vendor when it does not set them. IP: Scrunch and Known
-#: Agents use the client IP to verify agents; HitKeep has no IP field and never gets one,
-#: whatever `ip_policy` says. Batches: Scrunch's 1 MB NDJSON; HitKeep takes one object per
-#: request under 64 KiB; Known Agents publishes no limit (VERIFY), so batches stay modest.
-VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "scrunch": {"ip_policy": "send", "max_batch_bytes": 1_000_000, "max_batch_events": 5000},
-    "hitkeep": {"ip_policy": "omit", "max_batch_bytes": 65_535, "max_batch_events": 1},
-    "knownagents": {"ip_policy": "send", "max_batch_bytes": 512_000, "max_batch_events": 100},
-}
-
-#: Settings that mean something for one kind of vendor only: setting them elsewhere is a mistake.
-_VENDOR_ONLY: dict[str, tuple[frozenset[str], str]] = {
-    "max_age_hours": (RECEIVE_TIME_VENDORS, "Scrunch keeps each event's own timestamp"),
-    "send_older_events": (RECEIVE_TIME_VENDORS, "Scrunch keeps each event's own timestamp"),
-    "rate_limit_per_s": (frozenset({"hitkeep"}), "only HitKeep rate-limits its clients"),
-    "rate_limit_burst": (frozenset({"hitkeep"}), "only HitKeep rate-limits its clients"),
-    "eligible_user_agents": (frozenset({"hitkeep"}), "only HitKeep refuses agents it does not know"),
-    "send_sdk_fields": (frozenset({"knownagents"}), "only Known Agents has SDK-only fields"),
-}
 
 
 class _Model(BaseModel):
@@ -78,21 +48,22 @@ class SecretRef(_Model):
 
 
 class Destination(_Model):
+    """One vendor account for one site. What the vendor allows, requires and defaults to is its
+    `VendorSpec` (vendors/specs.py): a setting that does not apply to the vendor is refused."""
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    vendor: VendorName
-    site_id: str | None = Field(
-        None, min_length=1, description="Scrunch: Site ID (ULID); HitKeep: site UUID; Known Agents: none"
-    )
+    vendor: str = Field(description="one of the vendor table's names (vendors/specs.py)")
+    site_id: str | None = Field(None, min_length=1, description="the vendor's site id (Scrunch: a ULID; HitKeep: a UUID)")
     base_url: str | None = None
     secret: SecretRef
     select: Selection = "ai"
-    ip_policy: IpPolicy = "send"  # the vendor's default when not set (VENDOR_DEFAULTS)
+    ip_policy: IpPolicy = "send"  # the vendor's default when not set (VendorSpec.defaults)
     max_batch_bytes: int = Field(1_000_000, gt=1000, le=1_000_000)
     max_batch_events: int = Field(5000, gt=0, le=100_000)
     max_age_hours: float = Field(48.0, gt=0, le=24 * 3660, description="receive-time vendors: older events are not sent")
     send_older_events: bool = Field(False, description="send events older than max_age_hours anyway")
-    rate_limit_per_s: float = Field(10.0, gt=0, le=10_000, description="HitKeep: requests/s per instance")
-    rate_limit_burst: int = Field(20, ge=1, le=10_000, description="HitKeep: burst per instance")
+    rate_limit_per_s: float = Field(10.0, gt=0, le=10_000, description="rate-limited vendors: requests/s per instance")
+    rate_limit_burst: int = Field(20, ge=1, le=10_000, description="rate-limited vendors: burst per instance")
     eligible_user_agents: tuple[str, ...] | None = Field(
         None, description="HitKeep: lowercase substrings its classifier accepts (default: HitKeep 2.8.1's)"
     )
@@ -100,35 +71,57 @@ class Destination(_Model):
         False, description="Known Agents: also send `created` and `response_headers` (VERIFY)"
     )
 
+    @field_validator("vendor")
+    @classmethod
+    def _known_vendor(cls, v: str) -> str:
+        if v not in SPECS:
+            raise ValueError(f"Input should be {choices()}{did_you_mean(v, SPECS)}")
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _vendor_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("vendor") not in VENDOR_DEFAULTS:
+        if not isinstance(data, dict) or data.get("vendor") not in SPECS:
             return data
-        vendor = data["vendor"]
-        for key, (vendors, why) in _VENDOR_ONLY.items():
-            if key in data and vendor not in vendors:
-                raise ValueError(f"`{key}` does not apply to {vendor} ({why}); remove it")
-        return {**VENDOR_DEFAULTS[vendor], **data}
+        vendor = SPECS[data["vendor"]]
+        for key in data:
+            why = vendor.refuses(key)
+            if why:
+                raise ValueError(f"`{key}` does not apply to {vendor.name} ({why}); remove it")
+        return {**vendor.destination_defaults(), **data}
 
     @model_validator(mode="after")
     def _vendor_rules(self) -> Destination:
-        if self.vendor == "knownagents" and self.site_id is not None:
-            raise ValueError("Known Agents has no site id (the access token names the project); remove `site_id`")
-        if self.vendor != "knownagents" and self.site_id is None:
-            what = "Site ID (a ULID)" if self.vendor == "scrunch" else "site UUID"
-            raise ValueError(f"`site_id` is required: the {self.vendor} {what}")
-        if self.vendor == "hitkeep":
-            if not self.base_url:
-                raise ValueError("HitKeep is self-hosted: set `base_url` to your instance, e.g. https://hitkeep.example.com")
-            if self.max_batch_events != 1 or self.max_batch_bytes > 65_535:
-                raise ValueError("HitKeep takes one event per request under 64 KiB: "
-                                 "max_batch_events must be 1 and max_batch_bytes at most 65535")
+        vendor = self.spec
+        if vendor.site_id is None and self.site_id is not None:
+            raise ValueError(f"{vendor.title} has no site id ({vendor.no_site_id}); remove `site_id`")
+        if vendor.site_id is not None and self.site_id is None:
+            raise ValueError(f"`site_id` is required: the {vendor.name} {vendor.site_id}")
+        if vendor.base_url is None and not self.base_url:
+            raise ValueError(f"{vendor.title} is self-hosted: set `base_url` to your instance, "
+                             f"e.g. https://{vendor.name}.example.com")
+        if vendor.max_request is not None:
+            _within_request(vendor.title, vendor.max_request, self.max_batch_bytes, self.max_batch_events)
         return self
 
     @property
+    def spec(self) -> VendorSpec:
+        """The vendor's facts: defaults, limits, receive-time stamping, client rate limit."""
+        return spec(self.vendor)
+
+    @property
     def endpoint_base(self) -> str:
-        return (self.base_url or VENDOR_BASE_URLS[self.vendor]).rstrip("/")
+        return (self.base_url or self.spec.base_url or "").rstrip("/")
+
+
+def _within_request(title: str, most: tuple[int, int], max_bytes: int, max_events: int) -> None:
+    """A destination's batches fit in one of the vendor's requests, `most` (bytes, events)."""
+    most_bytes, most_events = most
+    if max_events > most_events or max_bytes > most_bytes:
+        events = "one event" if most_events == 1 else f"at most {most_events:,} events"
+        must = "be 1" if most_events == 1 else f"be at most {most_events}"
+        raise ValueError(f"{title} takes {events} per request of at most {most_bytes:,} bytes: "
+                         f"max_batch_events must {must} and max_batch_bytes at most {most_bytes}")
 
 
 class Site(_Model):

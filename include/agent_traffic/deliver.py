@@ -101,8 +101,8 @@ class GroupResult:
 
 
 def _limiter(dest: Destination) -> TokenBucket | None:
-    """HitKeep limits each client; the bucket is per instance, shared by the process's threads."""
-    if dest.vendor != "hitkeep":
+    """A vendor that limits each client (HitKeep): the bucket is per instance, shared by the process's threads."""
+    if dest.spec.rate_limit is None:
         return None
     return limiter_for(dest.endpoint_base, dest.rate_limit_per_s, dest.rate_limit_burst)
 

@@ -1,17 +1,28 @@
-"""Vendor protocols: how a staged event becomes a request body for each destination."""
+"""Vendor protocols: how a staged event becomes a request body for each destination.
+
+The vendors themselves are the table in `specs.py`; a protocol class is imported on first use.
+"""
 
 from __future__ import annotations
 
-from agent_traffic.vendors.base import Vendor
-from agent_traffic.vendors.hitkeep import HitKeep
-from agent_traffic.vendors.knownagents import KnownAgents
-from agent_traffic.vendors.scrunch import Scrunch
+import importlib
+from typing import TYPE_CHECKING
 
-VENDORS: dict[str, Vendor] = {v.name: v for v in (Scrunch(), HitKeep(), KnownAgents())}
+from agent_traffic.vendors.specs import SPECS, VendorSpec, register, spec
+
+if TYPE_CHECKING:
+    from agent_traffic.vendors.base import Vendor
+
+__all__ = ["SPECS", "VendorSpec", "register", "spec", "vendor"]
+
+_made: dict[str, Vendor] = {}
 
 
 def vendor(name: str) -> Vendor:
-    try:
-        return VENDORS[name]
-    except KeyError:
-        raise KeyError(f"unknown vendor {name!r}; known: {sorted(VENDORS)}") from None
+    """The protocol of a vendor in the table (one instance per spec; protocols hold no state)."""
+    s = spec(name)
+    made = _made.get(name)
+    if made is None or made.spec is not s:
+        module, _, cls = s.protocol.partition(":")
+        made = _made[name] = getattr(importlib.import_module(module), cls)(s)
+    return made

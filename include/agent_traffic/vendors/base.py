@@ -11,16 +11,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_traffic.config import RECEIVE_TIME_VENDORS, Destination, Site
+from agent_traffic.config import Destination, Site
 from agent_traffic.secrets import Secret
 from agent_traffic.vendors import json_columns
 from agent_traffic.vendors.json_columns import Field
+from agent_traffic.vendors.specs import VendorSpec
 
 
 class Vendor(ABC):
-    name: str
-    #: the vendor's own name, as the summary shows it
-    title: str
+    """A vendor's wire format. Its facts (name, limits, defaults) are its `VendorSpec`."""
+
     #: statuses that mean "accepted"
     success: frozenset[int]
     #: the staged columns `fields` reads (the planner selects only these)
@@ -34,10 +34,22 @@ class Vendor(ABC):
     #: for small ones, whose lease file would otherwise cost more than the request
     chunks_per_lease: int = 1
 
+    def __init__(self, spec: VendorSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def title(self) -> str:
+        """The vendor's own name, as the summary shows it."""
+        return self.spec.title
+
     @property
     def stamps_receive_time(self) -> bool:
         """True when the vendor records when it received a row, not when the request happened."""
-        return self.name in RECEIVE_TIME_VENDORS
+        return self.spec.stamps_receive_time
 
     @abstractmethod
     def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:

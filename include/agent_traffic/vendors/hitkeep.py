@@ -32,8 +32,6 @@ HITKEEP_AI_TOKENS: tuple[str, ...] = (
     "diffbot", "timpibot", "imagesiftbot", "deepseekbot", "petalbot",
 )  # fmt: skip
 
-MAX_BODY = 65_535  # "at most 64 KiB": stay one byte under
-
 
 def _positive_int(values: pa.Array) -> pa.Array:
     """HitKeep stores response_ms and bytes_served only when > 0: omit anything else."""
@@ -48,8 +46,6 @@ def accepts(user_agent: str, tokens: Sequence[str] = HITKEEP_AI_TOKENS) -> bool:
 
 
 class HitKeep(Vendor):
-    name = "hitkeep"
-    title = "HitKeep"
     success = frozenset({202})  # anything else, a 200 from a proxy's page included, is not stored
     group_scale = 25  # one event per request
     chunks_per_lease = 20
@@ -81,7 +77,7 @@ class HitKeep(Vendor):
         return {"Authorization": f"Bearer {secret.reveal()}"}
 
     def limits(self, dest: Destination) -> tuple[int, int]:
-        return min(dest.max_batch_bytes, MAX_BODY) + 1, 1  # +1: the planner counts a separator
+        return dest.max_batch_bytes + 1, 1  # the spec's max_request caps it; +1: the planner counts a separator
 
     def ineligible(self, table: pa.Table, dest: Destination) -> pa.Array:
         """`not eligible for HitKeep (<agent>)` for agents its classifier would refuse with a 400."""

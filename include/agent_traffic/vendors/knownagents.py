@@ -29,8 +29,6 @@ IP_HEADER = "x-forwarded-for"
 
 
 class KnownAgents(Vendor):
-    name = "knownagents"
-    title = "Known Agents"
     success = frozenset({200, 201, 202})
     group_scale = 5  # a hundred visits per request
     chunks_per_lease = 10

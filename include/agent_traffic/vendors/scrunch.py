@@ -26,8 +26,6 @@ def epoch_seconds(ts_us: int) -> int | float:
 
 
 class Scrunch(Vendor):
-    name = "scrunch"
-    title = "Scrunch"
     success = frozenset({200, 201, 202})
     columns = ("user_agent", "url", "path", "method", "status", "duration_ms", "client_ip")
 
