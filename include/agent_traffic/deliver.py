@@ -46,10 +46,11 @@ from typing import Any
 
 import orjson
 
+from agent_traffic import layout
 from agent_traffic.client import USER_AGENT, http_pool
 from agent_traffic.config import Config, Destination
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import STAGED, manifest_key
+from agent_traffic.extract import STAGED
 from agent_traffic.plan import (
     Chunk,
     ChunkGroup,
@@ -391,7 +392,7 @@ def deliver_group(
                 if meta.get("pack"):
                     store.delete(pack_key(prefix, meta["pack"]))  # damaged: the new plan writes a new one
                 store.delete(plan_key(prefix, oid))
-                manifest = store.get_json_or_none(manifest_key(group.date, oid))
+                manifest = store.get_json_or_none(layout.manifest_key(group.date, oid))
                 if manifest is not None and manifest.get("status") == STAGED:
                     plan_object(store, cfg.site(group.site), dest, manifest, now=now)
             index.refresh()
@@ -433,9 +434,9 @@ def deliver_group(
             if expire(ch):
                 continue
             ext = "ndjson" if ch.content_type.endswith("ndjson") else "json"
-            box.put_bytes(f"{run_id}/{dest.name}/{group.date}/{ch.chunk_id}.{ext}", ch.body)
+            box.put_bytes(layout.outbox_key(run_id, dest.name, group.date, f"{ch.chunk_id}.{ext}"), ch.body)
             box.put_json(
-                f"{run_id}/{dest.name}/{group.date}/{ch.chunk_id}.request.json",
+                layout.outbox_key(run_id, dest.name, group.date, f"{ch.chunk_id}.request.json"),
                 {"method": "POST", "url": redact_url(v.url(dest)), "content_type": ch.content_type,
                  "events": ch.events, "auth": "(header omitted)"},
             )

@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
@@ -477,7 +478,7 @@ def plan_object(
     _drop_superseded(store, prefix, existing, acked)
     carry = _carried_over(store, prefix, manifest.get("carried"), acked)
     carry_lines = pa.array(carry) if len(carry) else None
-    keys = [k for k in manifest.get("files", {}) if k.startswith(f"events/site={site.name}/")]
+    keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
     counts = Counter[str]()
     done_lines = pa.array(sorted(delivered), pa.int64()) if delivered else None
 
