@@ -37,7 +37,6 @@ its commit marker.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 EVENTS = "events"
 QUARANTINE = "quarantine"
@@ -51,7 +50,6 @@ OUTBOX = "_outbox"
 
 _DAY = r"\d{4}-\d{2}-\d{2}"
 _DAY_IN_KEY = re.compile(rf"date=({_DAY})")
-_EVENT_KEY = re.compile(rf"^{EVENTS}/site=([^/]+)/provider=([^/]+)/date=({_DAY})/part-([^/]+)\.parquet$")
 _STATUS_KEY = re.compile(rf"^{QUALITY}/date=({_DAY})/site=([^/]+)/status\.json$")
 _REPORT_KEY = re.compile(rf"^{REPORTS}/date=({_DAY})/report\.html$")
 _RUN_KEY = re.compile(rf"^{RUNS}/([^/]+)\.json$")
@@ -72,18 +70,8 @@ def day_of(key: str) -> str | None:
 # Parquet datasets: events and quarantine
 
 
-@dataclass(frozen=True)
-class EventKey:
-    """The partition and object version an events file belongs to."""
-
-    site: str
-    provider: str
-    day: str
-    object_id: str
-
-
 def event_key(site: str, provider: str, day: str, object_id: str) -> str:
-    return f"{EVENTS}/site={site}/provider={provider}/date={day}/part-{object_id}.parquet"
+    return f"{events_prefix(site)}provider={provider}/date={day}/part-{object_id}.parquet"
 
 
 def events_prefix(site: str | None = None) -> str:
@@ -95,12 +83,6 @@ def is_event_key(key: str) -> bool:
     return key.startswith(f"{EVENTS}/")
 
 
-def parse_event_key(key: str) -> EventKey | None:
-    """Site, provider, day and object id out of an events key; None for any other key."""
-    m = _EVENT_KEY.match(key)
-    return EventKey(*m.groups()) if m else None
-
-
 def event_site(key: str) -> str:
     """The site of an events key, by position (called per batch of rows, so no regex)."""
     return key.split("/")[1].removeprefix("site=")
@@ -108,12 +90,12 @@ def event_site(key: str) -> str:
 
 def quarantine_key(day: str, object_id: str) -> str:
     """Lines of an object that did not parse."""
-    return f"{QUARANTINE}/date={day}/part-{object_id}.parquet"
+    return f"{_dated(QUARANTINE, day)}part-{object_id}.parquet"
 
 
 def quality_quarantine_key(day: str, object_id: str) -> str:
     """Rows of an object that a row-level expectation removed from its events files."""
-    return f"{QUARANTINE}/date={day}/part-{object_id}-quality.parquet"
+    return f"{_dated(QUARANTINE, day)}part-{object_id}-quality.parquet"
 
 
 def dataset_prefix(dataset: str) -> str:
@@ -134,7 +116,7 @@ def parquet_glob(dataset: str, day: str | None = None) -> str:
 
 
 def manifest_key(day: str, object_id: str) -> str:
-    return f"{MANIFESTS}/date={day}/{object_id}.json"
+    return f"{manifests_prefix(day)}{object_id}.json"
 
 
 def manifests_prefix(day: str | None = None) -> str:
@@ -142,7 +124,7 @@ def manifests_prefix(day: str | None = None) -> str:
 
 
 def hold_key(day: str, source: str) -> str:
-    return f"{HOLDS}/date={day}/source={source}.json"
+    return f"{holds_prefix(day)}source={source}.json"
 
 
 def holds_prefix(day: str) -> str:
@@ -151,12 +133,12 @@ def holds_prefix(day: str) -> str:
 
 def run_key(run_id: str) -> str:
     """A run's summary."""
-    return f"{RUNS}/{run_id}.json"
+    return f"{runs_prefix()}{run_id}.json"
 
 
 def discovery_key(run_id: str) -> str:
     """A run's discovery record: the objects it listed."""
-    return f"{RUNS}/discovery/{run_id}.json"
+    return f"{runs_prefix()}discovery/{run_id}.json"
 
 
 def runs_prefix() -> str:
@@ -175,12 +157,12 @@ def parse_run_key(key: str) -> str | None:
 
 def quality_key(day: str, run_id: str) -> str:
     """A run's validation findings for one date."""
-    return f"{QUALITY}/date={day}/{run_id}.json"
+    return f"{quality_prefix(day)}{run_id}.json"
 
 
 def quality_status_key(day: str, site: str) -> str:
     """The verdict on one partition (site and date): pass, warn or fail."""
-    return f"{QUALITY}/date={day}/site={site}/status.json"
+    return f"{quality_prefix(day)}site={site}/status.json"
 
 
 def parse_quality_status_key(key: str) -> tuple[str, str] | None:
@@ -195,7 +177,7 @@ def quality_prefix(day: str | None = None) -> str:
 
 def docs_prefix(day: str) -> str:
     """Great Expectations' data docs of a date."""
-    return f"{QUALITY}/date={day}/docs/"
+    return f"{quality_prefix(day)}docs/"
 
 
 def docs_index_key(day: str) -> str:
@@ -208,7 +190,7 @@ def is_docs_index(key: str) -> bool:
 
 def report_key(day: str) -> str:
     """The daily HTML report."""
-    return f"{REPORTS}/date={day}/report.html"
+    return f"{_dated(REPORTS, day)}report.html"
 
 
 def reports_prefix() -> str:
