@@ -86,6 +86,7 @@ def agent_traffic_nightly():
         """List the sources for the dates; batch the new or changed objects for parsing."""
         from datetime import date
 
+        from agent_traffic import layout
         from agent_traffic.pipeline import discover_objects
 
         rt = runtime()
@@ -93,7 +94,7 @@ def agent_traffic_nightly():
         d = discover_objects(rt, [date.fromisoformat(x) for x in days],
                              reprocess=bool((params or {}).get("reprocess")),
                              retry_poisoned=bool((params or {}).get("retry_poisoned")))
-        rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", d.as_dict(days))
+        rt.store.put_json(layout.discovery_key(rt.run_id), d.as_dict(days))
         n = min(MAX_PARSE_BATCHES, len(d.objects)) or 1
         batches: list[list[dict]] = [[] for _ in range(n)]
         loads = [0] * n
@@ -200,6 +201,7 @@ def agent_traffic_nightly():
     def report(params: dict | None = None) -> dict:
         """Write the run summary to the store and print it; fail the run unless everything of its
         dates is delivered (or has a counted reason not to be) and every task succeeded."""
+        from agent_traffic import layout
         from agent_traffic.extract import planned_dates
         from agent_traffic.holds import source_holds
         from agent_traffic.summary import build_summary, ledger_status, render
@@ -208,7 +210,7 @@ def agent_traffic_nightly():
         p = params or {}
         days = run_days()
         states = task_states()
-        disc = rt.store.get_json_or_none(f"_runs/discovery/{rt.run_id}.json") or {}
+        disc = rt.store.get_json_or_none(layout.discovery_key(rt.run_id)) or {}
         objects = [o for batch in mapped_results("parse_and_stage", states) for o in batch]
         deliveries = [d for v in VENDORS for d in mapped_results(f"deliver_{v}", states)]
         ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=p.get("sites") or None,
@@ -222,7 +224,7 @@ def agent_traffic_nightly():
                                 holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)},
                                 config_path=config_path(),
                                 retry_poisoned_command=_trigger_command({"date_from": "{date}", "retry_poisoned": True}))
-        rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
+        rt.store.put_json(layout.run_key(rt.run_id), summary)
         print(render(summary))
         if not summary["ok"]:
             raise RuntimeError("the run had problems: " + "; ".join(summary["problems"]))
@@ -249,9 +251,10 @@ def agent_traffic_nightly():
 
 
 def _outbox(rt):
+    from agent_traffic import layout
     from agent_traffic.storage import Store
 
-    return Store(rt.store.url("_outbox"), rt.options)
+    return Store(rt.store.url(layout.OUTBOX), rt.options)
 
 
 def _resend_command(days: list[str], params: dict) -> str:

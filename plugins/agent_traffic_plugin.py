@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 DAG_ID = "agent_traffic_nightly"
 URL_PREFIX = "/agent-traffic"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
-SERVED_PREFIXES = ("_reports/", "_quality/")  # never events, the ledger or anything else
 #: Third-party HTML (GX's data docs, anything under files/) runs in a sandbox: no script, an opaque origin
 SANDBOXED_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
                  "form-action 'none'; frame-ancestors 'self'; sandbox")
@@ -44,6 +43,13 @@ def security_headers(path: str) -> dict[str, str]:
         "Referrer-Policy": "no-referrer",
         "Cross-Origin-Resource-Policy": "same-origin",
     }
+
+
+def served_prefixes() -> tuple[str, ...]:
+    """What /files/ serves: reports and quality results, never events, the ledger or anything else."""
+    from agent_traffic import layout
+
+    return layout.reports_prefix(), layout.quality_prefix()
 
 
 def staging_store() -> Store:
@@ -71,6 +77,7 @@ def build_app() -> FastAPI:
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, Response
 
+    from agent_traffic import layout
     from agent_traffic import report as pages
     from agent_traffic.errors import AgentTrafficError
 
@@ -99,7 +106,7 @@ def build_app() -> FastAPI:
         days = pages.report_days(s)
         if not days:
             return HTMLResponse(pages.no_report_page(s), status_code=404)
-        return HTMLResponse(s.get_bytes(pages.report_key(days[0])))
+        return HTMLResponse(s.get_bytes(layout.report_key(days[0])))
 
     @app.get("/report/{day}", response_class=HTMLResponse)
     def report(day: str) -> HTMLResponse:
@@ -108,7 +115,7 @@ def build_app() -> FastAPI:
         except ValueError:
             raise HTTPException(404, f"not a date: {day!r} (expected YYYY-MM-DD)") from None
         try:
-            return HTMLResponse(store().get_bytes(pages.report_key(day)))
+            return HTMLResponse(store().get_bytes(layout.report_key(day)))
         except FileNotFoundError:
             raise HTTPException(404, f"no report for {day}") from None
 
@@ -124,7 +131,7 @@ def build_app() -> FastAPI:
     @app.get("/files/{key:path}")
     def files(key: str) -> Response:
         """Result files (GX JSON, data docs) and reports, exactly as stored."""
-        if not key.startswith(SERVED_PREFIXES) or ".." in key.split("/"):
+        if not key.startswith(served_prefixes()) or ".." in key.split("/"):
             raise HTTPException(404, "not found")
         try:
             data = store().get_bytes(key)

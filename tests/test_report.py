@@ -16,7 +16,8 @@ import pytest
 
 from agent_traffic.cli import main
 from agent_traffic.config import load_config
-from agent_traffic.report import TOP, build_report, report_days, report_key, write_daily_report
+from agent_traffic.layout import report_key
+from agent_traffic.report import TOP, build_report, report_days, write_daily_report
 from agent_traffic.summary import ledger_status
 from tests.test_query import DAY1, DAY2, HOSTILE_PATH, Staged, shared_staging
 

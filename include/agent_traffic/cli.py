@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent_traffic import layout
 from agent_traffic.errors import AgentTrafficError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rt = Runtime.load(args.config, new_run_id())
     outbox = None
     if args.dry_run:
-        outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url("_outbox"), rt.options)
+        outbox = Store(str(Path(args.outbox).resolve()) if args.outbox else rt.store.url(layout.OUTBOX), rt.options)
     summary = run(
         rt, args.date, args.until or args.date, sites=args.site, destinations=args.destination,
         dry_run=args.dry_run, reprocess=args.reprocess, retry_poisoned=args.retry_poisoned, outbox=outbox,
@@ -67,11 +68,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     store = Store(cfg.staging, StoreOptions.from_config(cfg.object_store))
-    runs = [k for k in store.list("_runs/") if k.count("/") == 1]
+    runs = [k for k in store.list(layout.runs_prefix()) if layout.parse_run_key(k)]
     if not runs:
         print("no run has been recorded in this staging store yet", file=sys.stderr)
         return 1
-    key = f"_runs/{args.run_id}.json" if args.run_id else max(
+    key = layout.run_key(args.run_id) if args.run_id else max(
         runs, key=lambda k: (store.fs.info(store.path(k)).get("mtime") or 0, k))
     summary = store.get_json(key)
     print(render(summary))
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--site", action="append", default=[], help="only this site (repeatable)")
     r.add_argument("--destination", action="append", default=[], help="only this destination (repeatable)")
     r.add_argument("--dry-run", action="store_true", help="write request bodies to the outbox, send nothing")
-    r.add_argument("--outbox", help="outbox folder for --dry-run (default: <staging>/_outbox)")
+    r.add_argument("--outbox", help=f"outbox folder for --dry-run (default: <staging>/{layout.OUTBOX})")
     r.add_argument("--reprocess", action="store_true", help="parse objects again even if staged")
     r.add_argument("--retry-poisoned", action="store_true",
                    help="parse again objects that failed 3 runs in a row (skipped until they change otherwise)")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_traffic import layout
 from agent_traffic.errors import ConfigError
 from agent_traffic.redact import redact_url, scrub
 from agent_traffic.vendors.specs import SPECS, VendorSpec, choices, spec
@@ -299,7 +300,7 @@ class RangePolicy(_Model):
     """
 
     urls: dict[str, str | None] = Field(default_factory=dict, description="list id -> URL, or null: do not fetch")
-    store: str | None = Field(None, description="snapshot folder or object-store prefix (default: <staging>/_ranges)")
+    store: str | None = Field(None, description=f"snapshot folder or object-store prefix (default: <staging>/{layout.RANGES})")
     max_age_days: int = Field(30, ge=1, le=3650, description="a list older than this (vs. the request's day) "
                               "never makes a request `spoofed`, only `unverifiable`")
     timeout_s: float = Field(30.0, gt=0, le=600, description="per range-file download")

@@ -42,10 +42,11 @@ from typing import Any
 
 import urllib3
 
+from agent_traffic import layout
 from agent_traffic.client import USER_AGENT, http_pool
 from agent_traffic.config import Config, Destination
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import STAGED, manifest_key
+from agent_traffic.extract import STAGED
 from agent_traffic.leases import LeaseOwner, Leases
 from agent_traffic.ledger import Ack, Chunk, DeadLetter, Ledger, PlanIndex, Stopped, TooOld, now_iso
 from agent_traffic.plan import ChunkGroup, age_cutoff, chunk_intact, plan_object
@@ -213,7 +214,7 @@ class GroupSender:
         if meta.get("pack"):
             self.ledger.delete_pack(meta["pack"])  # damaged: the new plan writes a new one
         self.ledger.delete_plan(oid)
-        manifest = self.store.get_json_or_none(manifest_key(self.group.date, oid))
+        manifest = self.store.get_json_or_none(layout.manifest_key(self.group.date, oid))
         if manifest is not None and manifest.get("status") == STAGED:
             plan_object(self.store, self.cfg.site(self.group.site), self.dest, manifest, now=self.now)
 
@@ -241,7 +242,6 @@ class GroupSender:
     def write_outbox(self, todo: list[str], box: Store) -> GroupResult:
         """The exact request bodies and their requests (headers omitted) into the outbox, nothing sent."""
         url = redact_url(self.vendor.url(self.dest))
-        where = f"{self.run_id}/{self.dest.name}/{self.group.date}"
         for cid in todo:
             ch = self.load(cid)
             if ch is None:
@@ -250,8 +250,9 @@ class GroupSender:
             if self.expire(ch):
                 continue
             ext = "ndjson" if ch.content_type.endswith("ndjson") else "json"
-            box.put_bytes(f"{where}/{ch.chunk_id}.{ext}", ch.body)
-            box.put_json(f"{where}/{ch.chunk_id}.request.json",
+            box.put_bytes(layout.outbox_key(self.run_id, self.dest.name, self.group.date, f"{ch.chunk_id}.{ext}"),
+                          ch.body)
+            box.put_json(layout.outbox_key(self.run_id, self.dest.name, self.group.date, f"{ch.chunk_id}.request.json"),
                          {"method": "POST", "url": url, "content_type": ch.content_type,
                           "events": ch.events, "auth": "(header omitted)"})
             self.res.dry_run_events += ch.events

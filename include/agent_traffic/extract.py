@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from agent_traffic import layout
 from agent_traffic.config import Config
 from agent_traffic.storage import ObjectInfo, Store, StoreOptions, list_objects
 
@@ -58,13 +59,9 @@ class ObjectRef:
         return cls(**d)
 
 
-def manifest_key(day: str, oid: str) -> str:
-    return f"_manifests/date={day}/{oid}.json"
-
-
 def read_manifests(store: Store, day: str) -> dict[str, dict[str, Any]]:
     """object_id -> manifest record for a date."""
-    return {rec["object_id"]: rec for _, rec in store.iter_json(f"_manifests/date={day}/")}
+    return {rec["object_id"]: rec for _, rec in store.iter_json(layout.manifests_prefix(day))}
 
 
 def lookback_dates(cfg: Config, days: Iterable[date], sources: Iterable[str] | None = None) -> list[date]:

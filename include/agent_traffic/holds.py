@@ -16,11 +16,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from agent_traffic import layout
 from agent_traffic.storage import Store
-
-
-def hold_key(day: str, source: str) -> str:
-    return f"_holds/date={day}/source={source}.json"
 
 
 def release_command(config_path: str | None, source: str, day: str) -> str:
@@ -29,7 +26,7 @@ def release_command(config_path: str | None, source: str, day: str) -> str:
 
 def source_holds(store: Store, day: str) -> dict[str, dict[str, Any]]:
     """source -> its hold record for a date (those with held objects, and released ones)."""
-    return {rec["source"]: rec for _, rec in store.iter_json(f"_holds/date={day}/")}
+    return {rec["source"]: rec for _, rec in store.iter_json(layout.holds_prefix(day))}
 
 
 def held_objects(store: Store, day: str) -> dict[str, str]:
@@ -41,7 +38,7 @@ def held_objects(store: Store, day: str) -> dict[str, str]:
 def record(store: Store, day: str, source: str, objects: dict[str, str], failures: list[str], run_id: str) -> dict:
     """Write the verdict on a source's objects validated now (object id -> url): held when
     `failures`, else let through. Objects an earlier run held stay held; released ones stay released."""
-    key = hold_key(day, source)
+    key = layout.hold_key(day, source)
     rec = store.get_json_or_none(key) or {"source": source, "date": day, "held": {}, "released": {}, "failures": []}
     now = set(objects.values())  # a new version of a held object replaces it
     held = {o: u for o, u in rec["held"].items() if o not in objects and u not in now}
@@ -49,7 +46,7 @@ def record(store: Store, day: str, source: str, objects: dict[str, str], failure
         held |= {o: u for o, u in objects.items() if o not in rec["released"]}
         rec["failures"] = failures
     rec |= {"held": held, "run_id": run_id, "recorded_at": _now()}
-    if rec["held"] or rec["released"] or key in set(store.list(f"_holds/date={day}/")):
+    if rec["held"] or rec["released"] or key in set(store.list(layout.holds_prefix(day))):
         store.put_json(key, rec)
     return rec
 
@@ -58,14 +55,14 @@ def release(store: Store, days: Iterable[str], source: str) -> dict[str, dict[st
     """Let a source's held objects through (date -> object id -> url released)."""
     out = {}
     for day in days:
-        rec = store.get_json_or_none(hold_key(day, source))
+        rec = store.get_json_or_none(layout.hold_key(day, source))
         if not rec or not rec.get("held"):
             continue
         out[day] = dict(rec["held"])
         rec["released"] = {**rec.get("released", {}), **rec["held"]}
         rec["held"] = {}
         rec["released_at"] = _now()
-        store.put_json(hold_key(day, source), rec)
+        store.put_json(layout.hold_key(day, source), rec)
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from agent_traffic.extract import manifest_key
+from agent_traffic import layout
 from agent_traffic.plan import line_ranges
 from agent_traffic.storage import Store
 
@@ -23,9 +23,9 @@ from agent_traffic.storage import Store
 def unchanged_lines(store: Store, day: str, previous: str, files: dict[str, int]) -> dict[str, Any] | None:
     """Lines of the version just staged (`files`) whose event the previous version (its object id)
     had too, as inclusive ranges, with their count; None when the previous version staged nothing."""
-    old = store.get_json_or_none(manifest_key(day, previous)) or {}
-    old_keys = [k for k in old.get("files", {}) if k.startswith("events/")]
-    new_keys = [k for k in files if k.startswith("events/")]
+    old = store.get_json_or_none(layout.manifest_key(day, previous)) or {}
+    old_keys = [k for k in old.get("files", {}) if layout.is_event_key(k)]
+    new_keys = [k for k in files if layout.is_event_key(k)]
     if not old_keys or not new_keys:
         return None
     con = duckdb.connect(":memory:")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from agent_traffic import layout
 from agent_traffic.annotate import Annotator
 from agent_traffic.config import Config, OtherHostSite, Source, load_config
 from agent_traffic.decompress import SNIFF_BYTES, decompressed_blocks, peek
@@ -27,7 +28,6 @@ from agent_traffic.extract import (
     Discovery,
     ObjectRef,
     discover,
-    manifest_key,
 )
 from agent_traffic.formats import LogFormat, detect_format, load_formats
 from agent_traffic.identity import unchanged_lines
@@ -192,11 +192,11 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
         stager.abort()
         res.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AgentTrafficError) else str(exc)
         res.stats = stats.as_dict()
-        before = rt.store.get_json_or_none(manifest_key(ref.date, ref.object_id)) or {}
+        before = rt.store.get_json_or_none(layout.manifest_key(ref.date, ref.object_id)) or {}
         res.failures = 1 + (before.get("failures") or 1 if before.get("status") in (FAILED, POISONED) else 0)
         if res.failures >= POISON_AFTER:
             res.status = POISONED
-        rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
+        rt.store.put_json(layout.manifest_key(ref.date, ref.object_id), _manifest(ref, res, {}))
         log.warning("object %s failed (%d run(s) in a row): %s (%s)", redact_url(ref.url), res.failures, res.reason,
                     "poisoned: skipped until it changes" if res.status == POISONED else "the next run retries it")
         return res
@@ -204,7 +204,7 @@ def process_object(rt: Runtime, ref: ObjectRef) -> ObjectResult:
     if ref.previous:
         res.carried = unchanged_lines(rt.store, ref.date, ref.previous, files)
         _drop_version(rt.store, ref.date, ref.previous, keep=set(files))
-    rt.store.put_json(manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
+    rt.store.put_json(layout.manifest_key(ref.date, ref.object_id), _manifest(ref, res, files))
     return res
 
 
@@ -288,11 +288,11 @@ def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[
 
 def _drop_version(store: Store, day: str, old_id: str, keep: set[str]) -> None:
     """A new version of an object replaces the old one: remove the old files and manifest."""
-    old = store.get_json_or_none(manifest_key(day, old_id))
+    old = store.get_json_or_none(layout.manifest_key(day, old_id))
     for key in (old or {}).get("files", {}):
         if key not in keep:
             store.delete(key)
-    store.delete(manifest_key(day, old_id))
+    store.delete(layout.manifest_key(day, old_id))
 
 
 # ---------------------------------------------------------------------------------------------

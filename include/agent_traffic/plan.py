@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
@@ -435,7 +436,7 @@ def plan_object(
     carry = _carried_over(ledger, manifest.get("carried"), acked)
     unsent = _Unsent(pa.array(carry) if len(carry) else None,
                      pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select)
-    keys = [k for k in manifest.get("files", {}) if k.startswith(f"events/site={site.name}/")]
+    keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
     table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor),
                                selection=unsent.selection, skipped=unsent.skipped)
     out = _Outcomes()

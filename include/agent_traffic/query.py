@@ -15,11 +15,10 @@ with `union_by_name`: older files show them as NULL, so one query works over eve
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from agent_traffic import layout
 from agent_traffic.ledger import as_utc
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
@@ -47,12 +47,10 @@ TABLES: dict[str, str] = {
     "deliveries": "the delivery ledger: events per destination, site, date, object and outcome "
                   "(delivered | failed | pending | too_old | not_selected | not_eligible, with the reason)",
     "dead_letters": "failed chunks: the vendor's status and answer, attempts",
-    "runs": "one row per run summary (_runs/<run_id>.json)",
+    "runs": f"one row per run summary ({layout.run_key('<run_id>')})",
     "quality": "data-quality verdict per date and site: pass | warn | fail, with the messages",
     "quality_findings": "one row per expectation checked by a run: suite, success, severity, rows",
 }
-
-_DATE_IN_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
 
 def connect(
@@ -130,10 +128,9 @@ def _event_schema() -> pa.Schema:
 def _parquet_keys(store: Store, name: str, days: list[str] | None) -> list[str]:
     """Keys of the Parquet files of a dataset (events or quarantine), for the days when given."""
     if days is None:
-        return [k for k in store.list(f"{name}/") if k.endswith(".parquet")]
-    depth = "*/*/" if name == "events" else ""  # events/site=/provider=/date=/; quarantine/date=/
+        return [k for k in store.list(layout.dataset_prefix(name)) if k.endswith(".parquet")]
     n = len(store.root) + 1
-    return sorted(p[n:] for d in days for p in store.fs.glob(store.path(f"{name}/{depth}date={d}/*.parquet")))
+    return sorted(p[n:] for d in days for p in store.fs.glob(store.path(layout.parquet_glob(name, d))))
 
 
 def _parquet_view(con: duckdb.DuckDBPyConnection, store: Store, local_root: str, name: str,
@@ -147,10 +144,8 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, store: Store, local_root: str,
         con.register(f"_{name}_empty", empty)
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_empty")
         return
-    dated = sorted({m.group(1) for k in keys if (m := _DATE_IN_KEY.search(k))})
-    depth = "*/*/" if name == "events" else ""
-    patterns = ([f"{local_root}/{name}/**/*.parquet"] if days is None
-                else [f"{local_root}/{name}/{depth}date={d}/*.parquet" for d in dated])
+    dated = sorted({d for k in keys if (d := layout.day_of(k))})
+    patterns = [f"{local_root}/{layout.parquet_glob(name, d)}" for d in ([None] if days is None else dated)]
     src = (f"read_parquet([{', '.join(_lit(p) for p in patterns)}], hive_partitioning = true, "
            "union_by_name = true, hive_types = {'date': DATE}, hive_types_autocast = false)")
     present = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
@@ -177,10 +172,11 @@ def _load(con: duckdb.DuckDBPyConnection, name: str, rows: list[dict[str, Any]],
     con.unregister(f"_{name}_rows")
 
 
-def _keys_by_day(store: Store, prefix: str, days: list[str] | None) -> list[str]:
+def _keys_by_day(store: Store, prefix: Callable[[str | None], str], days: list[str] | None) -> list[str]:
+    """Keys of a date-partitioned tree (`prefix(day)` from layout), for the days when given."""
     if days is None:
-        return store.list(f"{prefix}/")
-    return [k for d in days for k in store.list(f"{prefix}/date={d}/")]
+        return store.list(prefix(None))
+    return [k for d in days for k in store.list(prefix(d))]
 
 
 def _json(obj: Any) -> str:
@@ -199,21 +195,21 @@ MANIFEST_SCHEMA = pa.schema([
 
 def manifest_rows(store: Store, days: list[str] | None) -> list[dict[str, Any]]:
     rows = []
-    for key in _keys_by_day(store, "_manifests", days):
+    for key in _keys_by_day(store, layout.manifests_prefix, days):
         if not key.endswith(".json"):
             continue
         m = store.get_json(key)
         s = m.get("stats") or {}
         files = m.get("files") or {}
         rows.append({
-            "date": date.fromisoformat(m.get("date") or _DATE_IN_KEY.search(key).group(1)),
+            "date": date.fromisoformat(m.get("date") or layout.day_of(key)),
             "object_id": m.get("object_id"), "url": m.get("url"), "source": m.get("source"),
             "size": m.get("size"), "etag": m.get("etag"), "status": m.get("status"),
             "reason": m.get("reason"), "format": m.get("format"), "compression": m.get("compression"),
             "lines_read": s.get("lines_read"), "parsed": s.get("parsed"),
             "quarantined": s.get("quarantined"), "skipped": sum((s.get("skipped") or {}).values()),
             "invalid_utf8": s.get("invalid_utf8"),
-            "events_staged": sum(n for k, n in files.items() if k.startswith("events/")),
+            "events_staged": sum(n for k, n in files.items() if layout.is_event_key(k)),
             "recorded_at": as_utc(m.get("recorded_at")), "stats": _json(s),
         })
     return rows
@@ -232,7 +228,7 @@ RUN_SCHEMA = pa.schema([
 def run_rows(store: Store, days: list[str] | None) -> list[dict[str, Any]]:
     """Run summaries; with days, the runs whose dates overlap them."""
     try:
-        entries = store.fs.ls(store.path("_runs"), detail=True)
+        entries = store.fs.ls(store.path(layout.RUNS), detail=True)
     except FileNotFoundError:
         return []
     rows = []
@@ -240,7 +236,7 @@ def run_rows(store: Store, days: list[str] | None) -> list[dict[str, Any]]:
         name = e["name"].rsplit("/", 1)[-1]
         if e.get("type") != "file" or not name.endswith(".json") or ".tmp-" in name:
             continue
-        s = store.get_json(f"_runs/{name}")
+        s = store.get_json(layout.run_key(name.removesuffix(".json")))
         dates = sorted(s.get("dates") or [])
         if days is not None and not set(dates) & set(days):
             continue
@@ -297,7 +293,6 @@ FINDING_SCHEMA = pa.schema([
     ("unexpected", pa.int64()), ("checked", pa.int64()), ("scope", pa.string()), ("message", pa.string()),
     ("key", pa.string()),
 ])
-_STATUS_KEY = re.compile(r"/site=([^/]+)/status\.json$")
 
 
 def _int(x: Any) -> int | None:
@@ -326,9 +321,9 @@ def quality_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, A
     """
     verdicts: list[dict[str, Any]] = []
     findings: list[dict[str, Any]] = []
-    for key in _keys_by_day(store, "_quality", days):
-        m = _DATE_IN_KEY.search(key)
-        if not key.endswith(".json") or not m:
+    for key in _keys_by_day(store, layout.quality_prefix, days):
+        day_text = layout.day_of(key)
+        if not key.endswith(".json") or not day_text:
             continue
         try:
             doc = store.get_json(key)
@@ -336,11 +331,11 @@ def quality_rows(store: Store, days: list[str] | None) -> tuple[list[dict[str, A
             continue
         if not isinstance(doc, dict):
             continue
-        day = date.fromisoformat(m.group(1))
-        site = _STATUS_KEY.search(key)
-        if site:
+        day = date.fromisoformat(day_text)
+        status = layout.parse_quality_status_key(key)
+        if status:
             verdicts.append({
-                "date": day, "site": site.group(1), "status": doc.get("status"), "run_id": doc.get("run_id"),
+                "date": day, "site": status[1], "status": doc.get("status"), "run_id": doc.get("run_id"),
                 "failures": [str(x) for x in doc.get("failures") or []],
                 "warnings": [str(x) for x in doc.get("warnings") or []], "key": key,
             })

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from agent_traffic import layout
 from agent_traffic.catalog import Catalog
 from agent_traffic.config import Config
 from agent_traffic.errors import AgentTrafficError, ConfigError
@@ -156,7 +157,7 @@ def parse_range_file(body: bytes) -> RangeSet:
 
 def range_store(cfg: Config, options: StoreOptions | None = None) -> Store:
     """Where snapshots live: `ip_ranges.store` if set, else `<staging>/_ranges`."""
-    return Store(cfg.ip_ranges.store or f"{cfg.staging.rstrip('/')}/_ranges", options)
+    return Store(cfg.ip_ranges.store or layout.ranges_root(cfg.staging), options)
 
 
 def snapshot_key(list_id: str, day: date) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from agent_traffic import layout
 from agent_traffic.query import connect
 from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
@@ -32,10 +33,6 @@ OUTCOME_COLORS = {"delivered": "#2e8540", "failed": "#d62728", "pending": "#f0a2
                   "too old": "#9467bd"}
 VERIFICATION_SERIES = [("verified", "#2e8540"), ("spoofed", "#d62728"), ("unverifiable", "#8c9bab"),
                        ("not recorded", "#d9dde3")]
-
-
-def report_key(day: str) -> str:
-    return f"_reports/date={day}/report.html"
 
 
 @dataclass
@@ -278,19 +275,15 @@ def build_report(store: Store, first: date | str, last: date | str | None = None
 def write_daily_report(store: Store, day: date | str) -> str:
     """Write the report of one day to the staging store; returns its key."""
     day = day.isoformat() if isinstance(day, date) else day
-    key = report_key(day)
+    key = layout.report_key(day)
     store.put_bytes(key, build_report(store, day, day).encode("utf-8"))
     return key
 
 
 def report_days(store: Store) -> list[str]:
     """Dates that have a report in the store, newest first."""
-    out = []
-    for key in store.list("_reports/"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[1].startswith("date=") and parts[2] == "report.html":
-            out.append(parts[1][5:])
-    return sorted(out, reverse=True)
+    return sorted((d for k in store.list(layout.reports_prefix()) if (d := layout.parse_report_key(k))),
+                  reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,11 +539,11 @@ PAGE_CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src {SCRIPT_
 def quality_days(store: Store) -> list[str]:
     """Dates with validation results under `_quality/`, newest first."""
     try:
-        entries = store.fs.ls(store.path("_quality"), detail=True)
+        entries = store.fs.ls(store.path(layout.QUALITY), detail=True)
     except FileNotFoundError:
         return []
     names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-    return sorted((n[5:] for n in names if n.startswith("date=")), reverse=True)
+    return sorted((d for n in names if (d := layout.day_of(n))), reverse=True)
 
 
 def page(title: str, body: str, nav: str = "") -> str:
@@ -576,7 +569,7 @@ def index_page(store: Store, base: str = "") -> str:
 
 def no_report_page(store: Store) -> str:
     return page("No report yet", (
-        f"<p>No report was found under {_e(store.url('_reports/'))}.</p><p>The nightly DAG writes one "
+        f"<p>No report was found under {_e(store.url(layout.reports_prefix()))}.</p><p>The nightly DAG writes one "
         "per day (task <code>write_report</code>); to make one now: <code>agent-traffic report "
         "--config CONFIG --from YYYY-MM-DD</code>.</p>"))
 
@@ -587,7 +580,7 @@ def quality_page(store: Store, day: str | None = None, files_base: str = "files/
     day = day or (days[0] if days else None)
     if day is None:
         return page("No data-quality results yet", (
-            f"<p>Nothing under {_e(store.url('_quality/'))}: the nightly DAG's validation writes "
+            f"<p>Nothing under {_e(store.url(layout.quality_prefix()))}: the nightly DAG's validation writes "
             "its results there, per date.</p>"))
     con = connect(store, day, day, tables=("quality", "quality_findings"))
     try:
@@ -606,11 +599,11 @@ def quality_page(store: Store, day: str | None = None, files_base: str = "files/
         f"<tr><td>{_e(f['suite'])}</td><td>{_e(f['expectation'])}</td><td>{_e(f['column'])}</td>"
         f"<td>{_e(f['severity'])}</td><td class='n'>{_fmt(f['unexpected'])}</td>"
         f"<td class='n'>{_fmt(f['checked'])}</td><td>{_e(f['scope'])}</td></tr>" for f in failed)
-    keys = store.list(f"_quality/date={day}/")
-    docs = [k for k in keys if k.endswith("/docs/index.html")]
+    keys = store.list(layout.quality_prefix(day))
+    docs = [k for k in keys if layout.is_docs_index(k)]
     files = "".join(f"<li><a href='{files_base}{_e(k)}'>{_e(label)}</a></li>" for k, label in
                     [(k, "GX data docs") for k in docs]
-                    + [(k, k.split("/", 2)[-1]) for k in keys if k.endswith(".json")])
+                    + [(k, k.removeprefix(layout.quality_prefix(day))) for k in keys if k.endswith(".json")])
     other = " ".join(f"<a href='?day={d}'>{d}</a>" for d in days if d != day)
     body = (
         f"<table class='numbers' id='verdicts'><thead><tr><th>site</th><th>quality</th><th>run</th>"

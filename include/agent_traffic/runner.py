@@ -10,9 +10,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
+from agent_traffic import layout
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import STAGED, Discovery, ObjectRef, manifest_key, planned_dates
+from agent_traffic.extract import STAGED, Discovery, ObjectRef, planned_dates
 from agent_traffic.holds import source_holds
 from agent_traffic.pipeline import (
     Runtime,
@@ -83,7 +84,7 @@ def run(
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
     disc = discover_objects(rt, days, reprocess=reprocess, retry_poisoned=retry_poisoned)
-    rt.store.put_json(f"_runs/discovery/{rt.run_id}.json", disc.as_dict(ds))
+    rt.store.put_json(layout.discovery_key(rt.run_id), disc.as_dict(ds))
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged" + (f", {disc.late} late on {', '.join(disc.lookback)}" if disc.late else ""))
     batches: dict[str, list[ObjectRef]] = {d: [] for d in ds}
@@ -135,8 +136,8 @@ def run(
         holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)}, config_path=rt.config_path,
     )
     if outbox is not None:
-        summary["outbox"] = outbox.url(rt.run_id)
-    rt.store.put_json(f"_runs/{rt.run_id}.json", summary)
+        summary["outbox"] = outbox.url(layout.outbox_run_dir(rt.run_id))
+    rt.store.put_json(layout.run_key(rt.run_id), summary)
     return summary
 
 
@@ -184,7 +185,7 @@ class _Parser:
 
     def _staged_meanwhile(self, ref: ObjectRef) -> bool:
         """Another worker (a parallel run) staged this version since discovery: no need to parse it again."""
-        rec = self.rt.store.get_json_or_none(manifest_key(ref.date, ref.object_id))
+        rec = self.rt.store.get_json_or_none(layout.manifest_key(ref.date, ref.object_id))
         return bool(rec) and rec.get("status") == STAGED
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from agent_traffic import layout
 from agent_traffic.schema import QUARANTINE_SCHEMA, STAGED_SCHEMA, conform
 from agent_traffic.storage import Store
 
@@ -30,14 +31,6 @@ EVENT_PARQUET_OPTS = PARQUET_OPTS | {
     "store_schema": False,
     "use_dictionary": [n for n in STAGED_SCHEMA.names if n not in ("event_id", "ts", "line_number", "bytes")],
 }
-
-
-def event_key(site: str, provider: str, day: str, object_id: str) -> str:
-    return f"events/site={site}/provider={provider}/date={day}/part-{object_id}.parquet"
-
-
-def quarantine_key(day: str, object_id: str) -> str:
-    return f"quarantine/date={day}/part-{object_id}.parquet"
 
 
 def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Table]]:
@@ -122,12 +115,12 @@ class ObjectStager:
     def add(self, events: pa.Table, quarantine: pa.Table) -> None:
         if quarantine.num_rows:
             qt = conform(quarantine, QUARANTINE_SCHEMA)
-            self._write(quarantine_key(self.source_date, self.object_id), qt, PARQUET_OPTS)
+            self._write(layout.quarantine_key(self.source_date, self.object_id), qt, PARQUET_OPTS)
         if not events.num_rows:
             return
         events = conform(events, STAGED_SCHEMA)
         for (site, provider, day), part in partitions(events):
-            self._write(event_key(site, provider, day, self.object_id), part, EVENT_PARQUET_OPTS)
+            self._write(layout.event_key(site, provider, day, self.object_id), part, EVENT_PARQUET_OPTS)
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""

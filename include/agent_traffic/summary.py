@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from agent_traffic import layout
 from agent_traffic.config import Config
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects, release_command
@@ -124,7 +125,7 @@ def _count_unplanned_held(st: DestinationStatus, store: Store, day: str, site: s
     for oid, rec in read_manifests(store, day).items():
         if rec.get("status") != STAGED or oid in planned or not (hold or oid in by_source):
             continue
-        rows = sum(r for key, r in rec.get("files", {}).items() if key.startswith(f"events/site={site}/"))
+        rows = sum(r for key, r in rec.get("files", {}).items() if key.startswith(layout.events_prefix(site)))
         if rows:
             n += rows
             why |= set(hold.get("failures", [])) if hold else {by_source[oid]}

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from agent_traffic import layout
 from agent_traffic.config import Config, QualityPolicy
 from agent_traffic.offline import offline_html
 from agent_traffic.parse import METHOD_TOKEN as PARSE_METHOD
@@ -48,15 +49,11 @@ BATCH_ROWS = 250_000
 METHOD_TOKEN = f"^{PARSE_METHOD}$"
 
 
-def status_key(day: str, site: str) -> str:
-    return f"_quality/date={day}/site={site}/status.json"
-
-
 def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
     """site -> status record, for the partitions of a date whose suites failed."""
     out = {}
     for site in sites:
-        rec = store.get_json_or_none(status_key(day, site))
+        rec = store.get_json_or_none(layout.quality_status_key(day, site))
         if rec and rec.get("status") == FAIL:
             out[site] = rec
     return out
@@ -301,7 +298,7 @@ def _quarantine_rows(store: Store, day: str, object_id: str, removed: pa.Table, 
         # the original line parsed, so its canonical event stands in for the raw bytes
         "raw": [orjson.dumps(r, default=str) for r in rows],
     }, schema=QUARANTINE_SCHEMA)
-    key = f"quarantine/date={day}/part-{object_id}-quality.parquet"
+    key = layout.quality_quarantine_key(day, object_id)
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "q.parquet"
         if store.exists(key):
@@ -318,12 +315,12 @@ def validate_date(
     v = validator or Validator(cfg)
     result = QualityResult(day, run_id)
     staged = [o for o in objects if o["status"] == "staged" and o["date"] == day]
-    owner = {k: o["object_id"] for o in staged for k in o["files"] if k.startswith("events/")}
+    owner = {k: o["object_id"] for o in staged for k in o["files"] if layout.is_event_key(k)}
     row_total: Counter[str] = Counter()
     per_site: dict[tuple[str, str, str | None], Finding] = {}
     bad: dict[str, dict[str, str]] = defaultdict(dict)  # file key -> {event_id: reason}
-    sites = sorted({k.split("/")[1].removeprefix("site=") for o in staged for k in o["files"]
-                    if k.startswith("events/")} | {s for o in staged for s in _sites_of(cfg, o["source"])})
+    sites = sorted({layout.event_site(k) for o in staged for k in o["files"]
+                    if layout.is_event_key(k)} | {s for o in staged for s in _sites_of(cfg, o["source"])})
     with ThreadPoolExecutor(1) as counting:
         # DuckDB counts the partitions while GX checks rows (Python, one core): they meet only
         # when rows fail, and then the partitions are counted again once those rows are gone.
@@ -351,9 +348,9 @@ def validate_date(
             f.hint = explain(f, day, cfg.quality)
     _decide(cfg, result, sites)
     _hold_sources(cfg, store, result, staged, row_fail)
-    store.put_json(f"_quality/date={day}/{run_id}.json", result.as_dict())
+    store.put_json(layout.quality_key(day, run_id), result.as_dict())
     for site in sites:
-        store.put_json(status_key(day, site), {
+        store.put_json(layout.quality_status_key(day, site), {
             "status": result.statuses[site], "run_id": run_id,
             "failures": [f.message() for f in result.findings if not f.success and f.severity == FAIL
                          and _concerns(cfg, f, site)],
@@ -370,7 +367,7 @@ def _check_rows(v: Validator, store: Store, day: str, keys: Sequence[str], row_t
     for batch in _row_batches(store, keys):
         sites_in: Counter[str] = Counter()  # rows per site, from rows per file (not a row at a time)
         for r in pc.value_counts(batch["_key"]).to_pylist():
-            sites_in[_site(r["values"])] += r["counts"]
+            sites_in[layout.event_site(r["values"])] += r["counts"]
         row_total.update(sites_in)
         for etype, col, severity, failing in v.check_rows(day, batch):
             for site, n in sites_in.items():  # one finding per site and expectation, over batches
@@ -378,14 +375,10 @@ def _check_rows(v: Validator, store: Store, day: str, keys: Sequence[str], row_t
                     "events_rows", etype, col, True, severity, scope=f"site={site}"))
                 agg.checked += n
             for event_id, key in failing:
-                agg = per_site[(_site(key), etype, col)]
+                agg = per_site[(layout.event_site(key), etype, col)]
                 agg.success, agg.unexpected = False, agg.unexpected + 1
                 if severity == FAIL:  # a warning is counted, and the row delivered
                     bad[key].setdefault(event_id, f"failed expectation {etype}({col})")
-
-
-def _site(key: str) -> str:
-    return key.split("/")[1].removeprefix("site=")
 
 
 def _row_batches(store: Store, keys: Sequence[str]) -> Iterator[pa.Table]:
@@ -427,7 +420,7 @@ def _partition_counts(store: Store, day: str, sites: Sequence[str]) -> list[dict
         con.register_filesystem(store.fs)
     try:
         for site in sites:
-            keys = [k for k in store.list(f"events/site={site}/") if f"/date={day}/" in k]
+            keys = [k for k in store.list(layout.events_prefix(site)) if layout.day_of(k) == day]
             if not keys:
                 continue
             urls = [store.path(k) if store.is_local else store.url(k) for k in keys]
@@ -485,7 +478,7 @@ def _hold_sources(cfg: Config, store: Store, result: QualityResult, staged: Sequ
         mine = [o for o in staged if o["source"] == src]
         failures = [f.message() for f in result.findings
                     if not f.success and f.severity == FAIL and f.suite == "run_counts" and f.scope == src]
-        rows = sum(n for o in mine for k, n in o["files"].items() if k.startswith("events/"))
+        rows = sum(n for o in mine for k, n in o["files"].items() if layout.is_event_key(k))
         moved = sum(row_fail[src].values())
         limit = cfg.quality.max_failed_row_ratio
         if moved > limit * rows:
@@ -537,9 +530,9 @@ def build_docs(validator: Validator, store: Store, day: str) -> str | None:
             ctx.delete_data_docs_site("staging")
         for p in Path(d).rglob("*"):
             if p.is_file() and p.suffix in (".html", ".css"):
-                store.put_bytes(f"_quality/date={day}/docs/{p.relative_to(d)}", offline_html(p.read_bytes()))
+                store.put_bytes(f"{layout.docs_prefix(day)}{p.relative_to(d)}", offline_html(p.read_bytes()))
     _docs_index(store, day)
-    return store.url(f"_quality/date={day}/docs/index.html")
+    return store.url(layout.docs_index_key(day))
 
 
 def _docs_index(store: Store, day: str) -> None:
@@ -548,10 +541,10 @@ def _docs_index(store: Store, day: str) -> None:
 
     from agent_traffic.report import page
 
-    base = f"_quality/date={day}/docs/"
-    pages = [k.removeprefix(base) for k in store.list(base) if k.endswith(".html") and k != f"{base}index.html"]
+    base = layout.docs_prefix(day)
+    pages = [k.removeprefix(base) for k in store.list(base) if k.endswith(".html") and k != layout.docs_index_key(day)]
     items = "".join(f"<li><a href='{escape(p, quote=True)}'>{escape(p)}</a></li>" for p in sorted(pages))
-    store.put_bytes(f"{base}index.html", page(f"GX data docs · {day}", (
+    store.put_bytes(layout.docs_index_key(day), page(f"GX data docs · {day}", (
         "<p>Great Expectations' pages for this date: each suite's expectations and each validation's "
         "results (counts only: the failing values themselves are in the quarantine, never in a page).</p>"
         f"<ul id='docs'>{items or '<li>none</li>'}</ul>")).encode())
