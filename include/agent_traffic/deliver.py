@@ -329,7 +329,7 @@ def deliver_group(
     now: datetime | None = None,
     lease_owner: LeaseOwner | None = None,
 ) -> GroupResult:
-    dest = _destination(cfg, group.destination)
+    dest = cfg.destination(group.destination)
     v = vendor(dest.vendor)
     prefix = ledger_prefix(group.destination, group.site, group.date)
     res = GroupResult(group.destination, group.site, group.date)
@@ -551,10 +551,3 @@ def deliver_group(
     for plan in index.plans_of(group.chunk_ids):  # the packs this group emptied
         drop_pack_if_done(store, prefix, plan, lambda c: c in finished or done(c))
     return res
-
-
-def _destination(cfg: Config, name: str) -> Destination:
-    for _, d in cfg.destinations():
-        if d.name == name:
-            return d
-    raise KeyError(f"destination {name!r} is not in the config")
