@@ -37,7 +37,6 @@ from agent_traffic.vendors.specs import SPECS
 from agent_traffic_airflow import (
     IP_RANGES,
     alert_on_failure,
-    config_path,
     connection_base_url,
     fail_fast,
     failed_tasks,
@@ -86,24 +85,13 @@ def agent_traffic_nightly():
         """List the sources for the dates; batch the new or changed objects for parsing."""
         from datetime import date
 
-        from agent_traffic import layout
-        from agent_traffic.pipeline import discover_objects
+        from agent_traffic.steps import discover_days, parse_batches
 
-        rt = runtime()
-        days = run_days()
-        d = discover_objects(rt, [date.fromisoformat(x) for x in days],
-                             reprocess=bool((params or {}).get("reprocess")),
-                             retry_poisoned=bool((params or {}).get("retry_poisoned")))
-        rt.store.put_json(layout.discovery_key(rt.run_id), d.as_dict(days))
-        n = min(MAX_PARSE_BATCHES, len(d.objects)) or 1
-        batches: list[list[dict]] = [[] for _ in range(n)]
-        loads = [0] * n
-        for ref in sorted(d.objects, key=lambda r: -r.size):  # largest first onto the lightest batch
-            i = loads.index(min(loads))
-            batches[i].append(ref.as_dict())
-            loads[i] += ref.size
+        rt, days, p = runtime(), run_days(), params or {}
+        d = discover_days(rt, [date.fromisoformat(x) for x in days], reprocess=bool(p.get("reprocess")),
+                          retry_poisoned=bool(p.get("retry_poisoned")))
         print(f"{d.seen} object(s) for {days}: {len(d.objects)} to parse, {d.unchanged} unchanged")
-        return [b for b in batches if b]
+        return [[ref.as_dict() for ref in b] for b in parse_batches(d.objects, MAX_PARSE_BATCHES)]
 
     @task(max_active_tis_per_dagrun=4, execution_timeout=timedelta(hours=2), inlets=[IP_RANGES],
           map_index_template="{{ objects_label }}")
@@ -145,28 +133,15 @@ def agent_traffic_nightly():
         @fail_fast
         def plan(validated: dict, params: dict | None = None) -> list[dict]:
             """Cut staged events into deterministic chunks; returns the unacknowledged groups."""
-            from agent_traffic.extract import planned_dates
-            from agent_traffic.plan import plan_deliveries
+            from agent_traffic.steps import plan_days, plan_lines
 
-            rt = runtime()
-            p = params or {}
+            rt, p = runtime(), params or {}
             wanted = [d.name for _, d in rt.cfg.destinations() if d.vendor == vendor
                       and (not p.get("destinations") or d.name in p["destinations"])]
             if not wanted:
                 return []
-            # with the sources' lookback dates: late objects are staged under their own date
-            result = plan_deliveries(rt.cfg, rt.store, planned_dates(rt.cfg, run_days()),
-                                     sites=p.get("sites") or None, destinations=wanted)
-            from collections import Counter
-
-            per: dict[tuple[str, str, str], Counter] = {}
-            for pl in result.plans:
-                c = per.setdefault((pl.destination, pl.site, pl.date), Counter())
-                c.update({"staged": pl.events_total, "in chunks": pl.selected, "too old": pl.too_old,
-                          **pl.not_selected, **pl.not_eligible})
-            for (dest, site, day), c in sorted(per.items()):
-                print(f"{dest} {site} {day}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n))
-            print(f"{len(result.groups)} group(s), {sum(g.events for g in result.groups)} events to send")
+            result = plan_days(rt, run_days(), sites=p.get("sites") or (), destinations=wanted)
+            print("\n".join(plan_lines(result)))
             return [g.as_dict() for g in result.groups]
 
         return plan
@@ -180,6 +155,7 @@ def agent_traffic_nightly():
             """Send one chunk group; ack or dead-letter each chunk in the staging store."""
             from agent_traffic.deliver import LeaseOwner, deliver_group
             from agent_traffic.plan import ChunkGroup
+            from agent_traffic.steps import outbox_store
 
             ctx = get_current_context()
             ctx["group_label"] = f"{group['destination']} {group['site']} {group['date']}"
@@ -191,7 +167,7 @@ def agent_traffic_nightly():
             ti = ctx["ti"]
             owner = LeaseOwner(ti.run_id, f"{ti.task_id}[{ti.map_index}]", ti.try_number)
             r = deliver_group(cfg, rt.store, g, None if dry else secret(dest), run_id=rt.run_id,
-                              dry_run=dry, outbox=_outbox(rt) if dry else None, lease_owner=owner)
+                              dry_run=dry, outbox=outbox_store(rt) if dry else None, lease_owner=owner)
             print(r.line())
             return r.as_dict()
 
@@ -201,30 +177,19 @@ def agent_traffic_nightly():
     def report(params: dict | None = None) -> dict:
         """Write the run summary to the store and print it; fail the run unless everything of its
         dates is delivered (or has a counted reason not to be) and every task succeeded."""
-        from agent_traffic import layout
-        from agent_traffic.extract import planned_dates
-        from agent_traffic.holds import source_holds
-        from agent_traffic.summary import build_summary, ledger_status, render
+        from agent_traffic.steps import finish_run, recorded_discovery
+        from agent_traffic.summary import render
 
-        rt = runtime()
-        p = params or {}
-        days = run_days()
-        states = task_states()
-        disc = rt.store.get_json_or_none(layout.discovery_key(rt.run_id)) or {}
-        objects = [o for batch in mapped_results("parse_and_stage", states) for o in batch]
-        deliveries = [d for v in VENDORS for d in mapped_results(f"deliver_{v}", states)]
-        ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=p.get("sites") or None,
-                               destinations=p.get("destinations") or None)
-        quality = get_current_context()["ti"].xcom_pull(task_ids="validate") or {}
-        summary = build_summary(run_id=rt.run_id, cfg=rt.cfg, days=days, discovery=disc,
-                                objects=objects, deliveries=deliveries, ledger=ledger,
-                                dry_run=bool(p.get("dry_run")), quality=quality,
-                                resend_command=_resend_command(days, p),
-                                failed_tasks=failed_tasks(states, ignore=("report", "write_report")),
-                                holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)},
-                                config_path=config_path(),
-                                retry_poisoned_command=_trigger_command({"date_from": "{date}", "retry_poisoned": True}))
-        rt.store.put_json(layout.run_key(rt.run_id), summary)
+        rt, days, p, states = runtime(), run_days(), params or {}, task_states()
+        summary = finish_run(
+            rt, days, discovery=recorded_discovery(rt),
+            objects=[o for batch in mapped_results("parse_and_stage", states) for o in batch],
+            deliveries=[d for v in VENDORS for d in mapped_results(f"deliver_{v}", states)],
+            quality=get_current_context()["ti"].xcom_pull(task_ids="validate") or {},
+            dry_run=bool(p.get("dry_run")), sites=p.get("sites") or (), destinations=p.get("destinations") or (),
+            resend_command=_resend_command(days, p),
+            retry_poisoned_command=_trigger_command({"date_from": "{date}", "retry_poisoned": True}),
+            failed_tasks=failed_tasks(states, ignore=("report", "write_report")))
         print(render(summary))
         if not summary["ok"]:
             raise RuntimeError("the run had problems: " + "; ".join(summary["problems"]))
@@ -248,13 +213,6 @@ def agent_traffic_nightly():
     # that succeeds would mark the run successful even when `report` failed it.
     [staged, validated, *sent] >> report()
     [staged, *sent] >> write_report()
-
-
-def _outbox(rt):
-    from agent_traffic import layout
-    from agent_traffic.storage import Store
-
-    return Store(rt.store.url(layout.OUTBOX), rt.options)
 
 
 def _resend_command(days: list[str], params: dict) -> str:

@@ -3,7 +3,8 @@
 A small FastAPI app, mounted by the API server at /agent-traffic, serves pages read from the
 staging store (built by `agent_traffic.report`); `external_views` shows them inside the Airflow UI.
 Only users who may read the runs of the nightly DAG see them. The staging store is the one of the
-config named by AGENT_TRAFFIC_CONFIG, as for the DAG.
+config named by AGENT_TRAFFIC_CONFIG, with the object-store credentials of its Connections, as
+for the DAGs (`agent_traffic_airflow.staging_store`).
 
 Every Airflow component imports plugins (scheduler, workers, triggerer), but only the API server
 serves these pages: the app is built on its first request, so the others import nothing more
@@ -12,8 +13,6 @@ than this file.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 DAG_ID = "agent_traffic_nightly"
 URL_PREFIX = "/agent-traffic"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "agent-traffic.yaml"
 #: Third-party HTML (GX's data docs, anything under files/) runs in a sandbox: no script, an opaque origin
 SANDBOXED_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
                  "form-action 'none'; frame-ancestors 'self'; sandbox")
@@ -52,21 +50,6 @@ def served_prefixes() -> tuple[str, ...]:
     return layout.reports_prefix(), layout.quality_prefix()
 
 
-def staging_store() -> Store:
-    """The staging store of the pipeline's config; object-store credentials from its Airflow Connections."""
-    from agent_traffic.config import load_config
-    from agent_traffic.storage import Store, StoreOptions
-
-    cfg = load_config(os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG)))
-    options = StoreOptions.from_config(cfg.object_store)
-    if cfg.object_store.airflow_conn_ids:
-        from airflow.models.connection import Connection
-
-        for conn in map(Connection.get_connection_from_secrets, cfg.object_store.airflow_conn_ids):
-            options = options.with_connection(conn.conn_type, conn.login, conn.password, conn.extra_dejson)
-    return Store(cfg.staging, options)
-
-
 def build_app() -> FastAPI:
     """The pages; every route needs a user who may read the nightly DAG's runs."""
     import mimetypes
@@ -80,6 +63,7 @@ def build_app() -> FastAPI:
     from agent_traffic import layout
     from agent_traffic import report as pages
     from agent_traffic.errors import AgentTrafficError
+    from agent_traffic_airflow import staging_store
 
     def store() -> Store:
         try:

@@ -26,10 +26,12 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-# Airflow puts the dags bundle's folder on sys.path where it parses and runs DAGs (BundleDagBag):
-# the DAGs' shared module `agent_traffic_airflow` is imported from there.
-if str(REPO / "dags") not in sys.path:
-    sys.path.append(str(REPO / "dags"))
+# Airflow puts the plugins folder on sys.path in every component (`airflow.settings.initialize`):
+# the DAGs and the UI plugin import their shared module `agent_traffic_airflow` from there. The
+# dags bundle's folder is on it where DAGs are parsed and run (BundleDagBag).
+for folder in (REPO / "plugins", REPO / "dags"):
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log

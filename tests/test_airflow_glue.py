@@ -1,5 +1,5 @@
-"""The DAGs' Airflow side (`dags/agent_traffic_airflow.py`) and the days a run processes: what
-Connections give the pipeline, and which tasks make a run fail."""
+"""The Airflow side shared by the DAGs and the plugin (`plugins/agent_traffic_airflow.py`) and the
+days a run processes: what Connections give the pipeline, and which tasks make a run fail."""
 
 from __future__ import annotations
 

@@ -37,13 +37,6 @@ def test_the_length_check_sees_a_long_nested_function() -> None:
     assert _long_functions("def short():\n    return 1\n") == {}
 
 
-def test_only_the_ledger_spells_the_ledger_prefix() -> None:
-    files = [*sorted((REPO / "include").rglob("*.py")), *sorted((REPO / "dags").rglob("*.py")),
-             *sorted((REPO / "plugins").rglob("*.py"))]
-    spelled = [str(p.relative_to(REPO)) for p in files if "_delivery" in p.read_text() and p != PKG / "ledger.py"]
-    assert spelled == []
-
-
 def _chunk() -> Chunk:
     return Chunk("c1", 3, "obj1", 2, 10, 12, 1_700_000_000.0, "application/json", b"[1,2]", ((10, 10), (12, 12)))
 

@@ -4,13 +4,16 @@ to users who may read the nightly DAG's runs and to nobody else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from agent_traffic.layout import report_key
 from agent_traffic.report import write_daily_report
-from tests.conftest import REPO
+from tests.conftest import REPO, make_bucket, put_object
 from tests.test_query import DAY1, DAY2, Staged, shared_staging
 
 pytestmark = pytest.mark.airflow
@@ -96,6 +99,31 @@ def test_the_pages_answer_with_the_reports_and_quality_results(plugins, staged: 
 
     plugin = next(p for p in client.get("/api/v2/plugins").json()["plugins"] if p["name"] == "agent_traffic")
     assert {v["name"] for v in plugin["external_views"]} >= {"AI traffic report", "AI traffic data quality"}
+
+
+def test_the_pages_read_an_s3_staging_through_the_amazon_providers_connection(
+        plugins, s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The API server resolves the staging store's Connection as the DAGs' workers do: an `aws`
+    Connection with a role and its keys in the extra (no login or password), read by the Amazon
+    provider, which assumes the role (moto's STS on loopback)."""
+    make_bucket(s3_server, "ui-staging")
+    put_object(s3_server, "ui-staging", report_key(DAY1), b"<html>the report in S3</html>")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):  # no credentials but the Connection's
+        monkeypatch.setenv(var, str(tmp_path / "none"))
+    monkeypatch.setenv("AIRFLOW_CONN_UI_STAGING_AWS", json.dumps({"conn_type": "aws", "extra": {
+        "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "not-the-role-secret",
+        "role_arn": "arn:aws:iam::123456789012:role/staging-reader", "region_name": "us-east-1",
+        "endpoint_url": s3_server, "service_config": {"sts": {"endpoint_url": s3_server}}}}))
+    config = tmp_path / "ui.yaml"
+    config.write_text(yaml.safe_dump({
+        "version": 1, "staging": "s3://ui-staging/", "object_store": {"airflow_conn_id": "ui_staging_aws"},
+        "sources": [{"name": "w", "url": "s3://ui-logs/{date:%Y/%m/%d}/", "site": "example.com"}],
+        "sites": [{"name": "example.com", "destinations": []}]}))
+    monkeypatch.setenv("AGENT_TRAFFIC_CONFIG", str(config))
+    r = _client(monkeypatch, all_admins=True).get("/agent-traffic/report/latest")
+    assert r.status_code == 200 and r.content == b"<html>the report in S3</html>"
 
 
 def test_the_pages_need_an_airflow_login(plugins, monkeypatch) -> None:

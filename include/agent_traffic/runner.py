@@ -13,20 +13,13 @@ from typing import Any, TextIO
 from agent_traffic import layout
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
-from agent_traffic.extract import STAGED, Discovery, ObjectRef, planned_dates
-from agent_traffic.holds import source_holds
-from agent_traffic.pipeline import (
-    Runtime,
-    days_between,
-    discover_objects,
-    process_object,
-    validate_staged,
-)
-from agent_traffic.plan import ChunkGroup, plan_deliveries
+from agent_traffic.extract import STAGED, Discovery, ObjectRef
+from agent_traffic.pipeline import Runtime, days_between, process_object, validate_staged
+from agent_traffic.plan import ChunkGroup
 from agent_traffic.redact import printable, redact_url, scrub
 from agent_traffic.secrets import Secret, SecretResolver, env_resolver
+from agent_traffic.steps import discover_days, finish_run, plan_days
 from agent_traffic.storage import Store
-from agent_traffic.summary import build_summary, ledger_status
 
 #: Destinations delivered side by side by the command line (each with `delivery.concurrency`
 #: requests in flight), so a rate-limited vendor does not hold up the others.
@@ -74,17 +67,12 @@ def run(
     progress = progress or Progress()
     for name in sites:
         rt.cfg.site(name)
-    known = {d.name for _, d in rt.cfg.destinations()}
-    unknown = sorted(set(destinations) - known)
-    if unknown:
-        from agent_traffic.errors import ConfigError
-
-        raise ConfigError(f"unknown destination(s) {unknown}; the config has {sorted(known)}")
+    for name in destinations:
+        rt.cfg.destination(name)
     t_run = time.monotonic()
     days = days_between(first, last)
     ds = [d.isoformat() for d in days]
-    disc = discover_objects(rt, days, reprocess=reprocess, retry_poisoned=retry_poisoned)
-    rt.store.put_json(layout.discovery_key(rt.run_id), disc.as_dict(ds))
+    disc = discover_days(rt, days, reprocess=reprocess, retry_poisoned=retry_poisoned)
     progress(f"discover: {disc.seen} object(s) for {ds[0]}..{ds[-1]}, {len(disc.objects)} to parse, "
              f"{disc.unchanged} unchanged" + (f", {disc.late} late on {', '.join(disc.lookback)}" if disc.late else ""))
     batches: dict[str, list[ObjectRef]] = {d: [] for d in ds}
@@ -116,29 +104,16 @@ def run(
                 progress(f"validate {d}: " + ", ".join(f"{s} {v}" for s, v in res["statuses"].items())
                          + "".join(f"; {f['message']}" for f in res["findings"]))
             quality.update(q)
-            # the day and its lookback dates (late objects are staged, planned and reported under
-            # their own date), less the dates an earlier day of this run planned already
-            plan_ds = [d for d in planned_dates(rt.cfg, [day]) if d not in planned]
-            planned.update(plan_ds)
-            plan = plan_deliveries(rt.cfg, rt.store, plan_ds, sites=sites or None,
-                                   destinations=destinations or None, now=now)
+            plan = plan_days(rt, [day], sites=sites, destinations=destinations, now=now, planned=planned)
             if sending is not None:
                 sending.result()  # one day in flight: the previous day is sent before the next starts
             sending = delivering.submit(deliver_day, i, day, plan.groups)
         if sending is not None:
             sending.result()
-    ledger = ledger_status(rt.cfg, rt.store, planned_dates(rt.cfg, days), sites=sites or None,
-                           destinations=destinations or None)
-    summary = build_summary(
-        run_id=rt.run_id, cfg=rt.cfg, days=ds, discovery=disc.as_dict(ds),
-        objects=parser.objects, deliveries=sender.deliveries, ledger=ledger, dry_run=dry_run,
-        secret_errors=sender.secret_errors, quality=quality, resend_command=resend_command,
-        holds={d: source_holds(rt.store, d) for d in planned_dates(rt.cfg, days)}, config_path=rt.config_path,
-    )
-    if outbox is not None:
-        summary["outbox"] = outbox.url(layout.outbox_run_dir(rt.run_id))
-    rt.store.put_json(layout.run_key(rt.run_id), summary)
-    return summary
+    # the discovery as parsing left it: objects another worker staged meanwhile count as unchanged
+    return finish_run(rt, ds, discovery=disc.as_dict(ds), objects=parser.objects, deliveries=sender.deliveries,
+                      quality=quality, dry_run=dry_run, sites=sites, destinations=destinations,
+                      resend_command=resend_command, secret_errors=sender.secret_errors, outbox=outbox)
 
 
 def _duration(seconds: float) -> str:

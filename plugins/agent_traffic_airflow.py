@@ -1,6 +1,11 @@
-"""The Airflow side of the pipeline, shared by the DAGs: config and object-store options through
-Airflow Connections, destination keys, the days a run processes, mapped task results, failure
-alerts and the errors that no retry can fix. Not a DAG (listed in `.airflowignore`)."""
+"""The Airflow side of the pipeline, shared by the DAGs and the UI plugin: the config file,
+object-store options and destination keys through Airflow Connections, the days a run
+processes, mapped task results, failure alerts and the errors that no retry can fix.
+
+It lives in the plugins folder because Airflow puts that folder on `sys.path` in every
+component (`airflow.settings.initialize`: API server, scheduler, DAG processor, workers,
+triggerer), while the DAGs folder is only on it where DAGs are parsed or run, never in the API
+server that serves the plugin's pages. Not a plugin itself (listed in `plugins/.airflowignore`)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,17 @@ ALERTS_CONN_ID = "agent_traffic_alerts"
 
 
 def config_path() -> str:
+    """The pipeline's config file: `AGENT_TRAFFIC_CONFIG`, else `config/agent-traffic.yaml`."""
     return os.environ.get("AGENT_TRAFFIC_CONFIG", str(DEFAULT_CONFIG))
+
+
+def staging_store():
+    """The staging store of the config, with the object-store credentials of its Connections."""
+    from agent_traffic.config import load_config
+    from agent_traffic.storage import Store
+
+    cfg = load_config(config_path())
+    return Store(cfg.staging, store_options(cfg))
 
 
 def store_options(cfg):
@@ -55,9 +70,10 @@ def runtime():
     from agent_traffic.config import load_config
     from agent_traffic.pipeline import Runtime
 
-    cfg = load_config(config_path())
+    path = config_path()
+    cfg = load_config(path)
     run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in get_current_context()["run_id"])
-    return Runtime(cfg, store_options(cfg), run_id)
+    return Runtime(cfg, store_options(cfg), run_id, path)
 
 
 def mask_keys() -> None:
