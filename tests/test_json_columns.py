@@ -19,7 +19,8 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
-from agent_traffic.plan import build_chunks, line_ranges
+from agent_traffic.identity import line_runs
+from agent_traffic.plan import build_chunks
 from agent_traffic.vendors import vendor
 from agent_traffic.vendors.base import apply_ip_policy
 from agent_traffic.vendors.scrunch import epoch_seconds
@@ -94,7 +95,7 @@ def reference_chunks(rows: list[dict[str, Any]], dest: Destination, skipped: Cou
         lines = [r["line_number"] for r in cur_rows]
         key = f"{dest.name}|{SITE.name}|obj|{lines[0]}|{lines[-1]}|{len(cur)}|{hashlib.sha256(body).hexdigest()}"
         oldest = min(r["ts_us"] for r in cur_rows) / 1e6
-        out.append((hashlib.sha256(key.encode()).hexdigest()[:24], body, ctype, line_ranges(lines), oldest))
+        out.append((hashlib.sha256(key.encode()).hexdigest()[:24], body, ctype, line_runs(lines), oldest))
 
     for row in rows:
         line = orjson.dumps(reference_event(dest.vendor, row, dest))

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
+from agent_traffic.identity import line_runs, lines_in
 from agent_traffic.ledger import Chunk, Ledger, decode_chunk, encode_chunk
 from agent_traffic.plan import build_chunks as _build
-from agent_traffic.plan import line_ranges, lines_in
 
 SITE = Site(name="example.com")
 
@@ -133,11 +133,11 @@ def test_chunks_carry_their_lines_and_oldest_event() -> None:
     assert "lines" not in chunks[0].meta() and "body" not in chunks[0].meta()
 
 
-def test_line_ranges_round_trip() -> None:
+def test_line_runs_round_trip() -> None:
     lines = [1, 2, 3, 7, 9, 10]
-    assert line_ranges(lines) == ((1, 3), (7, 7), (9, 10))
-    assert list(lines_in(line_ranges(lines))) == lines
-    assert line_ranges([]) == ()
+    assert line_runs(lines) == ((1, 3), (7, 7), (9, 10))
+    assert list(lines_in(line_runs(lines))) == lines
+    assert line_runs([]) == ()
 
 
 def _staged(tmp_path, n: int):

@@ -10,14 +10,37 @@ are sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import duckdb
 import numpy as np
 
 from agent_traffic import layout
-from agent_traffic.plan import line_ranges
 from agent_traffic.storage import Store
+
+#: Line numbers as ascending inclusive runs (first, last): how plans, acks and manifests keep lines.
+LineRuns = tuple[tuple[int, int], ...]
+
+
+def line_runs(lines: Iterable[int] | np.ndarray) -> LineRuns:
+    """Ascending line numbers as inclusive runs: [1,2,3,7] -> ((1,3),(7,7))."""
+    a = np.asarray(lines if isinstance(lines, np.ndarray) else list(lines), dtype=np.int64)
+    if not len(a):
+        return ()
+    first, last = int(a[0]), int(a[-1])
+    if last - first + 1 == len(a):  # one run, the common case (select: all, or a bot's visit)
+        return ((first, last),)
+    cut = np.flatnonzero(np.diff(a) != 1) + 1
+    firsts = np.concatenate(([first], a[cut])).tolist()
+    lasts = np.concatenate((a[cut - 1], [last])).tolist()
+    return tuple(zip(firsts, lasts, strict=True))
+
+
+def lines_in(runs: Iterable[Sequence[int]]) -> Iterator[int]:
+    """Every line number of inclusive runs: ((1,3),(7,7)) -> 1, 2, 3, 7."""
+    for a, b in runs:
+        yield from range(a, b + 1)
 
 
 def unchanged_lines(store: Store, day: str, previous: str, files: dict[str, int]) -> dict[str, Any] | None:
@@ -40,4 +63,4 @@ def unchanged_lines(store: Store, day: str, previous: str, files: dict[str, int]
             "ORDER BY 1", [urls(new_keys), urls(old_keys)]).fetchnumpy()["line_number"]
     finally:
         con.close()
-    return {"from": previous, "count": len(lines), "lines": [list(r) for r in line_ranges(np.asarray(lines))]}
+    return {"from": previous, "count": len(lines), "lines": [list(r) for r in line_runs(np.asarray(lines))]}

@@ -43,11 +43,11 @@ import orjson
 
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
+from agent_traffic.identity import LineRuns
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
 
 ROOT = "_delivery"
-Ranges = tuple[tuple[int, int], ...]
 
 
 class Outcome(StrEnum):
@@ -118,7 +118,7 @@ class Chunk:
     oldest_ts: float  # Unix seconds of the oldest event: the age check at send time
     content_type: str
     body: bytes
-    lines: Ranges = ()  # every line in the chunk; kept in the pack and its ack, not the plan
+    lines: LineRuns = ()  # every line in the chunk; kept in the pack and its ack, not the plan
 
     def meta(self) -> dict[str, Any]:
         """Everything but the body and the line list (`asdict` would deep-copy both: it showed up
@@ -184,7 +184,7 @@ class Ack(_Record):
     events: int
     first_line: int
     last_line: int
-    lines: Ranges
+    lines: LineRuns
     status: int | None
     attempts: int
     acked_at: str

@@ -39,7 +39,8 @@ from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.extract import STAGED, read_manifests
 from agent_traffic.holds import held_objects
-from agent_traffic.ledger import Chunk, Ledger, ObjectPlan, Ranges, encode_chunk, lease_unit
+from agent_traffic.identity import line_runs, lines_in
+from agent_traffic.ledger import Chunk, Ledger, ObjectPlan, encode_chunk, lease_unit
 from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
 from agent_traffic.validate import held_partitions
@@ -48,25 +49,6 @@ from agent_traffic.vendors import vendor
 PLAN_VERSION = 3  # 3: chunks in one pack per object
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
-
-def line_ranges(lines: Iterable[int] | np.ndarray) -> Ranges:
-    """Ascending line numbers as inclusive runs: [1,2,3,7] -> ((1,3),(7,7))."""
-    a = np.asarray(lines if isinstance(lines, np.ndarray) else list(lines), dtype=np.int64)
-    if not len(a):
-        return ()
-    first, last = int(a[0]), int(a[-1])
-    if last - first + 1 == len(a):  # one run, the common case (select: all, or a bot's visit)
-        return ((first, last),)
-    cut = np.flatnonzero(np.diff(a) != 1) + 1
-    firsts = np.concatenate(([first], a[cut])).tolist()
-    lasts = np.concatenate((a[cut - 1], [last])).tolist()
-    return tuple(zip(firsts, lasts, strict=True))
-
-
-def lines_in(ranges: Iterable[Sequence[int]]) -> Iterator[int]:
-    for a, b in ranges:
-        yield from range(a, b + 1)
-
 
 SELECT_REASONS = {
     "ai": "not an AI agent",
@@ -244,7 +226,7 @@ def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: byte
     first, last, count = int(line_numbers[0]), int(line_numbers[-1]), len(line_numbers)
     cid = chunk_id(dest.name, site.name, object_id, first, last, count, body)
     return Chunk(cid, index, object_id, count, first, last, int(ts_us.min()) / 1e6, ctype, body,
-                 line_ranges(line_numbers))
+                 line_runs(line_numbers))
 
 
 def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count: int, body: bytes) -> str:
@@ -454,7 +436,7 @@ def plan_object(
         not_selected=dict(out.not_selected), chunks=metas, not_eligible=dict(out.not_eligible),
         too_old=out.too_old, too_old_before=cutoff.isoformat(timespec="seconds") if cutoff else None,
         planned_at=now.isoformat(timespec="seconds"), pack=pack, carried=unsent.counts["carried"],
-        carried_lines=[list(r) for r in line_ranges(carry)],
+        carried_lines=[list(r) for r in line_runs(carry)],
     )
     return _commit(ledger, plan, replace=existing is not None)
 

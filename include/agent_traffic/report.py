@@ -22,6 +22,7 @@ import duckdb
 import orjson
 
 from agent_traffic import layout
+from agent_traffic.pages import CSS, page
 from agent_traffic.query import connect
 from agent_traffic.redact import redact_url
 from agent_traffic.storage import Store
@@ -375,18 +376,6 @@ def render(first: str, last: str, h: dict[str, Any], charts: list[Chart], *, sta
 """
 
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:16px 24px;color:#1d2733;background:#fff}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:18px 0 4px}header p{color:#5b6b7b;margin:0 0 8px}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px}
-.tile{border:1px solid #e1e6eb;border-radius:6px;padding:8px 10px}.tile b{display:block;font-size:20px}.tile span{color:#5b6b7b}
-.problems li{color:#a4161a}.ok{color:#2e8540}.cols{display:grid;grid-template-columns:1fr 1fr;gap:16px}
-figure.chart{margin:22px 0;border-top:1px solid #e1e6eb}.note,.empty{color:#5b6b7b;margin:2px 0 6px}
-.plot svg{display:block;max-width:100%;height:auto;font-size:11px}.plot text{fill:#1d2733}
-table.numbers{border-collapse:collapse;font-size:12px;margin:6px 0}table.numbers th,table.numbers td{padding:2px 8px;border-bottom:1px solid #eef1f4;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}summary{cursor:pointer;color:#5b6b7b}
-@media (max-width:700px){.cols{grid-template-columns:1fr}}
-"""
 
 # Draws each figure's chart from the embedded JSON; marks it data-rendered=ok|error|empty.
 SCRIPT = r"""
@@ -544,16 +533,6 @@ def quality_days(store: Store) -> list[str]:
         return []
     names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
     return sorted((d for n in names if (d := layout.day_of(n))), reverse=True)
-
-
-def page(title: str, body: str, nav: str = "") -> str:
-    """A plain HTML page in the report's style, with no script and no outside resource."""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
-<title>{_e(title)}</title><style>{CSS}</style></head>
-<body><header>{nav}<h1>{_e(title)}</h1></header>{body}</body></html>
-"""
 
 
 def index_page(store: Store, base: str = "") -> str:

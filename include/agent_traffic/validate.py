@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from agent_traffic import layout
 from agent_traffic.config import Config, QualityPolicy
-from agent_traffic.offline import offline_html
+from agent_traffic.pages import offline_html
 from agent_traffic.parse import METHOD_TOKEN as PARSE_METHOD
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from agent_traffic.storage import Store
@@ -539,7 +539,7 @@ def _docs_index(store: Store, day: str) -> None:
     """Our own index of the data docs' pages: GX's builds its table with scripts, which are gone."""
     from html import escape
 
-    from agent_traffic.report import page
+    from agent_traffic.pages import page
 
     base = layout.docs_prefix(day)
     pages = [k.removeprefix(base) for k in store.list(base) if k.endswith(".html") and k != layout.docs_index_key(day)]
