@@ -126,7 +126,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 t0 = time.perf_counter()
 from agent_traffic.annotate import Annotator
-from agent_traffic.pipeline import classify_table
+from agent_traffic.steps import classify_table
 annotator = Annotator.build()
 built = time.perf_counter() - t0
 pf = pq.ParquetFile(sys.argv[1])

@@ -56,7 +56,7 @@ OURS = """
 import json, os, sys, time
 from agent_traffic.deliver import deliver_group
 from agent_traffic.ledger import ROOT as LEDGER
-from agent_traffic.pipeline import Runtime
+from agent_traffic.steps import Runtime
 from agent_traffic.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 config, dest, day = sys.argv[1:4]
@@ -194,8 +194,8 @@ def _prepare(name: str, lines: int, files: int) -> tuple[Path, Path, int]:
 
 
 def _stage(work: str, lines: int, files: int) -> None:
-    from agent_traffic.pipeline import Runtime, discover_objects, process_object
     from agent_traffic.samples import write_day
+    from agent_traffic.steps import Runtime, discover_objects, process_object
 
     root = Path(work)
     write_day(root / "logs", DAY, lines=lines, files=files, seed=3)

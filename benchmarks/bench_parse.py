@@ -42,7 +42,7 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, %(root)r)
 mode, fid, path, cfg_path, out = sys.argv[1:6]
-from agent_traffic.pipeline import Runtime, process_object
+from agent_traffic.steps import Runtime, process_object
 from agent_traffic.extract import ObjectRef
 from agent_traffic.decompress import decompressed_blocks
 from agent_traffic.parse import ParseContext, ParseStats, parse_blocks

@@ -99,7 +99,7 @@ def agent_traffic_nightly():
     def parse_and_stage(batch: list[dict]) -> list[dict]:
         """Parse, classify and stage a batch of objects (each commits on its own)."""
         from agent_traffic.extract import ObjectRef
-        from agent_traffic.pipeline import process_object
+        from agent_traffic.steps import process_object
 
         first = batch[0]["url"].rsplit("/", 1)[-1]
         get_current_context()["objects_label"] = first + (f" +{len(batch) - 1}" if len(batch) > 1 else "")
@@ -117,7 +117,7 @@ def agent_traffic_nightly():
     @fail_fast
     def validate() -> dict:
         """Great Expectations suites on what was staged; a failed partition is held from delivery."""
-        from agent_traffic.pipeline import validate_staged
+        from agent_traffic.steps import validate_staged
 
         rt = runtime()
         staged = mapped_results("parse_and_stage", task_states())

@@ -68,7 +68,7 @@ def store_options(cfg):
 def runtime():
     """The pipeline runtime for this task: config, object-store credentials, run id."""
     from agent_traffic.config import load_config
-    from agent_traffic.pipeline import Runtime
+    from agent_traffic.steps import Runtime
 
     path = config_path()
     cfg = load_config(path)
@@ -136,8 +136,8 @@ def with_base_url(cfg, name: str, base_url: str | None):
 
 
 def run_days() -> list[str]:
-    """This run's dates (see `agent_traffic.pipeline.run_days`)."""
-    from agent_traffic.pipeline import run_days as days
+    """This run's dates (see `agent_traffic.steps.run_days`)."""
+    from agent_traffic.steps import run_days as days
 
     ctx = get_current_context()
     params = ctx["params"]

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from agent_traffic.config import parse_config
-from agent_traffic.pipeline import run_days
+from agent_traffic.steps import run_days
 from agent_traffic.storage import list_objects
 from tests.conftest import make_bucket, put_object
 

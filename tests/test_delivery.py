@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.pipeline import Runtime
 from agent_traffic.runner import run
 from agent_traffic.sandbox import Sandbox
 from agent_traffic.secrets import env_resolver
+from agent_traffic.steps import Runtime
 from agent_traffic.summary import render
 from tests.vendor_fixtures import (
     DAY,

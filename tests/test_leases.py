@@ -19,11 +19,11 @@ import pytest
 from agent_traffic.deliver import deliver_group
 from agent_traffic.leases import Leases
 from agent_traffic.ledger import Ledger
-from agent_traffic.pipeline import Runtime, discover_objects, process_object
 from agent_traffic.plan import ChunkGroup, plan_deliveries
 from agent_traffic.runner import run
 from agent_traffic.samples import write_day
 from agent_traffic.secrets import Secret, env_resolver
+from agent_traffic.steps import Runtime, discover_objects, process_object
 from agent_traffic.storage import Store
 from tests.conftest import write_config
 

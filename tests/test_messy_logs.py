@@ -13,9 +13,9 @@ import yaml
 
 from agent_traffic.config import load_config
 from agent_traffic.errors import ConfigError
-from agent_traffic.pipeline import Runtime
 from agent_traffic.runner import run
 from agent_traffic.secrets import env_resolver
+from agent_traffic.steps import Runtime
 
 DAY = date(2026, 11, 21)
 SITE_ID = "01JDEM0SANDB0X0000000000AA"

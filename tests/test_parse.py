@@ -215,7 +215,7 @@ def test_big_blocks_keep_line_order() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\n", b"  ", b"\n \r\n\t\n  ", b"\x0b\x0c\r\n\r\n", b"\n" * 5000])
 def test_blank_lines_counts_what_the_parser_counts_as_blank(data: bytes) -> None:
-    """An object that is only blank lines is staged without a format (pipeline.py): the lines it
+    """An object that is only blank lines is staged without a format (steps.py): the lines it
     reports must be the ones the parser itself would read and skip as blank."""
     stats, ev, q = run(data, ctx())
     assert ev == [] and q == [] and stats.skipped == ({BLANK: stats.lines_read} if stats.lines_read else {})

@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent_traffic.pipeline import Runtime
 from agent_traffic.runner import run
 from agent_traffic.samples import combined_lines, gzip_log, write_day
 from agent_traffic.secrets import env_resolver
+from agent_traffic.steps import Runtime
 from agent_traffic.storage import Store
 from tests.conftest import write_config
 

@@ -26,11 +26,11 @@ import pytest
 
 from agent_traffic import samples
 from agent_traffic.cli import main
-from agent_traffic.pipeline import Runtime
 from agent_traffic.query import OPTIONAL_EVENT_FIELDS, TABLES, connect
 from agent_traffic.runner import run
 from agent_traffic.sandbox import Sandbox
 from agent_traffic.secrets import env_resolver
+from agent_traffic.steps import Runtime
 from agent_traffic.storage import Store, StoreOptions
 from agent_traffic.summary import ledger_status
 from tests.conftest import REPO, make_bucket, write_config

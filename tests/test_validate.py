@@ -10,8 +10,8 @@ import duckdb
 import pytest
 
 from agent_traffic.holds import source_holds
-from agent_traffic.pipeline import Runtime, discover_objects, process_object
 from agent_traffic.samples import combined_lines, gzip_log
+from agent_traffic.steps import Runtime, discover_objects, process_object
 from agent_traffic.validate import (
     FAIL,
     PASS,

@@ -24,8 +24,8 @@ def _date(s: str) -> date:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent_traffic.pipeline import Runtime
     from agent_traffic.runner import Progress, new_run_id, run
+    from agent_traffic.steps import Runtime
     from agent_traffic.storage import Store
     from agent_traffic.summary import render
 
@@ -122,7 +122,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     """Let a source's objects that data quality held go to delivery (after a look at why)."""
     from agent_traffic.config import load_config
     from agent_traffic.holds import release
-    from agent_traffic.pipeline import days_between
+    from agent_traffic.steps import days_between
 
     cfg = load_config(args.config)
     if args.source not in {s.name for s in cfg.sources}:

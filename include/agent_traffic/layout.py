@@ -12,7 +12,7 @@ events/site=<site>/provider=<provider>/date=<D>/part-<object_id>.parquet       s
 quarantine/date=<D>/part-<object_id>.parquet          lines that did not parse, with the reason (stage.py)
 quarantine/date=<D>/part-<object_id>-quality.parquet  rows a row-level expectation removed (validate.py)
 _manifests/date=<D>/<object_id>.json     one object version: url, size, ETag, format and why, status,
-                                         stats, files, lines carried from the version before (pipeline.py)
+                                         stats, files, lines carried from the version before (steps.py)
 _holds/date=<D>/source=<source>.json     a source's objects held by data quality, and releases (holds.py)
 _delivery/<destination>/...              the delivery ledger: plans, packs, acks, dead letters, too-old
                                          marks, leases (keys: ledger.py; tree: docs/data.md)

@@ -101,7 +101,7 @@ def connect(
 def _days(first: date | str | None, last: date | str | None) -> list[str] | None:
     if first is None:
         return None
-    from agent_traffic.pipeline import days_between
+    from agent_traffic.steps import days_between
 
     a = first if isinstance(first, date) else date.fromisoformat(first)
     b = a if last is None else last if isinstance(last, date) else date.fromisoformat(last)

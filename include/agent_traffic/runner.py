@@ -14,11 +14,18 @@ from agent_traffic import layout
 from agent_traffic.deliver import deliver_group
 from agent_traffic.errors import SecretMissing
 from agent_traffic.extract import STAGED, Discovery, ObjectRef
-from agent_traffic.pipeline import Runtime, days_between, process_object, validate_staged
 from agent_traffic.plan import ChunkGroup
 from agent_traffic.redact import printable, redact_url, scrub
 from agent_traffic.secrets import Secret, SecretResolver, env_resolver
-from agent_traffic.steps import discover_days, finish_run, plan_days
+from agent_traffic.steps import (
+    Runtime,
+    days_between,
+    discover_days,
+    finish_run,
+    plan_days,
+    process_object,
+    validate_staged,
+)
 from agent_traffic.storage import Store
 
 #: Destinations delivered side by side by the command line (each with `delivery.concurrency`
