@@ -196,3 +196,70 @@ def test_gx_batches_are_not_fingerprinted(tmp_path: Path, validator_cache: dict)
 
     _data, markers = engine.get_batch_data_and_markers(RuntimeDataBatchSpec(batch_data=pd.DataFrame({"a": [1, 2]})))
     assert "pandas_data_fingerprint" not in markers and "ge_load_time" in markers
+
+
+def test_row_suite_checks_dictionary_columns_as_plain_ones(tmp_path: Path, validator_cache: dict) -> None:
+    """_row_batches hands GX site, url and user_agent as dictionaries (pandas categoricals): a null
+    url, an unknown site and a missing user agent are still each named by their expectation."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    rt, _objects, v = stage(tmp_path, {"a.log.gz": combined_lines(DAY, 3, seed=7)}, validator_cache)
+    site = rt.cfg.sites[0].name
+    ids = ["ok", "no-url", "other-site", "no-ua"]
+    table = pa.table({
+        "event_id": ids, "ts": pa.array([datetime(2026, 11, 21, 12, tzinfo=UTC)] * 4, pa.timestamp("us", "UTC")),
+        "site": pa.array([site, site, "elsewhere.example", site]).dictionary_encode(),
+        "method": ["GET"] * 4, "path": ["/a"] * 4, "status": pa.array([200] * 4, pa.int32()),
+        "url": pa.array(["https://x/a", None, "https://x/a", "https://x/a"]).dictionary_encode(),
+        "user_agent": pa.array(["ua", "ua", "ua", None]).dictionary_encode(),
+        "_key": pa.array(["k"] * 4).dictionary_encode(),
+    })
+    failing = {(etype, col): sorted(e for e, _ in bad) for etype, col, _sev, bad in v.check_rows(DAY.isoformat(), table)
+               if bad}
+    assert failing == {
+        ("expect_column_values_to_not_be_null", "url"): ["no-url"],
+        ("expect_column_values_to_not_be_null", "user_agent"): ["no-ua"],
+        ("expect_column_values_to_be_in_set", "site"): ["other-site"],
+    }
+
+
+def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path, validator_cache: dict) -> None:
+    from agent_traffic.validate import DICT_COLUMNS, _row_batches
+
+    rt, objects, _v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 300, malformed_every=0))}, validator_cache)
+    keys = sorted(k for o in objects for k in o["files"] if k.startswith("events/"))
+    batches = list(_row_batches(rt.store, keys))
+    assert sum(b.num_rows for b in batches) == sum(n for o in objects for k, n in o["files"].items()
+                                                   if k.startswith("events/"))
+    for b in batches:
+        assert {c for c in DICT_COLUMNS if str(b.schema.field(c).type).startswith("dictionary")} == set(DICT_COLUMNS)
+        assert b.schema.field("path").type == "string" and b.schema.field("event_id").type == "string"
+
+
+def test_gx_imports_without_the_cloud_clients_it_does_not_use() -> None:
+    """GX imports every cloud and database client that is installed; the Validator hides those not
+    imported yet while GX imports (a quarter of its memory), and they import normally afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent_traffic.validate import GX_UNUSED_CLIENTS, Validator, _Absent\n"
+        "before = {m.partition('.')[0] for m in sys.modules}\n"
+        "Validator.__new__(Validator)._gx\n"
+        "leaked = sorted({m.partition('.')[0] for m in sys.modules} & GX_UNUSED_CLIENTS - before)\n"
+        "assert not leaked, leaked\n"
+        "assert not [f for f in sys.meta_path if isinstance(f, _Absent)]\n"
+        "from great_expectations.compatibility import aws, not_imported\n"
+        "try:\n"
+        "    import boto3\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    assert isinstance(aws.boto3, not_imported.NotImported)  # GX saw it absent, the user's import works\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
