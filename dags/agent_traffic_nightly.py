@@ -153,7 +153,8 @@ def agent_traffic_nightly():
         @fail_fast
         def deliver(group: dict, params: dict | None = None) -> dict:
             """Send one chunk group; ack or dead-letter each chunk in the staging store."""
-            from agent_traffic.deliver import LeaseOwner, deliver_group
+            from agent_traffic.deliver import deliver_group
+            from agent_traffic.leases import LeaseOwner
             from agent_traffic.plan import ChunkGroup
             from agent_traffic.steps import outbox_store
 

@@ -59,7 +59,7 @@ from agent_traffic.vendors import vendor
 
 log = logging.getLogger("agent_traffic")
 
-__all__ = ["GroupResult", "GroupSender", "LeaseOwner", "deliver_group"]
+__all__ = ["GroupResult", "GroupSender", "deliver_group"]
 
 
 @dataclass
