@@ -42,6 +42,14 @@ class Measurement:
 def run_once(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
              shell_stdin: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
+    elapsed, peak, _ = run_usage(argv, stdout=stdout, env=env, shell_stdin=shell_stdin)
+    return elapsed, peak
+
+
+def run_usage(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
+              shell_stdin: Path | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MB, CPU seconds user + system) of one child process, from `wait4`
+    (a shell's figures include the commands it waited for: CPU summed, peak RSS their maximum)."""
     stdin = open(shell_stdin, "rb") if shell_stdin else subprocess.DEVNULL  # noqa: SIM115
     try:
         t0 = time.perf_counter()
@@ -56,7 +64,7 @@ def run_once(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | N
     if proc.returncode != 0:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise RuntimeError(f"{argv[:4]} exited {proc.returncode}: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def measure(label: str, argv: list[str], repeat: int, **kw: Any) -> Measurement:
