@@ -27,12 +27,13 @@ import statistics
 import subprocess
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import yaml
 
-from benchmarks.harness import DATA, ROOT, Measurement, python_child, run_once
+from benchmarks.harness import DATA, ROOT, Measurement, python_child, run_child
 
 DAY = date(2026, 11, 21)
 SCRUNCH_SITE = "01JDEM0SANDB0X0000000000AA"
@@ -65,16 +66,17 @@ if rt.store.exists(f"{LEDGER}/{dest}"):  # the last measurement's ledger: moved 
     os.makedirs(rt.store.path("_trash"), exist_ok=True)
     os.rename(rt.store.path(f"{LEDGER}/{dest}"), rt.store.path(f"_trash/{time.time_ns()}"))
 key = Secret(os.environ["BENCH_KEY"])
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 plan = plan_deliveries(rt.cfg, rt.store, [day], destinations=[dest])
-out = {"events": 0, "not_delivered": 0, "requests": 0, "429": 0, "plan_seconds": time.perf_counter() - t0}
+out = {"events": 0, "not_delivered": 0, "requests": 0, "429": 0, "plan_seconds": time.perf_counter() - t0,
+       "plan_cpu": time.process_time() - c0}
 for g in plan.groups:
     r = deliver_group(rt.cfg, rt.store, g, key, run_id="bench")
     out["events"] += r.delivered_events
     out["not_delivered"] += r.failed_events + r.pending_events
     out["requests"] += r.requests
     out["429"] += r.statuses.get("429", 0) + r.retries.get("429", 0)
-out["seconds"] = time.perf_counter() - t0
+out["seconds"], out["work_cpu"] = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps(out))
 """
 
@@ -85,9 +87,9 @@ spec = importlib.util.spec_from_file_location("scrunch_backfill", path)
 ref = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ref)
 ref.API_KEY, ref.ENDPOINT = os.environ["BENCH_KEY"], endpoint
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 ref.main(csv_path)
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "work_cpu": time.process_time() - c0}))
 """
 
 CEILING = """
@@ -111,10 +113,10 @@ else:  # Known Agents: arrays of 100 visits, its default batch
 pool = urllib3.PoolManager(maxsize=4, retries=False)
 def post(body):
     assert pool.request("POST", endpoint, body=body, headers=headers, timeout=60).status in (200, 202)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 with ThreadPoolExecutor(4) as threads:
     list(threads.map(post, bodies))
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "work_cpu": time.process_time() - c0}))
 """
 
 
@@ -228,13 +230,14 @@ def _measure(label: str, argv: list[str], env: dict[str, str], repeat: int, rece
     for _ in range(repeat):
         with _Receiver(key, receiver_rate, receiver) as rx, tempfile.TemporaryFile("w+") as out:
             args = [a.replace("{URL}", rx.url) for a in argv]
-            wall, mb = run_once(args, stdout=out, env={**env, "BENCH_URL": rx.url})
+            child = run_child(args, stdout=out, env={**env, "BENCH_URL": rx.url})
             out.seek(0)
             res = json.loads(out.read().strip().splitlines()[-1])
-            res["wall"] = wall
+            res["wall"], res["cpu"] = child.wall_s, child.cpu_s
             res["received"] = sum(n for site in rx.stats()["accepted"].values() for n in site.values())
         m.seconds.append(res["seconds"])
-        m.peak_rss_mb.append(mb)
+        m.peak_rss_mb.append(child.peak_mb)
+        m.cpu_s.append(child.cpu_s)
         outs.append(res)
     return m, outs
 
@@ -249,6 +252,7 @@ def run(repeat: int, quick: bool) -> dict:
     endpoint = f"{{URL}}/v1/sites/{SCRUNCH_SITE}/platforms/custom/web-traffic"
     rows: list[dict] = []
     ratios: dict[tuple[str, str], float] = {}  # (input, receiver) -> ours / reference, Scrunch protocol
+    cpu_ratios: dict[tuple[str, str], tuple[float, float]] = {}  # ... CPU per event (process, work)
     for size, files in sizes.items():
         cfg, csv_path, events = _prepare(size, per_object * files, files)
         for receiver in RECEIVERS:
@@ -256,21 +260,24 @@ def run(repeat: int, quick: bool) -> dict:
                                       python_child(REF) + [str(REFERENCE), str(csv_path), endpoint], env, repeat,
                                       key=key, receiver=receiver)
             assert ref_out[-1]["received"] == events, (ref_out[-1], events)
-            ref_rate = events / ref_m.median_s
-            rows.append(_row(size, receiver, ref_m, ref_out, events, ref_rate))
+            ref = _Ref(events / ref_m.median_s, _per_event_us(statistics.median(ref_m.cpu_s), events),
+                       _per_event_us(_median(ref_out, "work_cpu"), events))
+            rows.append(_row(size, receiver, ref_m, ref_out, events, ref))
             for protocol, url in (("scrunch", endpoint), ("knownagents", "{URL}/visits")):
                 ceil_m, ceil_out = _measure(f"receiver ceiling, {protocol} requests (prebuilt bodies, 4 in flight)",
                                             python_child(CEILING) + [str(REFERENCE), str(csv_path), url, protocol],
                                             env, repeat, key=key, receiver=receiver)
-                rows.append(_row(size, receiver, ceil_m, ceil_out, events, ref_rate))
+                rows.append(_row(size, receiver, ceil_m, ceil_out, events, ref))
             for dest in ("scrunch", "knownagents", "knownagents-1000"):
                 label = "knownagents (batches of 1,000 visits)" if dest == "knownagents-1000" else dest
                 m, out = _measure(f"agent-traffic -> {label}", python_child(OURS) + [str(cfg), dest, str(DAY)], env,
                                   repeat, key=key, receiver=receiver)
                 _check(cfg, dest, out[-1])
-                rows.append(_row(size, receiver, m, out, out[-1]["events"], ref_rate))
+                rows.append(_row(size, receiver, m, out, out[-1]["events"], ref))
                 if dest == "scrunch":
                     ratios[(size, receiver)] = rows[-1]["x reference events/s"]
+                    cpu_ratios[(size, receiver)] = (rows[-1]["CPU/event ÷ reference"],
+                                                    rows[-1]["work CPU/event ÷ reference"])
     # HitKeep sends one event per request: measured on its own, smaller input, with the limit
     # lifted on both sides (the cost of the protocol) and at its real default limit.
     cfg, _csv, _n = _prepare("hitkeep", hitkeep_lines, 1)
@@ -288,6 +295,16 @@ def run(repeat: int, quick: bool) -> dict:
     notes = [
         "Scrunch, ours / reference events/s on the same input and receiver: " + "; ".join(
             f"{size} input, {receiver} receiver: {x:.2f}x" for (size, receiver), x in ratios.items()) + ".",
+        "Scrunch, ours / reference CPU per event (process; work): " + "; ".join(
+            f"{size} input, {receiver} receiver: {p:.2f}; {w:.2f}" for (size, receiver), (p, w) in cpu_ratios.items())
+        + ". Issue #22 aims at 0.10.",
+        "CPU is the sender process's own (user + system, all threads; the receiver is another process): "
+        "`process CPU s` from `wait4`, interpreter start and imports included, `CPU µs/event` that over "
+        "the events; `work CPU µs/event` only from the first planned chunk to the last ack (the reference: "
+        "from reading the CSV to its last batch; the ceiling: sending prebuilt bodies), split into "
+        "planning (`of which plan CPU`: Parquet read, selection, JSON bodies, the pack file) and sending "
+        "(`send CPU`: leases, requests, acks). The `÷ reference` columns divide by the reference's "
+        "figure on the same input and receiver.",
         "Two receivers: `validating` is the sandbox as tests use it (parses and checks every event, one "
         "Python process); `fast` (`Sandbox(fast=True)`, a benchmark tool only) checks auth, size and "
         "content type and counts events without parsing them, so it shows what each sender can push "
@@ -335,9 +352,30 @@ def _check(cfg: Path, dest: str, out: dict) -> None:
                            f"{out['not_delivered']} not delivered ({cfg})")
 
 
-def _row(size: str, receiver: str, m: Measurement, outs: list[dict], events: int, ref_rate: float | None) -> dict:
-    plans = [o["plan_seconds"] for o in outs if "plan_seconds" in o]
-    plan_s = statistics.median(plans) if plans else None
+@dataclass(frozen=True)
+class _Ref:
+    """The reference's figures on one input and receiver, which the other rows are divided by."""
+
+    rate: float  # events/s
+    cpu_us: float  # process CPU µs per event
+    work_cpu_us: float  # CPU µs per event from reading the CSV to the last batch
+
+
+def _median(outs: list[dict], key: str) -> float | None:
+    values = [o[key] for o in outs if key in o]
+    return statistics.median(values) if values else None
+
+
+def _per_event_us(seconds: float | None, events: int) -> float | None:
+    return seconds / events * 1e6 if seconds is not None and events else None
+
+
+def _row(size: str, receiver: str, m: Measurement, outs: list[dict], events: int, ref: _Ref | None) -> dict:
+    plan_s = _median(outs, "plan_seconds")
+    cpu_us = _per_event_us(statistics.median(m.cpu_s), events)
+    work_us = _per_event_us(_median(outs, "work_cpu"), events)
+    plan_us = _per_event_us(_median(outs, "plan_cpu"), events)
+    ref_rate = ref.rate if ref else None
     return {
         "input": size,
         "receiver": receiver,
@@ -350,5 +388,12 @@ def _row(size: str, receiver: str, m: Measurement, outs: list[dict], events: int
         "send-only x reference": (events / (m.median_s - plan_s) / ref_rate) if ref_rate and plan_s else None,
         "wall s": statistics.median(o["wall"] for o in outs),
         "peak RSS MB": m.peak_mb,
+        "process CPU s": statistics.median(m.cpu_s),
+        "CPU µs/event": cpu_us,
+        "work CPU µs/event": work_us,
+        "of which plan CPU µs/event": plan_us,
+        "send CPU µs/event": work_us - plan_us if work_us is not None and plan_us is not None else None,
+        "CPU/event ÷ reference": cpu_us / ref.cpu_us if ref and cpu_us else None,
+        "work CPU/event ÷ reference": work_us / ref.work_cpu_us if ref and work_us else None,
     }
 

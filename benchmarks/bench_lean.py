@@ -36,7 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import DATA, ROOT, python_child, run_usage
+from benchmarks.harness import DATA, ROOT, python_child, run_child
 
 DAY = date(2026, 11, 21)
 REFERENCE = Path(os.environ.get("BENCH_REFERENCE") or ROOT.parent / "shared" / "reference" / "apache_access_combined.log")
@@ -89,6 +89,12 @@ with open(path, "rb") as f:
 print(json.dumps({"cpu": time.process_time() - c0}))
 """
 
+
+
+def run_usage(argv: list[str], **kw: object) -> tuple[float, float, float]:
+    """(wall s, peak RSS MB, CPU s) of one child."""
+    c = run_child(argv, **kw)
+    return c.wall_s, c.peak_mb, c.cpu_s
 
 def _reference_day(out: Path, repeats: int) -> None:
     """The reference log `repeats` times, dates rewritten to DAY, as one gzip object."""

@@ -1,7 +1,7 @@
-"""Run a command several times; report median wall time and the child's own peak memory.
+"""Run a command several times; report median wall time and the child's own peak memory and CPU.
 
-Each measurement is a separate process and its peak RSS comes from `os.wait4` on that process, so
-memory is the pipeline's, not the harness's. Machines are shared and noisy: compare ratios of
+Each measurement is a separate process and its peak RSS and CPU time (user + system, all its
+threads) come from `os.wait4` on that process, so they are the pipeline's, not the harness's. Machines are shared and noisy: compare ratios of
 commands run side by side, on the same input, and read medians.
 """
 
@@ -25,6 +25,7 @@ class Measurement:
     label: str
     seconds: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # the process's user + system CPU, per run
 
     @property
     def median_s(self) -> float:
@@ -39,17 +40,24 @@ class Measurement:
                 "runs_s": [round(s, 4) for s in self.seconds], "peak_rss_mb": round(self.peak_mb, 1)}
 
 
-def run_once(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
-             shell_stdin: Path | None = None) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Child:
+    """One finished child process: wall seconds, peak RSS MB, CPU seconds (user + system)."""
+
+    wall_s: float
+    peak_mb: float
+    cpu_s: float
+
+
+def run_once(argv: list[str], **kw: Any) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
-    elapsed, peak, _ = run_usage(argv, stdout=stdout, env=env, shell_stdin=shell_stdin)
-    return elapsed, peak
+    child = run_child(argv, **kw)
+    return child.wall_s, child.peak_mb
 
 
-def run_usage(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
-              shell_stdin: Path | None = None) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MB, CPU seconds user + system) of one child process, from `wait4`
-    (a shell's figures include the commands it waited for: CPU summed, peak RSS their maximum)."""
+def run_child(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | None = None,
+              shell_stdin: Path | None = None) -> Child:
+    """Run one child process to its end; raise with its stderr if it fails."""
     stdin = open(shell_stdin, "rb") if shell_stdin else subprocess.DEVNULL  # noqa: SIM115
     try:
         t0 = time.perf_counter()
@@ -64,7 +72,7 @@ def run_usage(argv: list[str], *, stdout: Any = subprocess.DEVNULL, env: dict | 
     if proc.returncode != 0:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise RuntimeError(f"{argv[:4]} exited {proc.returncode}: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return Child(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def measure(label: str, argv: list[str], repeat: int, **kw: Any) -> Measurement:

@@ -228,3 +228,22 @@ def test_unquoted_strings_are_quoted_by_obj_as_orjson_would() -> None:
         want = [orjson.dumps({key: values[i] for key, values, required in case
                               if values[i] is not None or required}).decode() for i in range(len(some))]
         assert jc.obj(fields, len(some)).to_pylist() == want
+        assert jc.obj(fields, len(some), end="\n").to_pylist() == [w + "\n" for w in want]
+
+
+def test_escapes_are_found_in_every_scanned_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan for characters to escape goes block by block: rows in later blocks, and rows
+    spanning two blocks, are escaped as orjson escapes them."""
+    from agent_traffic.vendors import json_columns as jc
+
+    rng = random.Random(5)
+    alphabet = ["a", "é", "/", '"', "\\", "\x00", "\n", "\x1f", " "]
+    values = [None if rng.random() < 0.1 else "".join(rng.choices(alphabet, weights=[30, 3, 3, 1, 1, 1, 1, 1, 3],
+                                                                    k=rng.randrange(0, 12)))
+              for _ in range(300)]
+    values += ["plain"] * 50 + ['last"']  # the only escape far past the first block
+    want = [None if v is None else orjson.dumps(v).decode() for v in values]
+    for block in (1, 5, 64, 1 << 18):
+        monkeypatch.setattr(jc, "_SCAN_BLOCK", block)
+        assert jc.string(pa.array(values, pa.string())).to_pylist() == want
+        assert jc.string(pa.array(values, pa.string()).slice(7)).to_pylist() == want[7:]

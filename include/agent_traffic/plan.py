@@ -173,7 +173,7 @@ def build_chunks(
     v = vendor(dest.vendor)
     max_bytes, max_events = v.limits(dest)
     too_big = f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"
-    sep = pa.scalar(v.separator.decode())
+    sep = v.separator.decode()
     index = start_index
     ts = table["ts"]
     table = table.select([c for c in dict.fromkeys((*v.columns, "line_number")) if c in table.column_names])
@@ -182,7 +182,7 @@ def build_chunks(
     while pos < n:
         window = table.slice(pos, size)
         last_window = pos + window.num_rows >= n
-        lines = pc.binary_join_element_wise(v.lines(window, site, dest), sep, "")
+        lines = v.lines(window, site, dest, end=sep)
         ends = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
         ends = ends.astype(np.int64)
         data = lines.buffers()[2]

@@ -114,7 +114,6 @@ def send(
     `before_attempt` runs before every attempt, retries included (a rate limiter's `acquire`,
     returning the seconds it waited).
     """
-    rng = rng or random.Random()
     res = SendResult(outcome=RETRY, status=None, body="", attempts=0)
     for attempt in range(policy.max_attempts):
         res.attempts = attempt + 1
@@ -155,6 +154,7 @@ def send(
             break
         res.retries_by_cause[cause] = res.retries_by_cause.get(cause, 0) + 1
         if wait is None:
+            rng = rng or random.Random()  # made on the first backoff: seeding one per request showed in profiles
             wait = backoff(attempt, policy.backoff_base_s, policy.backoff_cap_s, rng)
         res.waited_s += wait
         sleep(wait)

@@ -58,9 +58,10 @@ class Vendor(ABC):
         `table` holds the vendor's `columns` (those present) and `ts_us`, the event time in
         microseconds since the epoch, UTC."""
 
-    def lines(self, table: pa.Table, site: Site, dest: Destination) -> pa.Array:
-        """Every row's event as one line of compact JSON, without a Python object per row."""
-        return json_columns.obj(self.fields(table, site, dest), table.num_rows)
+    def lines(self, table: pa.Table, site: Site, dest: Destination, end: str = "") -> pa.Array:
+        """Every row's event as one line of compact JSON followed by `end`, without a Python
+        object per row."""
+        return json_columns.obj(self.fields(table, site, dest), table.num_rows, end)
 
     def event(self, row: Mapping[str, Any], site: Site, dest: Destination) -> dict[str, Any]:
         """One event's JSON object, for tests and examples (the same `fields`, on one row)."""
