@@ -90,11 +90,11 @@ print(json.dumps({"cpu": time.process_time() - c0}))
 """
 
 
-
 def run_usage(argv: list[str], **kw: object) -> tuple[float, float, float]:
     """(wall s, peak RSS MB, CPU s) of one child."""
     c = run_child(argv, **kw)
     return c.wall_s, c.peak_mb, c.cpu_s
+
 
 def _reference_day(out: Path, repeats: int) -> None:
     """The reference log `repeats` times, dates rewritten to DAY, as one gzip object."""
