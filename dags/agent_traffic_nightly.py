@@ -20,7 +20,7 @@ destination in checkpointed chunks.
   Destination keys come from the Airflow Connection named in the config (`secret.airflow_conn_id`:
   its password is the key, and its host, when set, the vendor's base URL).
 * **Pools**: `agent_traffic_<vendor>` (scrunch, hitkeep, knownagents) caps concurrent delivery
-  tasks per vendor. A plan and a deliver task per vendor of the vendor table (`vendors/specs.py`),
+  tasks per vendor. A plan and a deliver task per vendor of the vendor table (`vendor_specs.py`),
   which also says how many of a vendor's delivery tasks run at once per DAG run: HitKeep limits
   requests per client IP and the client's limiter lives in the task's process, so one at a time.
 
@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from agent_traffic.vendors.specs import SPECS
+from agent_traffic.vendor_specs import SPECS
 from agent_traffic_airflow import (
     IP_RANGES,
     alert_on_failure,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent_traffic import layout
 from agent_traffic.errors import ConfigError
 from agent_traffic.redact import redact_url, scrub
-from agent_traffic.vendors.specs import SPECS, VendorSpec, choices, spec
+from agent_traffic.vendor_specs import SPECS, VendorSpec, choices, spec
 
 #: ai: AI agents; ai_and_referred: plus human visits referred by an AI assistant (`referred_by`);
 #: automated: every bot; all: every request.
@@ -50,10 +50,10 @@ class SecretRef(_Model):
 
 class Destination(_Model):
     """One vendor account for one site. What the vendor allows, requires and defaults to is its
-    `VendorSpec` (vendors/specs.py): a setting that does not apply to the vendor is refused."""
+    `VendorSpec` (vendor_specs.py): a setting that does not apply to the vendor is refused."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    vendor: str = Field(description="one of the vendor table's names (vendors/specs.py)")
+    vendor: str = Field(description="one of the vendor table's names (vendor_specs.py)")
     site_id: str | None = Field(None, min_length=1, description="the vendor's site id (Scrunch: a ULID; HitKeep: a UUID)")
     base_url: str | None = None
     secret: SecretRef

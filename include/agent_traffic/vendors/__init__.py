@@ -1,6 +1,6 @@
 """Vendor protocols: how a staged event becomes a request body for each destination.
 
-The vendors themselves are the table in `specs.py`; a protocol class is imported on first use.
+The vendors themselves are the table in `agent_traffic.vendor_specs`; a protocol class is imported on first use.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from agent_traffic.vendors.specs import SPECS, VendorSpec, register, spec
+from agent_traffic.vendor_specs import SPECS, VendorSpec, register, spec
 
 if TYPE_CHECKING:
     from agent_traffic.vendors.base import Vendor

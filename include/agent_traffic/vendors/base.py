@@ -15,7 +15,7 @@ from agent_traffic.config import Destination, Site
 from agent_traffic.secrets import Secret
 from agent_traffic.vendors import json_columns
 from agent_traffic.vendors.json_columns import Field
-from agent_traffic.vendors.specs import VendorSpec
+from agent_traffic.vendor_specs import VendorSpec
 
 
 class Vendor(ABC):
