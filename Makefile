@@ -24,7 +24,7 @@ test: $(STAMP)   ## the whole test suite (CI runs this)
 	$(BIN)/python -m pytest -m "not cluster"
 
 cluster: $(STAMP)  ## the compose layout without Docker: Postgres, Redis, Celery workers, S3, receiver
-	$(BIN)/python -m agent_traffic.cluster
+	$(BIN)/python -m agent_traffic.devtools.cluster
 
 cluster-test: $(STAMP)  ## the nightly DAG on that layout: scheduled, REST, CLI, backfill, a killed worker
 	$(BIN)/python -m pytest -m cluster tests/test_cluster.py

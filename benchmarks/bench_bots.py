@@ -34,7 +34,7 @@ if detector == "crawlerdetect":
     cd = CrawlerDetect()
     is_bot = cd.isCrawler
 else:
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.classify import Classifier
     clf = Classifier()
     is_bot = lambda ua: clf._classify_uncached(ua).is_bot
 out = {"scores": {}, "timing": {}}

@@ -31,7 +31,7 @@ CONTENT = {".js": "application/javascript", ".png": "image/png", ".pdf": "applic
 
 def _user_agents(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
     """(browser UAs, bot UAs): every catalog token in a few versions, browsers for the rest."""
-    from agent_traffic.catalog import load_catalog
+    from agent_traffic.annotate.catalog import load_catalog
 
     bots = []
     for agent in load_catalog():
@@ -52,8 +52,8 @@ def _user_agents(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
 
 def _range_ips(rng: random.Random) -> dict[str, list[str]]:
     """Per agent with shipped ranges: addresses inside them (what real crawlers come from)."""
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.ranges import shipped_snapshots
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.ranges import shipped_snapshots
 
     shipped = json.loads(Path(__file__).resolve().parents[1].joinpath(
         "include/agent_traffic/data/ip_ranges/index.json").read_text())["lists"]
@@ -125,8 +125,8 @@ import json, time, sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 t0 = time.perf_counter()
-from agent_traffic.annotate import Annotator
-from agent_traffic.steps import classify_table
+from agent_traffic.annotate.annotator import Annotator
+from agent_traffic.run.steps import classify_table
 annotator = Annotator.build()
 built = time.perf_counter() - t0
 pf = pq.ParquetFile(sys.argv[1])

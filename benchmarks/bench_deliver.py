@@ -7,7 +7,7 @@ The same events, staged once, are delivered by:
   its `content=` bug fixed), reading a CSV of the same events: whole file in memory, one request
   after another, Scrunch protocol.
 
-Two input sizes show whether memory grows with the input. The receiver (`agent_traffic.sandbox`)
+Two input sizes show whether memory grows with the input. The receiver (`agent_traffic.devtools.sandbox`)
 runs in its own process, restarted for every measurement; its CPU competes with the sender's on
 the same machine, its memory is not counted. Every Scrunch and Known Agents measurement runs
 against two receivers: the validating sandbox (it parses every event, which caps any sender) and
@@ -43,7 +43,7 @@ RECEIVERS = ("validating", "fast")  # the sandbox as tests use it; its parse-fre
 
 RECEIVER = """
 import sys, threading, dataclasses
-from agent_traffic.sandbox import PROTOCOLS, Sandbox
+from agent_traffic.devtools.sandbox import PROTOCOLS, Sandbox
 port, key, hitkeep_rate, fast = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4] == "fast"
 sb = Sandbox(port=port, api_keys=[key], fast=fast)
 if hitkeep_rate:
@@ -55,10 +55,10 @@ threading.Event().wait()
 
 OURS = """
 import json, os, sys, time
-from agent_traffic.deliver import deliver_group
-from agent_traffic.ledger import ROOT as LEDGER
-from agent_traffic.steps import Runtime
-from agent_traffic.plan import plan_deliveries
+from agent_traffic.delivery.deliver import deliver_group
+from agent_traffic.delivery.ledger import ROOT as LEDGER
+from agent_traffic.run.steps import Runtime
+from agent_traffic.delivery.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 config, dest, day = sys.argv[1:4]
 rt = Runtime.load(config, "bench")
@@ -196,8 +196,8 @@ def _prepare(name: str, lines: int, files: int) -> tuple[Path, Path, int]:
 
 
 def _stage(work: str, lines: int, files: int) -> None:
-    from agent_traffic.samples import write_day
-    from agent_traffic.steps import Runtime, discover_objects, process_object
+    from agent_traffic.devtools.samples import write_day
+    from agent_traffic.run.steps import Runtime, discover_objects, process_object
 
     root = Path(work)
     write_day(root / "logs", DAY, lines=lines, files=files, seed=3)

@@ -34,7 +34,7 @@ def _logs(root: Path, lines: int, files: int) -> list[Path]:
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run(python_child(
-            "from datetime import date; from pathlib import Path; from agent_traffic.samples import write_day; "
+            "from datetime import date; from pathlib import Path; from agent_traffic.devtools.samples import write_day; "
             f"write_day(Path({str(root)!r}), date.fromisoformat({DAY.isoformat()!r}), lines={lines}, files={files})"),
             cwd=ROOT, check=True)
         marker.touch()

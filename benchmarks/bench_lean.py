@@ -3,7 +3,7 @@
 The day is the shared reference log (/work/shared/reference/apache_access_combined.log, 10,000
 real lines; `BENCH_REFERENCE` names another) repeated 200 times with every date rewritten to
 2026-11-21, gzip level 6, made once under .bench/lean/. Without the reference, the tests' sample
-renderer (agent_traffic.samples) writes the same number of lines instead.
+renderer (agent_traffic.devtools.samples) writes the same number of lines instead.
 
 In each of three interleaved rounds (same moment, same input, so ratios hold on a noisy machine),
 each a fresh process measured with `wait4` (wall, CPU user + system, peak RSS):
@@ -49,7 +49,7 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(ROOT), os.envir
 TASK = r"""
 import os, sys
 from agent_traffic.pipeline import Runtime, process_object
-from agent_traffic.extract import ObjectRef
+from agent_traffic.ingest.discover import ObjectRef
 cfg, path, oid = sys.argv[1:4]
 rt = Runtime.load(cfg, "bench")
 res = process_object(rt, ObjectRef(oid, "file://" + path, os.path.getsize(path), None, None, "web", %(day)r))
@@ -60,9 +60,9 @@ assert res.status == "staged" and res.stats["balanced"], (res.status, res.reason
 STEPS = r"""
 import json, sys, time
 from agent_traffic.pipeline import Runtime, classify_table
-from agent_traffic.decompress import decompressed_blocks
-from agent_traffic.parse import ParseContext, parse_blocks, cut_blocks, by_lines, _framed, in_background
-from agent_traffic.stage import ObjectStager
+from agent_traffic.ingest.decompress import decompressed_blocks
+from agent_traffic.ingest.parse import ParseContext, parse_blocks, cut_blocks, by_lines, _framed, in_background
+from agent_traffic.staging.stage import ObjectStager
 step, cfg, path = sys.argv[1:4]
 rt = Runtime.load(cfg, "bench")
 rt.annotator
@@ -120,7 +120,7 @@ def _day(repeats: int) -> tuple[Path, int]:
         else:  # in a child: this process stays small (a forked child starts at its parent's RSS)
             subprocess.run(python_child(
                 "import shutil; from datetime import date; from pathlib import Path; "
-                "from agent_traffic.samples import write_day; "
+                "from agent_traffic.devtools.samples import write_day; "
                 f"p = write_day(Path({str(HERE / 'gen')!r}), date.fromisoformat({DAY.isoformat()!r}), "
                 f"lines={lines}, files=1)[0]; shutil.move(p, {str(path)!r})"), env={**os.environ, **ENV}, check=True)
     if REFERENCE.exists():
@@ -307,7 +307,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     four = next(r for r in rows if r["command"].startswith("four"))
     whole = gz_m.median("agent-traffic run --dry-run (whole run)")
     source = (f"the shared reference log ({REFERENCE.name}) x{reps}" if REFERENCE.exists()
-              else "agent_traffic.samples lines (the shared reference log was not found)")
+              else "agent_traffic.devtools.samples lines (the shared reference log was not found)")
     return {
         "title": "Lean: one day beside gzip -dc and GoAccess, memory per stage" + (" (quick)" if quick else ""),
         "setup": (f"{lines:,} Apache combined lines, one day ({source}, dates rewritten to {DAY}), one gzip "

@@ -85,7 +85,7 @@ def agent_traffic_nightly():
         """List the sources for the dates; batch the new or changed objects for parsing."""
         from datetime import date
 
-        from agent_traffic.steps import discover_days, parse_batches
+        from agent_traffic.run.steps import discover_days, parse_batches
 
         rt, days, p = runtime(), run_days(), params or {}
         d = discover_days(rt, [date.fromisoformat(x) for x in days], reprocess=bool(p.get("reprocess")),
@@ -98,8 +98,8 @@ def agent_traffic_nightly():
     @fail_fast
     def parse_and_stage(batch: list[dict]) -> list[dict]:
         """Parse, classify and stage a batch of objects (each commits on its own)."""
-        from agent_traffic.extract import ObjectRef
-        from agent_traffic.steps import process_object
+        from agent_traffic.ingest.discover import ObjectRef
+        from agent_traffic.run.steps import process_object
 
         first = batch[0]["url"].rsplit("/", 1)[-1]
         get_current_context()["objects_label"] = first + (f" +{len(batch) - 1}" if len(batch) > 1 else "")
@@ -117,7 +117,7 @@ def agent_traffic_nightly():
     @fail_fast
     def validate() -> dict:
         """Great Expectations suites on what was staged; a failed partition is held from delivery."""
-        from agent_traffic.steps import validate_staged
+        from agent_traffic.run.steps import validate_staged
 
         rt = runtime()
         staged = mapped_results("parse_and_stage", task_states())
@@ -133,7 +133,7 @@ def agent_traffic_nightly():
         @fail_fast
         def plan(validated: dict, params: dict | None = None) -> list[dict]:
             """Cut staged events into deterministic chunks; returns the unacknowledged groups."""
-            from agent_traffic.steps import plan_days, plan_lines
+            from agent_traffic.run.steps import plan_days, plan_lines
 
             rt, p = runtime(), params or {}
             wanted = [d.name for _, d in rt.cfg.destinations() if d.vendor == vendor
@@ -153,10 +153,10 @@ def agent_traffic_nightly():
         @fail_fast
         def deliver(group: dict, params: dict | None = None) -> dict:
             """Send one chunk group; ack or dead-letter each chunk in the staging store."""
-            from agent_traffic.deliver import deliver_group
-            from agent_traffic.leases import LeaseOwner
-            from agent_traffic.plan import ChunkGroup
-            from agent_traffic.steps import outbox_store
+            from agent_traffic.delivery.deliver import deliver_group
+            from agent_traffic.delivery.leases import LeaseOwner
+            from agent_traffic.delivery.plan import ChunkGroup
+            from agent_traffic.run.steps import outbox_store
 
             ctx = get_current_context()
             ctx["group_label"] = f"{group['destination']} {group['site']} {group['date']}"
@@ -178,8 +178,8 @@ def agent_traffic_nightly():
     def report(params: dict | None = None) -> dict:
         """Write the run summary to the store and print it; fail the run unless everything of its
         dates is delivered (or has a counted reason not to be) and every task succeeded."""
-        from agent_traffic.steps import finish_run, recorded_discovery
-        from agent_traffic.summary import render
+        from agent_traffic.run.steps import finish_run, recorded_discovery
+        from agent_traffic.run.summary import render
 
         rt, days, p, states = runtime(), run_days(), params or {}, task_states()
         summary = finish_run(
@@ -199,7 +199,7 @@ def agent_traffic_nightly():
     @task(trigger_rule="all_done", retries=1, execution_timeout=timedelta(minutes=30))
     def write_report() -> list[str]:
         """Write each date's HTML report to the staging store, whatever the run's outcome."""
-        from agent_traffic.report import write_daily_report
+        from agent_traffic.team.report import write_daily_report
 
         rt = runtime()
         keys = [write_daily_report(rt.store, day) for day in run_days()]

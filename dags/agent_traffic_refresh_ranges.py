@@ -38,10 +38,10 @@ def agent_traffic_refresh_ranges():
     @task(outlets=[IP_RANGES], execution_timeout=timedelta(minutes=30))
     def refresh() -> dict:
         """Fetch every list; store the valid ones as today's snapshots; report each list."""
-        from agent_traffic.catalog import load_catalog
+        from agent_traffic.annotate.catalog import load_catalog
+        from agent_traffic.annotate.ranges import range_store
+        from agent_traffic.annotate.ranges import refresh as refresh_ranges
         from agent_traffic.config import load_config
-        from agent_traffic.ranges import range_store
-        from agent_traffic.ranges import refresh as refresh_ranges
 
         cfg = load_config(config_path())
         options = store_options(cfg)

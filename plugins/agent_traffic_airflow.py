@@ -34,7 +34,7 @@ def config_path() -> str:
 def staging_store():
     """The staging store of the config, with the object-store credentials of its Connections."""
     from agent_traffic.config import load_config
-    from agent_traffic.storage import Store
+    from agent_traffic.ingest.storage import Store
 
     cfg = load_config(config_path())
     return Store(cfg.staging, store_options(cfg))
@@ -48,7 +48,7 @@ def store_options(cfg):
     assumed role last its session (one hour by default: `assume_role_kwargs` in the extra)."""
     from dataclasses import replace
 
-    from agent_traffic.storage import StoreOptions
+    from agent_traffic.ingest.storage import StoreOptions
 
     options = StoreOptions.from_config(cfg.object_store)
     for conn_id in cfg.object_store.airflow_conn_ids:
@@ -68,7 +68,7 @@ def store_options(cfg):
 def runtime():
     """The pipeline runtime for this task: config, object-store credentials, run id."""
     from agent_traffic.config import load_config
-    from agent_traffic.steps import Runtime
+    from agent_traffic.run.steps import Runtime
 
     path = config_path()
     cfg = load_config(path)
@@ -136,8 +136,8 @@ def with_base_url(cfg, name: str, base_url: str | None):
 
 
 def run_days() -> list[str]:
-    """This run's dates (see `agent_traffic.steps.run_days`)."""
-    from agent_traffic.steps import run_days as days
+    """This run's dates (see `agent_traffic.run.steps.run_days`)."""
+    from agent_traffic.run.steps import run_days as days
 
     ctx = get_current_context()
     params = ctx["params"]

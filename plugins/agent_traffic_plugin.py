@@ -1,7 +1,7 @@
 """Airflow UI: the latest AI-traffic report and the data-quality results, in the Browse menu.
 
 A small FastAPI app, mounted by the API server at /agent-traffic, serves pages read from the
-staging store (built by `agent_traffic.report`); `external_views` shows them inside the Airflow UI.
+staging store (built by `agent_traffic.team.report`); `external_views` shows them inside the Airflow UI.
 Only users who may read the runs of the nightly DAG see them. The staging store is the one of the
 config named by AGENT_TRAFFIC_CONFIG, with the object-store credentials of its Connections, as
 for the DAGs (`agent_traffic_airflow.staging_store`).
@@ -20,7 +20,7 @@ from airflow.plugins_manager import AirflowPlugin
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from agent_traffic.storage import Store
+    from agent_traffic.ingest.storage import Store
 
 DAG_ID = "agent_traffic_nightly"
 URL_PREFIX = "/agent-traffic"
@@ -32,7 +32,7 @@ SANDBOXED_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; 
 def security_headers(path: str) -> dict[str, str]:
     """Headers on every answer: our pages may run only the report's own script (by hash) and
     load nothing from the network; files served as stored run sandboxed; nothing is sniffed."""
-    from agent_traffic.report import PAGE_CSP
+    from agent_traffic.team.report import PAGE_CSP
 
     files = "/files/" in path
     return {
@@ -61,8 +61,8 @@ def build_app() -> FastAPI:
     from fastapi.responses import HTMLResponse, Response
 
     from agent_traffic import layout
-    from agent_traffic import report as pages
     from agent_traffic.errors import AgentTrafficError
+    from agent_traffic.team import report as pages
     from agent_traffic_airflow import staging_store
 
     def store() -> Store:

@@ -64,7 +64,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def main() -> int:
-    from agent_traffic.samples import write_day
+    from agent_traffic.devtools.samples import write_day
 
     day = date.fromisoformat(os.environ["DEMO_DATE"]) if os.environ.get("DEMO_DATE") else (
         datetime.now(UTC).date() - timedelta(days=1))

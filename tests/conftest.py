@@ -44,7 +44,7 @@ def api_key() -> str:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, api_key: str) -> Iterator:
-    from agent_traffic.sandbox import Sandbox
+    from agent_traffic.devtools.sandbox import Sandbox
 
     with Sandbox(data_dir=tmp_path / "sandbox", api_keys=[api_key], seed=7) as sb:
         sb.retry_after = 0
@@ -184,12 +184,12 @@ class ObjectStoreServer:
     """One kind of object store on loopback, as the tests and the command line reach it."""
 
     scheme: str  # s3, gs or az
-    options: object  # agent_traffic.storage.StoreOptions
+    options: object  # agent_traffic.ingest.storage.StoreOptions
     config: dict  # the config's object_store section
     env: dict[str, str] = field(default_factory=dict)  # the command line's credentials
 
     def make_bucket(self, name: str) -> None:
-        from agent_traffic.storage import filesystem
+        from agent_traffic.ingest.storage import filesystem
 
         if self.scheme == "s3":  # s3fs would send us-east-1 as a location constraint, which S3 refuses
             make_bucket(self.config["endpoint_url"], name)
@@ -199,7 +199,7 @@ class ObjectStoreServer:
             fs.mkdir(name)
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
-        from agent_traffic.storage import filesystem
+        from agent_traffic.ingest.storage import filesystem
 
         fs, path = filesystem(f"{self.scheme}://{bucket}/{key}", self.options)
         fs.pipe_file(path, data)
@@ -207,7 +207,7 @@ class ObjectStoreServer:
 
 def object_store_server(request: pytest.FixtureRequest, kind: str) -> ObjectStoreServer:
     """The loopback server of one kind of object store (s3, gs or az), started once per session."""
-    from agent_traffic.storage import AzureOptions, GcsOptions, StoreOptions
+    from agent_traffic.ingest.storage import AzureOptions, GcsOptions, StoreOptions
 
     if kind == "s3":
         endpoint = request.getfixturevalue("s3_env")
@@ -269,7 +269,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    from agent_traffic.vendors import SPECS
+    from agent_traffic.delivery.vendors import SPECS
 
     pools = home / "pools.json"  # one `airflow` start for every vendor's pool, a slot per parallel task
     pools.write_text(json.dumps({f"agent_traffic_{s.name}": {"slots": s.parallel_deliveries,

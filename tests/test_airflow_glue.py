@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime
 import pytest
 
 from agent_traffic.config import parse_config
-from agent_traffic.steps import run_days
-from agent_traffic.storage import list_objects
+from agent_traffic.ingest.storage import list_objects
+from agent_traffic.run.steps import run_days
 from tests.conftest import make_bucket, put_object
 
 
@@ -88,7 +88,7 @@ def test_a_poisoned_object_is_retried_from_airflow_with_the_trigger_it_names(air
     """In Airflow the PROBLEM line names the trigger with `retry_poisoned`, a param of the DAG."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from agent_traffic.summary import build_summary
+    from agent_traffic.run.summary import build_summary
     from tests.conftest import REPO
 
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("agent_traffic_nightly")

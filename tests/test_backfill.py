@@ -19,8 +19,8 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
-from agent_traffic.runner import _duration
-from agent_traffic.samples import combined_lines, gzip_log, write_day
+from agent_traffic.devtools.samples import combined_lines, gzip_log, write_day
+from agent_traffic.run.runner import _duration
 from tests.conftest import write_config
 
 FIRST = date(2026, 11, 17)
@@ -34,8 +34,8 @@ PROGRESS = re.compile(r"backfill \[(\d)/5\] (\d{4}-\d\d-\d\d) done: ([\d,]+) del
 
 def _ai_seqs(day: date, tag: str, n: int) -> set[str]:
     """The AI agents' seq tags among the generator's lines, worked out from the generator itself."""
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
     return {f"{tag}-{i}" for i, line in enumerate(combined_lines(day, n, tag=tag))

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_traffic import catalog as catalog_module
-from agent_traffic.catalog import (
+from agent_traffic.annotate import catalog as catalog_module
+from agent_traffic.annotate.catalog import (
     CATEGORIES,
     CLOUDFLARE_CATEGORIES,
     KNOWN_AGENTS_TYPES,
@@ -20,7 +20,7 @@ from agent_traffic.catalog import (
     CatalogError,
     load_catalog,
 )
-from agent_traffic.classify import Classifier
+from agent_traffic.annotate.classify import Classifier
 
 # Optional real-world reference data, next to the repository (never required by the tests).
 SHARED = Path(__file__).resolve().parents[2] / "shared"

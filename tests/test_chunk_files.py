@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agent_traffic.deliver import deliver_group
-from agent_traffic.ledger import Ledger
-from agent_traffic.plan import plan_deliveries
+from agent_traffic.delivery.deliver import deliver_group
+from agent_traffic.delivery.ledger import Ledger
+from agent_traffic.delivery.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 from tests.test_leases import DAY, SITE_ID, _prefix, planned  # noqa: F401 - the fixture
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.catalog import Agent, Catalog, Provider, load_catalog
-from agent_traffic.classify import (
+from agent_traffic.annotate.catalog import Agent, Catalog, Provider, load_catalog
+from agent_traffic.annotate.classify import (
     COLUMNS,
     HUMAN,
     UNKNOWN,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from agent_traffic.ranges import snapshot_key
-from agent_traffic.storage import Store
+from agent_traffic.annotate.ranges import snapshot_key
+from agent_traffic.ingest.storage import Store
 
 GPTBOT = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"

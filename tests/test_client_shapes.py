@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from agent_traffic.annotate import Annotator
-from agent_traffic.catalog import CatalogError, load_catalog
-from agent_traffic.classify import APP_CLIENT, HUMAN, UNKNOWN, Classifier
-from agent_traffic.clients import ClientKind, load_client_shapes, parse_client_shapes
-from agent_traffic.plan import select_mask
+from agent_traffic.annotate.annotator import Annotator
+from agent_traffic.annotate.catalog import CatalogError, load_catalog
+from agent_traffic.annotate.classify import APP_CLIENT, HUMAN, UNKNOWN, Classifier
+from agent_traffic.annotate.clients import ClientKind, load_client_shapes, parse_client_shapes
+from agent_traffic.delivery.plan import select_mask
 from tests import ua_corpus
 from tests.test_classify_cli import _classify
 from tests.test_enrich import events_table

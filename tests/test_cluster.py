@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_traffic.cluster import REPO, Cluster
-from agent_traffic.samples import combined_lines
+from agent_traffic.devtools.cluster import REPO, Cluster
+from agent_traffic.devtools.samples import combined_lines
 
 pytestmark = pytest.mark.cluster
 
@@ -99,8 +99,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterato
 
 def upload(c: Cluster, day: date, *, objects: int = 2, lines: int = 800) -> set[str]:
     """Sample combined logs for the day in the logs bucket; returns the AI events' seqs."""
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
     s3 = c.s3_client()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_traffic.cluster import dot_env
-from agent_traffic.cluster import interpolate as compose_interpolate
 from agent_traffic.config import parse_config
+from agent_traffic.devtools.cluster import dot_env
+from agent_traffic.devtools.cluster import interpolate as compose_interpolate
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

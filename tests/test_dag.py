@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.samples import combined_lines, gzip_log
+from agent_traffic.devtools.samples import combined_lines, gzip_log
 from tests.conftest import REPO, make_bucket, put_object, write_config
 
 pytestmark = pytest.mark.airflow
@@ -74,7 +74,7 @@ def test_nightly_run_from_s3_to_the_receiver(
     assert len(seqs) == len(set(seqs)) > 100  # every AI event once, none from the other day
     assert all(s.startswith("o") for s in seqs)
 
-    from agent_traffic.storage import Store, StoreOptions
+    from agent_traffic.ingest.storage import Store, StoreOptions
 
     store = Store("s3://staging/agent-traffic", StoreOptions(endpoint_url=s3_env, key="testing", secret="testing"))
     summaries = [k for k in store.list("_runs/") if k.count("/") == 1]

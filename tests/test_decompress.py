@@ -9,8 +9,8 @@ import io
 import pytest
 import zstandard
 
-from agent_traffic.decompress import decompressed_blocks
 from agent_traffic.errors import ObjectReadError
+from agent_traffic.ingest.decompress import decompressed_blocks
 
 DATA = b"".join(b"203.0.113.%d - - line %d\n" % (i % 250, i) for i in range(60_000))
 
@@ -61,7 +61,7 @@ def test_every_zstd_frame_is_read() -> None:
 
 
 def test_a_member_ending_on_a_feed_boundary_then_padding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent_traffic.decompress as dec
+    import agent_traffic.ingest.decompress as dec
 
     member = gzip.compress(DATA)
     monkeypatch.setattr(dec, "FEED_SIZE", len(member))  # the padding starts a slice of its own
@@ -80,7 +80,7 @@ def _pieces(blob: bytes) -> tuple[int, int]:
 
 @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress])
 def test_gzip_and_bzip2_pieces_are_capped_whatever_the_ratio(compress, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent_traffic.decompress as dec
+    import agent_traffic.ingest.decompress as dec
 
     monkeypatch.setattr(dec, "MAX_PIECE", 64 * 1024)
     data = b"GET / HTTP/1.1 200 0\n" * 100_000  # 2 MB that compress a thousand times and more
@@ -94,7 +94,7 @@ def test_zstd_pieces_stay_small_whatever_the_ratio() -> None:
 
 
 def test_peek_returns_the_head_and_every_block_again() -> None:
-    from agent_traffic.decompress import peek
+    from agent_traffic.ingest.decompress import peek
 
     head, it = peek(iter([b"ab", b"cd", b"ef"]), 3)
     assert head == b"abc" and b"".join(it) == b"abcdef"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.runner import run
-from agent_traffic.sandbox import Sandbox
+from agent_traffic.devtools.sandbox import Sandbox
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
+from agent_traffic.run.summary import render
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
-from agent_traffic.summary import render
 from tests.vendor_fixtures import (
     DAY,
     FRESH,

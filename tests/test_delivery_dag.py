@@ -39,7 +39,7 @@ def test_dag_run_delivers_to_three_vendors_with_a_connection_per_destination(
 ) -> None:
     from airflow.utils.state import DagRunState
 
-    from agent_traffic.sandbox import Sandbox
+    from agent_traffic.devtools.sandbox import Sandbox
 
     dest_keys = keys()
     with Sandbox(api_keys=dest_keys.values(), seed=9) as sb:

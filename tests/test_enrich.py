@@ -9,9 +9,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from agent_traffic.annotate import ANNOTATION_COLUMNS, Annotator
-from agent_traffic.catalog import load_catalog
-from agent_traffic.enrich import (
+from agent_traffic.annotate.annotator import ANNOTATION_COLUMNS, Annotator
+from agent_traffic.annotate.catalog import load_catalog
+from agent_traffic.annotate.enrich import (
     EXTENSION_RE,
     HOST_RE,
     UTM_SOURCE_RE,

@@ -23,7 +23,7 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
-from agent_traffic.parse import (
+from agent_traffic.ingest.parse import (
     NOT_REQUEST,
     UNKNOWN_HOST,
     ParseContext,

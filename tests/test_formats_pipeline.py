@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from agent_traffic.config import load_config
+from agent_traffic.devtools.samples import combined_lines, gzip_log
 from agent_traffic.errors import ConfigError
-from agent_traffic.runner import run
-from agent_traffic.samples import combined_lines, gzip_log
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
 from tests.data.formats import samples
 
 DAY = date(2026, 11, 21)

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
-from agent_traffic.identity import line_runs
-from agent_traffic.plan import build_chunks
-from agent_traffic.vendors import vendor
-from agent_traffic.vendors.base import apply_ip_policy
-from agent_traffic.vendors.scrunch import epoch_seconds
+from agent_traffic.delivery.plan import build_chunks
+from agent_traffic.delivery.vendors import vendor
+from agent_traffic.delivery.vendors.base import apply_ip_policy
+from agent_traffic.delivery.vendors.scrunch import epoch_seconds
+from agent_traffic.staging.identity import line_runs
 
 SITE = Site(name="example.com")
 
@@ -190,7 +190,7 @@ def test_column_wise_chunks_are_the_per_row_ones_byte_for_byte(name: str, kw: di
 
 def test_windows_do_not_move_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serializing a window of rows at a time cuts where one pass over all rows cuts."""
-    import agent_traffic.plan as plan
+    import agent_traffic.delivery.plan as plan
 
     rows = awkward_rows(300, seed=3)
     d = dest("scrunch", max_batch_bytes=5_000, max_batch_events=40)
@@ -210,7 +210,7 @@ def test_vendor_event_is_the_reference_object() -> None:
 def test_unquoted_strings_are_quoted_by_obj_as_orjson_would() -> None:
     """`text` values reach `obj` without quotes and `obj` adds them with the key: a null leaves its
     key out (JSON null when required), first key or not, escapes included."""
-    from agent_traffic.vendors import json_columns as jc
+    from agent_traffic.delivery.vendors import json_columns as jc
 
     some = [None, "", 'a"b\\c', "é\x01\n", "plain"]
     every = ["x", "y", 'z"', "w", "v"]
@@ -234,7 +234,7 @@ def test_unquoted_strings_are_quoted_by_obj_as_orjson_would() -> None:
 def test_escapes_are_found_in_every_scanned_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scan for characters to escape goes block by block: rows in later blocks, and rows
     spanning two blocks, are escaped as orjson escapes them."""
-    from agent_traffic.vendors import json_columns as jc
+    from agent_traffic.delivery.vendors import json_columns as jc
 
     rng = random.Random(5)
     alphabet = ["a", "é", "/", '"', "\\", "\x00", "\n", "\x1f", " "]

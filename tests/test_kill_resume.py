@@ -43,7 +43,7 @@ def _cmd(config: Path) -> list[str]:
 
 
 def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
-    from agent_traffic.sandbox import Sandbox
+    from agent_traffic.devtools.sandbox import Sandbox
 
     dest_keys = keys()
     opt_in = {"send_older_events": True}  # DAY is in the past; the receiver must get all of it

@@ -19,7 +19,7 @@ _AT = r"(?:^|[/^])"  # a key's start or a folder's: a path, a prefix, a regex's 
 LAYOUT = re.compile(rf"{_AT}(events|quarantine)/|{_AT}_(manifests|holds|runs|quality|reports|ranges|outbox)(/|$)"
                     rf"|{_AT}date=|/(site|provider|source)=")
 LEDGER = re.compile(rf"{_AT}_delivery(/|$)|/(plans|packs|acks|dead|too_old|leases|stopped)/")
-OWNERS = {"include/agent_traffic/layout.py": LAYOUT, "include/agent_traffic/ledger.py": LEDGER}
+OWNERS = {"include/agent_traffic/layout.py": LAYOUT, "include/agent_traffic/delivery/ledger.py": LEDGER}
 #: The ledger's own keys are partitioned the same way (`site=<s>/date=<D>` under `_delivery/<dest>/`).
 PARTITION = re.compile(r"(?<=[})])/(site|date)=")  # after a field or a regex group, never a prefix
 
@@ -84,11 +84,11 @@ def f(site, day, run_id):
     assert "ledger.py owns it" in found[3] and "layout.py owns it" in found[0]
     lines = {owner: [f.split(":")[1] for f in found if f"{owner} owns it" in f] for owner in ("layout.py", "ledger.py")}
     assert lines["ledger.py"] == ["8", "9"]
-    assert [f.split(":")[1] for f in misplaced("include/agent_traffic/ledger.py", source)] == lines["layout.py"]
+    assert [f.split(":")[1] for f in misplaced("include/agent_traffic/delivery/ledger.py", source)] == lines["layout.py"]
     assert [f.split(":")[1] for f in misplaced("include/agent_traffic/layout.py", source)] == lines["ledger.py"]
     ledger_key = 'k = f"{root}/{dest}/site={site}/date={day}"\n'
-    assert misplaced("include/agent_traffic/ledger.py", ledger_key) == []  # its own subtree, partitioned alike
-    assert len(misplaced("include/agent_traffic/deliver.py", ledger_key)) == 1
+    assert misplaced("include/agent_traffic/delivery/ledger.py", ledger_key) == []  # its own subtree, partitioned alike
+    assert len(misplaced("include/agent_traffic/delivery/deliver.py", ledger_key)) == 1
 
 
 # ---------------------------------------------------------------------------------------------

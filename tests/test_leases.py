@@ -16,15 +16,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent_traffic.deliver import deliver_group
-from agent_traffic.leases import Leases
-from agent_traffic.ledger import Ledger
-from agent_traffic.plan import ChunkGroup, plan_deliveries
-from agent_traffic.runner import run
-from agent_traffic.samples import write_day
+from agent_traffic.delivery.deliver import deliver_group
+from agent_traffic.delivery.leases import Leases
+from agent_traffic.delivery.ledger import Ledger
+from agent_traffic.delivery.plan import ChunkGroup, plan_deliveries
+from agent_traffic.devtools.samples import write_day
+from agent_traffic.ingest.storage import Store
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime, discover_objects, process_object
 from agent_traffic.secrets import Secret, env_resolver
-from agent_traffic.steps import Runtime, discover_objects, process_object
-from agent_traffic.storage import Store
 from tests.conftest import write_config
 
 DAY = date(2026, 11, 21)
@@ -132,7 +132,7 @@ def test_group_result_line_says_pending_and_who_has_it(planned, sandbox, api_key
 def test_a_later_try_of_the_same_task_takes_over_its_leases_on_any_host(planned, sandbox, api_key) -> None:
     """Airflow retries a task whose worker died on another machine: the retry (same run, task and
     map index, a higher try) takes over the dead try's leases at once; another task's are kept."""
-    from agent_traffic.leases import LeaseOwner
+    from agent_traffic.delivery.leases import LeaseOwner
 
     rt, group = planned
     dead, other = group.chunk_ids[0], group.chunk_ids[1]
@@ -279,7 +279,7 @@ def test_known_agents_leases_runs_of_chunks_and_leaves_a_live_workers_run_to_it(
                                                                                 live_pid) -> None:
     """Small-request vendors take one lease per `chunks_per_lease` consecutive chunks of an object:
     a run held by another live worker is left whole to it; every other chunk is sent once."""
-    from agent_traffic.vendors import vendor
+    from agent_traffic.delivery.vendors import vendor
     from tests.vendor_fixtures import SEQ
 
     per = vendor("knownagents").chunks_per_lease
@@ -332,8 +332,8 @@ def test_groups_never_split_a_lease_run_so_side_by_side_tasks_all_send(tmp_path:
     leave its chunks pending. Groups end at run boundaries; run together, everything is sent."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from agent_traffic.ledger import lease_unit
-    from agent_traffic.vendors import vendor
+    from agent_traffic.delivery.ledger import lease_unit
+    from agent_traffic.delivery.vendors import vendor
 
     per = vendor("knownagents").chunks_per_lease
     # 15 Known Agents chunks a group (3 x its group scale): not a multiple of the run

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import orjson
 
-from agent_traffic.ledger import Ack, Chunk, DeadLetter, Ledger, Outcome, Stopped, TooOld
-from agent_traffic.retry import Decision
-from agent_traffic.storage import Store
+from agent_traffic.delivery.ledger import Ack, Chunk, DeadLetter, Ledger, Outcome, Stopped, TooOld
+from agent_traffic.delivery.retry import Decision
+from agent_traffic.ingest.storage import Store
 from tests.conftest import REPO
 
-PKG = REPO / "include" / "agent_traffic"
+PKG = REPO / "include" / "agent_traffic" / "delivery"
 MAX_LINES = 60
 DELIVERY_MODULES = ("deliver.py", "leases.py", "ledger.py", "plan.py")
 

@@ -13,9 +13,9 @@ import yaml
 
 from agent_traffic.config import load_config
 from agent_traffic.errors import ConfigError
-from agent_traffic.runner import run
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
 
 DAY = date(2026, 11, 21)
 SITE_ID = "01JDEM0SANDB0X0000000000AA"
@@ -182,7 +182,7 @@ def test_out_of_range_timestamps_are_quarantined_with_their_reason(tmp_path: Pat
 
 def test_an_object_that_raises_inside_parsing_fails_alone_is_retried_then_poisoned(
         tmp_path: Path, sandbox, api_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent_traffic import parse
+    from agent_traffic.ingest import parse
 
     real = parse.BlockParser.parse
 
@@ -264,7 +264,7 @@ def test_an_object_rewritten_with_one_line_changed_delivers_that_one_event(
 
 def test_blank_and_short_line_floods_parse_in_blocks_of_bounded_lines() -> None:
     from agent_traffic.formats import load_formats
-    from agent_traffic.parse import ParseContext, by_lines, parse_blocks
+    from agent_traffic.ingest.parse import ParseContext, by_lines, parse_blocks
 
     data = (combined(0) + "\n").encode() + b"\n" * 1_500_000 + b"a\n" * 500_000 + (combined(1) + "\n").encode()
     assert [len(b) for b in by_lines(b"x\n" * 10 + b"y", 4)] == [8, 8, 5]  # 4, 4 and 3 lines

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from agent_traffic.ledger import ledger_rows
-from agent_traffic.samples import combined_lines, gzip_log
-from agent_traffic.storage import Store
+from agent_traffic.delivery.ledger import ledger_rows
+from agent_traffic.devtools.samples import combined_lines, gzip_log
+from agent_traffic.ingest.storage import Store
 from tests.conftest import ObjectStoreServer, write_config
 
 DAYS = [date(2026, 11, 18) + timedelta(days=i) for i in range(3)]
@@ -35,8 +35,8 @@ SITES = {  # site -> (Scrunch site id, lines per object, objects per day)
 
 
 def _ai_seqs(day: date, tag: str, n: int) -> set[str]:
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
     return {f"{tag}-{i}" for i, line in enumerate(combined_lines(day, n, tag=tag))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.formats import detect_format, load_formats
-from agent_traffic.parse import (
+from agent_traffic.ingest.parse import (
     BLANK,
     ParseContext,
     ParseStats,

@@ -13,7 +13,7 @@ INCLUDE = Path(__file__).resolve().parents[1] / "include"
 CHILD = """
 import pyarrow as pa
 from agent_traffic.formats import load_formats
-from agent_traffic.parse import ParseContext, parse_blocks
+from agent_traffic.ingest.parse import ParseContext, parse_blocks
 ctx = ParseContext("obj0000000000001", "file:///logs/a.log", load_formats()["combined"], "example.com",
                    "example.com", "https", {}, 65536)
 line = b'1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8"\\n'

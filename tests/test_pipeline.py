@@ -13,11 +13,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent_traffic.runner import run
-from agent_traffic.samples import combined_lines, gzip_log, write_day
+from agent_traffic.devtools.samples import combined_lines, gzip_log, write_day
+from agent_traffic.ingest.storage import Store
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
-from agent_traffic.storage import Store
 from tests.conftest import write_config
 
 DAY = date(2026, 11, 21)
@@ -46,8 +46,8 @@ def _run(config: Path, api_key: str, **kw):
 
 def expected_ai_seqs(n: int = 3000) -> set[str]:
     """The seq tags of the AI-agent lines in the fixture, from the generator itself."""
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
     out = set()
@@ -264,7 +264,7 @@ def test_an_object_that_starts_with_more_blank_lines_than_detection_reads_still_
 ) -> None:
     """Only an object read to its end counts as empty: one whose first 256 KiB are blank lines
     may hold anything after them, so it is a clear failure, never staged as empty."""
-    from agent_traffic.decompress import SNIFF_BYTES
+    from agent_traffic.ingest.decompress import SNIFF_BYTES
 
     line = next(iter(combined_lines(DAY, 1, tag="late"))).encode()
     (logs / f"{DAY:%Y/%m/%d}" / "odd.log.gz").write_bytes(gzip.compress(b"\n" * SNIFF_BYTES + line + b"\n"))
@@ -276,7 +276,7 @@ def test_an_object_that_starts_with_more_blank_lines_than_detection_reads_still_
 def test_a_source_that_finds_no_object_is_noted_not_failed(tmp_path: Path, logs: Path, sandbox, api_key: str) -> None:
     """Logs that stop arriving where the url says (a moved bucket, a renamed folder) look like a
     quiet day: the summary says which source found nothing, and the run still succeeds."""
-    from agent_traffic.summary import render
+    from agent_traffic.run.summary import render
 
     (tmp_path / "moved").mkdir()
     cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "st"),
@@ -296,7 +296,7 @@ def test_a_source_that_finds_no_object_is_noted_not_failed(tmp_path: Path, logs:
 
 def test_a_silent_source_is_named_without_credentials_its_url_may_carry(tmp_path: Path) -> None:
     from agent_traffic.config import load_config
-    from agent_traffic.summary import build_summary
+    from agent_traffic.run.summary import build_summary
 
     cfg = write_config(tmp_path / "c.yaml", staging=str(tmp_path / "st"), base_url="http://127.0.0.1:9",
                        source_url="s3://AKIAEXAMPLE:s3cr3t-value@logs-bucket/web/{date:%Y/%m/%d}/a??.log.gz")

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
-from agent_traffic.identity import line_runs, lines_in
-from agent_traffic.ledger import Chunk, Ledger, decode_chunk, encode_chunk
-from agent_traffic.plan import build_chunks as _build
+from agent_traffic.delivery.ledger import Chunk, Ledger, decode_chunk, encode_chunk
+from agent_traffic.delivery.plan import build_chunks as _build
+from agent_traffic.staging.identity import line_runs, lines_in
 
 SITE = Site(name="example.com")
 
@@ -144,7 +144,7 @@ def _staged(tmp_path, n: int):
     """A store holding one object's staged events, and its manifest record."""
     import pyarrow.parquet as pq
 
-    from agent_traffic.storage import Store
+    from agent_traffic.ingest.storage import Store
 
     store = Store(str(tmp_path / "staging"))
     key = "events/site=example.com/provider=openai/date=2026-11-21/part-obj1.parquet"
@@ -155,7 +155,7 @@ def _staged(tmp_path, n: int):
 
 
 def test_a_changed_setting_plans_again_but_never_resends_what_was_acknowledged(tmp_path) -> None:
-    from agent_traffic.plan import plan_object
+    from agent_traffic.delivery.plan import plan_object
 
     store, manifest = _staged(tmp_path, 250)
     ledger = Ledger(store, "scrunch-example", "example.com", "2026-11-21")
@@ -177,7 +177,7 @@ def test_a_changed_setting_plans_again_but_never_resends_what_was_acknowledged(t
 def test_too_old_depends_on_now_and_the_vendor(tmp_path) -> None:
     from datetime import UTC, datetime
 
-    from agent_traffic.plan import plan_object
+    from agent_traffic.delivery.plan import plan_object
 
     store, manifest = _staged(tmp_path, 100)  # one event per second from 2026-11-21 00:00
     ka = Destination(name="ka", vendor="knownagents", secret=SecretRef(env="K"), max_age_hours=24)
@@ -196,8 +196,8 @@ def test_row_groups_a_destination_selects_nothing_of_are_counted_not_read(tmp_pa
     agent are skipped unread, and their rows are still counted, as not selected."""
     import pyarrow.parquet as pq
 
-    from agent_traffic.plan import plan_object, read_object_events
-    from agent_traffic.storage import Store
+    from agent_traffic.delivery.plan import plan_object, read_object_events
+    from agent_traffic.ingest.storage import Store
 
     store = Store(str(tmp_path / "staging"))
     n = 300

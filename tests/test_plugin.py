@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent_traffic.layout import report_key
-from agent_traffic.report import write_daily_report
+from agent_traffic.team.report import write_daily_report
 from tests.conftest import REPO, make_bucket, put_object
 from tests.test_query import DAY1, DAY2, Staged, shared_staging
 
@@ -161,7 +161,7 @@ def test_a_day_that_is_not_a_date_is_a_400(plugins, monkeypatch) -> None:
 def test_every_answer_carries_a_strict_policy_and_nosniff(plugins, staged: Staged, monkeypatch) -> None:
     """Our pages may run only the report's own script (by hash) and fetch nothing; files served as
     stored (GX's pages) run sandboxed, with no script at all; nothing is content-sniffed."""
-    from agent_traffic.report import SCRIPT_HASH
+    from agent_traffic.team.report import SCRIPT_HASH
 
     client = _client(monkeypatch, all_admins=True)
     paths = ["/agent-traffic/", "/agent-traffic/report/latest", f"/agent-traffic/report/{DAY1}",

@@ -1,4 +1,4 @@
-"""The staging views (`agent_traffic.query`) and `agent-traffic query`, over a store staged by the
+"""The staging views (`agent_traffic.team.query`) and `agent-traffic query`, over a store staged by the
 real pipeline: two days of logs, one of them with a Scrunch CSV that records response times, a
 vendor that rejects one chunk (a dead letter), a dry-run day (pending), quality results, and files
 from before and after the newer columns (verification, referred_by) existed."""
@@ -24,15 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from agent_traffic import samples
 from agent_traffic.cli import main
-from agent_traffic.query import OPTIONAL_EVENT_FIELDS, TABLES, connect
-from agent_traffic.runner import run
-from agent_traffic.sandbox import Sandbox
+from agent_traffic.devtools import samples
+from agent_traffic.devtools.sandbox import Sandbox
+from agent_traffic.ingest.storage import Store, StoreOptions
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
+from agent_traffic.run.summary import ledger_status
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
-from agent_traffic.storage import Store, StoreOptions
-from agent_traffic.summary import ledger_status
+from agent_traffic.team.query import OPTIONAL_EVENT_FIELDS, TABLES, connect
 from tests.conftest import REPO, make_bucket, write_config
 
 DAY1, DAY2 = date(2026, 11, 20), date(2026, 11, 21)
@@ -66,7 +66,7 @@ class Staged:
         return self.root / "staging"
 
     def raw_events(self) -> str:
-        """The staged events read straight from Parquet, without agent_traffic.query."""
+        """The staged events read straight from Parquet, without agent_traffic.team.query."""
         return (f"read_parquet('{self.staging}/events/**/*.parquet', hive_partitioning = true, "
                 "union_by_name = true)")
 

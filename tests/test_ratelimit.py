@@ -7,11 +7,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent_traffic.ratelimit import TokenBucket, limiter_for
-from agent_traffic.runner import run
-from agent_traffic.samples import write_day
+from agent_traffic.delivery.ratelimit import TokenBucket, limiter_for
+from agent_traffic.devtools.samples import write_day
+from agent_traffic.run.runner import run
+from agent_traffic.run.steps import Runtime
 from agent_traffic.secrets import env_resolver
-from agent_traffic.steps import Runtime
 from tests.conftest import write_config
 from tests.vendor_fixtures import DAY, HK_SITE, SEQ
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_traffic.catalog import load_catalog
+from agent_traffic.annotate.catalog import load_catalog
+from agent_traffic.annotate.ranges import load_snapshots, refresh, snapshot_key
+from agent_traffic.annotate.verify import SPOOFED, VERIFIED, Verifier
 from agent_traffic.errors import ConfigError
-from agent_traffic.ranges import load_snapshots, refresh, snapshot_key
-from agent_traffic.storage import Store
-from agent_traffic.verify import SPOOFED, VERIFIED, Verifier
+from agent_traffic.ingest.storage import Store
 from tests.conftest import REPO
 
 GPTBOT_V2 = {"creationTime": "2026-11-20T11:00:00.000000",
@@ -218,8 +218,8 @@ def test_refresh_dag_imports_and_runs_against_loopback(
 
 def test_the_pipeline_verifies_with_the_newest_stored_snapshot(tmp_path: Path) -> None:
     from agent_traffic.config import parse_config
-    from agent_traffic.steps import Runtime, classify_table
-    from agent_traffic.storage import StoreOptions
+    from agent_traffic.ingest.storage import StoreOptions
+    from agent_traffic.run.steps import Runtime, classify_table
     from tests.test_enrich import events_table
     from tests.test_verify import GPTBOT_UA
 

@@ -17,8 +17,8 @@ import pytest
 from agent_traffic.cli import main
 from agent_traffic.config import load_config
 from agent_traffic.layout import report_key
-from agent_traffic.report import TOP, build_report, report_days, write_daily_report
-from agent_traffic.summary import ledger_status
+from agent_traffic.run.summary import ledger_status
+from agent_traffic.team.report import TOP, build_report, report_days, write_daily_report
 from tests.test_query import DAY1, DAY2, HOSTILE_PATH, Staged, shared_staging
 
 Cells = dict[tuple[str, str], float]  # (label, series) -> value
@@ -55,7 +55,7 @@ def _top(rows: list[tuple]) -> list[tuple]:
 
 
 def expected_charts(staged: Staged) -> dict[str, Cells]:
-    """What each chart must show, from the Parquet files and the ledger, without agent_traffic.query."""
+    """What each chart must show, from the Parquet files and the ledger, without agent_traffic.team.query."""
     out: dict[str, Cells] = {}
     for chart, col in (("ai-by-provider", "provider"), ("ai-by-purpose", "purpose")):
         out[chart] = {(str(d), s): n for d, s, n in _rows(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.report import build_report
+from agent_traffic.team.report import build_report
 from tests.test_query import DAY1, DAY2, HOSTILE_PATH, Staged, shared_staging
 from tests.test_report import expected_charts, report_data
 

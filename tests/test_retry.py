@@ -7,9 +7,9 @@ from email.utils import formatdate
 
 import pytest
 
-from agent_traffic.client import http_pool, proxy_for
 from agent_traffic.config import DeliveryPolicy
-from agent_traffic.retry import (
+from agent_traffic.delivery.client import http_pool, proxy_for
+from agent_traffic.delivery.retry import (
     FATAL,
     RETRY,
     STOP,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from agent_traffic.sandbox import Sandbox, register_cli
+from agent_traffic.devtools.sandbox import Sandbox, register_cli
 
 TIMEOUT = 5
 KEY = "sandbox-test-key-7f3c9a"
@@ -260,7 +260,7 @@ def test_unknown_route_and_wrong_method(sandbox: Sandbox) -> None:
 def test_missing_or_wrong_key_is_a_401_that_never_echoes_it(
     sandbox: Sandbox, key: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("DEBUG", logger="agent_traffic.sandbox")
+    caplog.set_level("DEBUG", logger="agent_traffic.devtools.sandbox")
     resp = post_scrunch(sandbox, event(), key=key)
     assert resp.status_code == 401
     assert "detail" in resp.json()
@@ -628,7 +628,7 @@ def test_register_cli_parses_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _CLI = """
 import argparse, sys
-from agent_traffic.sandbox import register_cli
+from agent_traffic.devtools.sandbox import register_cli
 parser = argparse.ArgumentParser()
 register_cli(parser.add_subparsers(dest="command"))
 args = parser.parse_args(sys.argv[1:])

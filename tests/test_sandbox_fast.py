@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from agent_traffic.sandbox import Sandbox
+from agent_traffic.devtools.sandbox import Sandbox
 
 KEY = "fast-test-key-41c2"
 SITE = "01J9Z8X7W6V5T4S3R2Q1P0N9M8"

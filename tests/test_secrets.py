@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from agent_traffic.config import Destination, SecretRef
-from agent_traffic.deliver import _clean_key
+from agent_traffic.delivery.deliver import _clean_key
 from agent_traffic.errors import SecretMissing
 from agent_traffic.secrets import Secret, env_resolver
 from tests.vendor_fixtures import DAY, KEY_ENVS, fast_hitkeep, keys, three_vendor_config
@@ -49,7 +49,7 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 def test_keys_never_leak_for_any_vendor(tmp_path: Path) -> None:
-    from agent_traffic.sandbox import Sandbox
+    from agent_traffic.devtools.sandbox import Sandbox
 
     good = keys()
     wrong = {d: "wrong-" + k for d, k in good.items()}

@@ -20,8 +20,8 @@ import urllib3
 import yaml
 
 from agent_traffic.config import DeliveryPolicy, load_config, parse_config
+from agent_traffic.delivery.retry import send
 from agent_traffic.errors import ConfigError
-from agent_traffic.retry import send
 from agent_traffic.secrets import Secret
 from tests.conftest import REPO
 from tests.leaks import echoes, entity_payload, key_leaks, new_key, payload
@@ -125,8 +125,8 @@ def test_a_staging_path_with_glob_characters_is_refused(tmp_path: Path) -> None:
 
 
 def test_control_characters_from_the_logs_are_escaped_when_printed(tmp_path: Path, capsys) -> None:
-    from agent_traffic.runner import Progress
-    from agent_traffic.summary import build_summary, render
+    from agent_traffic.run.runner import Progress
+    from agent_traffic.run.summary import build_summary, render
 
     host = "\x1b]0;owned\x07\x1b[2J\rexample.net\u202e"
     cfg = parse_config(_cfg(tmp_path), base_dir=tmp_path)
@@ -142,7 +142,7 @@ def test_control_characters_from_the_logs_are_escaped_when_printed(tmp_path: Pat
 
 
 def test_hosts_that_are_not_hostnames_are_quarantined_with_the_reason(tmp_path: Path) -> None:
-    from agent_traffic.steps import Runtime, discover_objects, process_object
+    from agent_traffic.run.steps import Runtime, discover_objects, process_object
 
     hosts = {"bad-slash": "a/b.example.com", "nul": "ex\x00ample.com", "newline": "www.example.com\nX-Injected: 1",
              "long": "a" * 5000, "markup": "example.com<img src=x>", "ok": "www.example.com",
@@ -191,8 +191,8 @@ def test_the_compose_file_publishes_ports_on_this_host_only() -> None:
 
 
 def test_gx_data_docs_carry_no_log_value_no_script_and_no_outside_address(tmp_path: Path) -> None:
-    from agent_traffic.storage import Store
-    from agent_traffic.validate import Validator, build_docs
+    from agent_traffic.ingest.storage import Store
+    from agent_traffic.staging.validate import Validator, build_docs
 
     cfg = parse_config(_cfg(tmp_path), base_dir=tmp_path)
     v = Validator(cfg)

@@ -158,8 +158,8 @@ def day(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> Iterato
     from airflow.api_fastapi.app import create_app, purge_cached_app
     from fastapi.testclient import TestClient
 
-    from agent_traffic.report import write_daily_report
-    from agent_traffic.storage import Store
+    from agent_traffic.ingest.storage import Store
+    from agent_traffic.team.report import write_daily_report
 
     write_daily_report(Store(str(root / "staging")), DAY)  # the nightly DAG's write_report
     mp = pytest.MonkeyPatch()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from agent_traffic.stage import partitions
+from agent_traffic.staging.stage import partitions
 
 
 def test_partitions_keep_every_row_once_in_line_order() -> None:
@@ -65,9 +65,9 @@ def test_rows_held_for_a_rare_partition_do_not_keep_their_blocks_alive(tmp_path)
     """Memory must not grow with the object: a few held rows are copied out of their block."""
     import gc
 
+    from agent_traffic.ingest.storage import Store
     from agent_traffic.schema import QUARANTINE_SCHEMA
-    from agent_traffic.stage import ObjectStager
-    from agent_traffic.storage import Store
+    from agent_traffic.staging.stage import ObjectStager
 
     stager = ObjectStager(Store(str(tmp_path / "st")), "obj", "2026-11-21")
     empty = QUARANTINE_SCHEMA.empty_table()

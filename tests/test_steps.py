@@ -1,15 +1,15 @@
-"""The run's steps (`agent_traffic.steps`): the nightly DAG and `agent-traffic run` call the same
+"""The run's steps (`agent_traffic.run.steps`): the nightly DAG and `agent-traffic run` call the same
 ones, so a date run either way writes the same discovery record, plans and summary."""
 
 from __future__ import annotations
 
 import ast
 
-from agent_traffic.extract import ObjectRef
-from agent_traffic.steps import parse_batches
+from agent_traffic.ingest.discover import ObjectRef
+from agent_traffic.run.steps import parse_batches
 from tests.conftest import REPO
 
-CONDUCTORS = (REPO / "dags" / "agent_traffic_nightly.py", REPO / "include" / "agent_traffic" / "runner.py")
+CONDUCTORS = (REPO / "dags" / "agent_traffic_nightly.py", REPO / "include" / "agent_traffic" / "run" / "runner.py")
 
 
 def _imported_names(source: str) -> set[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_traffic.storage import Store, StoreOptions, filesystem, list_objects
+from agent_traffic.ingest.storage import Store, StoreOptions, filesystem, list_objects
 from tests.conftest import make_bucket, object_store_server, put_object, write_config
 
 
@@ -94,7 +94,7 @@ class _CountingStore(Store):
 
 def test_acks_are_made_durable_together(tmp_path: Path) -> None:
     """A group commit: acks land at once (a killed process loses none), one sync covers many."""
-    from agent_traffic.ledger import AckSync
+    from agent_traffic.delivery.ledger import AckSync
 
     store = _CountingStore(str(tmp_path / "st"))
     acks = AckSync(store, interval_s=3600)
@@ -111,7 +111,7 @@ def test_acks_are_made_durable_together(tmp_path: Path) -> None:
 
 
 def test_sync_without_syncfs_fsyncs_each_file_and_skips_removed_ones(tmp_path: Path, monkeypatch) -> None:
-    import agent_traffic.storage as storage
+    import agent_traffic.ingest.storage as storage
 
     monkeypatch.setattr(storage, "_LIBC", None)  # as on macOS: no syncfs
     store = Store(str(tmp_path / "st"))
@@ -141,7 +141,7 @@ def test_put_stream_writes_parts_whole_and_get_range_reads_a_slice(store: Store)
 def test_listing_globs_prefixes_and_versions_on_each_store(object_store) -> None:
     """Every object store lists globs and prefixes alike, and gives each object its store's version
     (S3 / Azure ETag, GCS generation), which changes when the object is rewritten."""
-    from agent_traffic.extract import object_id, version_tag
+    from agent_traffic.ingest.discover import object_id, version_tag
 
     s = object_store.scheme
     object_store.make_bucket("listing-each")
@@ -164,7 +164,7 @@ def test_listing_globs_prefixes_and_versions_on_each_store(object_store) -> None
 
 def test_airflow_connections_map_to_each_store() -> None:
     from agent_traffic.errors import ConfigError
-    from agent_traffic.storage import GcsOptions
+    from agent_traffic.ingest.storage import GcsOptions
 
     base = StoreOptions(endpoint_url="http://minio:9000", gcs=GcsOptions(project="cfg-project"))
     aws = base.with_connection("aws", "AKID", "s3cret", {"region_name": "auto"})

@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent_traffic.holds import source_holds
-from agent_traffic.samples import combined_lines, gzip_log
-from agent_traffic.steps import Runtime, discover_objects, process_object
-from agent_traffic.validate import (
+from agent_traffic.devtools.samples import combined_lines, gzip_log
+from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from agent_traffic.staging.holds import source_holds
+from agent_traffic.staging.validate import (
     FAIL,
     PASS,
     WARN,
@@ -115,7 +115,7 @@ def test_duplicate_event_ids_in_a_partition_fail(tmp_path: Path, validator_cache
 def test_every_expectation_of_the_suites_is_explained_in_plain_words(tmp_path: Path, validator_cache: dict) -> None:
     """A failure names what it means and what to look at: an expectation added to a suite without
     words for it fails here."""
-    from agent_traffic.validate import Finding, explain
+    from agent_traffic.staging.validate import Finding, explain
 
     rt, _, v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 10, malformed_every=0))}, validator_cache)
     suites = [v.row_definition(str(DAY)), v.partition_definition(), v.run_definition()]
@@ -127,7 +127,7 @@ def test_every_expectation_of_the_suites_is_explained_in_plain_words(tmp_path: P
 
 
 def test_failed_suite_holds_delivery_until_the_input_is_fixed(tmp_path: Path, sandbox, api_key: str) -> None:
-    from agent_traffic.runner import run
+    from agent_traffic.run.runner import run
     from agent_traffic.secrets import env_resolver
 
     folder = tmp_path / "logs" / f"{DAY:%Y/%m/%d}"
@@ -226,7 +226,7 @@ def test_row_suite_checks_dictionary_columns_as_plain_ones(tmp_path: Path, valid
 
 
 def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path, validator_cache: dict) -> None:
-    from agent_traffic.validate import DICT_COLUMNS, _row_batches
+    from agent_traffic.staging.validate import DICT_COLUMNS, _row_batches
 
     rt, objects, _v = stage(tmp_path, {"a.gz": list(combined_lines(DAY, 300, malformed_every=0))}, validator_cache)
     keys = sorted(k for o in objects for k in o["files"] if k.startswith("events/"))
@@ -246,7 +246,7 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use() -> None:
 
     code = (
         "import sys\n"
-        "from agent_traffic.validate import GX_UNUSED_CLIENTS, Validator, _Absent\n"
+        "from agent_traffic.staging.validate import GX_UNUSED_CLIENTS, Validator, _Absent\n"
         "before = {m.partition('.')[0] for m in sys.modules}\n"
         "Validator.__new__(Validator)._gx\n"
         "leaked = sorted({m.partition('.')[0] for m in sys.modules} & GX_UNUSED_CLIENTS - before)\n"

@@ -18,14 +18,14 @@ import pytest
 import yaml
 
 from agent_traffic.config import Destination, Site, parse_config
+from agent_traffic.delivery.vendors import SPECS, VendorSpec, register, vendor
+from agent_traffic.delivery.vendors import json_columns as jc
+from agent_traffic.delivery.vendors.base import Vendor, path_with_query
+from agent_traffic.delivery.vendors.json_columns import Field
+from agent_traffic.devtools.samples import write_day
+from agent_traffic.devtools.sandbox import Outcome, Protocol, Sandbox
 from agent_traffic.errors import ConfigError
-from agent_traffic.samples import write_day
-from agent_traffic.sandbox import Outcome, Protocol, Sandbox
 from agent_traffic.secrets import Secret
-from agent_traffic.vendors import SPECS, VendorSpec, register, vendor
-from agent_traffic.vendors import json_columns as jc
-from agent_traffic.vendors.base import Vendor, path_with_query
-from agent_traffic.vendors.json_columns import Field
 from tests.conftest import REPO
 from tests.vendor_fixtures import DAY, SEQ, expected_lines
 

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pytest
 
 from agent_traffic.config import Destination, SecretRef, Site
+from agent_traffic.delivery.plan import build_chunks, select_mask
+from agent_traffic.delivery.vendors import vendor
+from agent_traffic.delivery.vendors.hitkeep import HITKEEP_AI_TOKENS, accepts
+from agent_traffic.devtools.sandbox import HITKEEP_AI_TOKENS as SANDBOX_HITKEEP_TOKENS
 from agent_traffic.errors import ConfigError
-from agent_traffic.plan import build_chunks, select_mask
-from agent_traffic.sandbox import HITKEEP_AI_TOKENS as SANDBOX_HITKEEP_TOKENS
-from agent_traffic.vendors import vendor
-from agent_traffic.vendors.hitkeep import HITKEEP_AI_TOKENS, accepts
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 SITE = Site(name="example.com")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_traffic.annotate import Annotator
-from agent_traffic.catalog import load_catalog
-from agent_traffic.ranges import RangeSet, Snapshot, parse_range_file, shipped_snapshots
-from agent_traffic.verify import SPOOFED, UNVERIFIABLE, VERIFIED, Verifier, parse_ip
+from agent_traffic.annotate.annotator import Annotator
+from agent_traffic.annotate.catalog import load_catalog
+from agent_traffic.annotate.ranges import RangeSet, Snapshot, parse_range_file, shipped_snapshots
+from agent_traffic.annotate.verify import SPOOFED, UNVERIFIABLE, VERIFIED, Verifier, parse_ip
 
 DAY = date(2026, 11, 21)
 GPTBOT_UA = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)"
@@ -129,7 +129,7 @@ def test_agent_with_two_lists_needs_both_for_spoofing(catalog) -> None:
 
 
 def test_catalog_can_declare_a_list_incomplete(tmp_path: Path) -> None:
-    from agent_traffic.ranges import load_snapshots
+    from agent_traffic.annotate.ranges import load_snapshots
 
     user = _write(tmp_path / "mine.yaml", {"version": 1, "ip_ranges": {"openai-gptbot": {"complete": False}}})
     cat = load_catalog([user])

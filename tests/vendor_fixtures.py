@@ -15,8 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent_traffic.samples import combined_lines, write_day
-from agent_traffic.sandbox import PROTOCOLS, Sandbox
+from agent_traffic.devtools.samples import combined_lines, write_day
+from agent_traffic.devtools.sandbox import PROTOCOLS, Sandbox
 from tests.conftest import write_config
 
 DAY = date(2026, 11, 21)
@@ -66,8 +66,8 @@ class Line:
 
 def expected_lines(tag: str, n: int, seed: int = 0) -> list[Line]:
     """The generator's well-formed lines, with what each vendor should do with them."""
-    from agent_traffic.catalog import load_catalog
-    from agent_traffic.classify import Classifier
+    from agent_traffic.annotate.catalog import load_catalog
+    from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
     out = []

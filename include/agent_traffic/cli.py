@@ -13,7 +13,7 @@ from agent_traffic import layout
 from agent_traffic.errors import AgentTrafficError
 
 if TYPE_CHECKING:
-    from agent_traffic.storage import Store
+    from agent_traffic.ingest.storage import Store
 
 
 def _date(s: str) -> date:
@@ -24,10 +24,10 @@ def _date(s: str) -> date:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent_traffic.runner import Progress, new_run_id, run
-    from agent_traffic.steps import Runtime
-    from agent_traffic.storage import Store
-    from agent_traffic.summary import render
+    from agent_traffic.ingest.storage import Store
+    from agent_traffic.run.runner import Progress, new_run_id, run
+    from agent_traffic.run.steps import Runtime
+    from agent_traffic.run.summary import render
 
     rt = Runtime.load(args.config, new_run_id())
     outbox = None
@@ -63,8 +63,8 @@ def _resend(args: argparse.Namespace) -> str:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from agent_traffic.config import load_config
-    from agent_traffic.storage import Store, StoreOptions
-    from agent_traffic.summary import render
+    from agent_traffic.ingest.storage import Store, StoreOptions
+    from agent_traffic.run.summary import render
 
     cfg = load_config(args.config)
     store = Store(cfg.staging, StoreOptions.from_config(cfg.object_store))
@@ -81,7 +81,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _staging(config_path: str) -> Store:
     from agent_traffic.config import load_config
-    from agent_traffic.storage import Store, StoreOptions
+    from agent_traffic.ingest.storage import Store, StoreOptions
 
     cfg = load_config(config_path)
     return Store(cfg.staging, StoreOptions.from_config(cfg.object_store))
@@ -90,7 +90,7 @@ def _staging(config_path: str) -> Store:
 def _cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from agent_traffic.query import TABLES, connect, run_sql, shell
+    from agent_traffic.team.query import TABLES, connect, run_sql, shell
 
     if args.last and not args.first:
         print("agent-traffic: --to needs --from (the first date of the range)", file=sys.stderr)
@@ -108,7 +108,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from agent_traffic.report import build_report
+    from agent_traffic.team.report import build_report
 
     first, last = args.first, args.last or args.first
     page = build_report(_staging(args.config), first, last)
@@ -121,8 +121,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_release(args: argparse.Namespace) -> int:
     """Let a source's objects that data quality held go to delivery (after a look at why)."""
     from agent_traffic.config import load_config
-    from agent_traffic.holds import release
-    from agent_traffic.steps import days_between
+    from agent_traffic.run.steps import days_between
+    from agent_traffic.staging.holds import release
 
     cfg = load_config(args.config)
     if args.source not in {s.name for s in cfg.sources}:
@@ -144,13 +144,13 @@ def _cmd_release(args: argparse.Namespace) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import io
 
-    from agent_traffic.annotate import Annotator
+    from agent_traffic.annotate.annotator import Annotator
 
     range_store, catalog_files, max_age = None, list(args.catalog), 30
     if args.config:
+        from agent_traffic.annotate.ranges import range_store as store_for
         from agent_traffic.config import load_config
-        from agent_traffic.ranges import range_store as store_for
-        from agent_traffic.storage import StoreOptions
+        from agent_traffic.ingest.storage import StoreOptions
 
         cfg = load_config(args.config)
         range_store = store_for(cfg, StoreOptions.from_config(cfg.object_store))
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--flush", action="store_true", help="flush after every line (interactive pipes)")
     c.set_defaults(func=_cmd_classify)
 
-    from agent_traffic.sandbox import register_cli
+    from agent_traffic.devtools.sandbox import register_cli
 
     register_cli(sub)
     return p

@@ -72,7 +72,7 @@ SPECS: dict[str, VendorSpec] = {
         VendorSpec(
             name="scrunch",
             title="Scrunch",
-            protocol="agent_traffic.vendors.scrunch:Scrunch",
+            protocol="agent_traffic.delivery.vendors.scrunch:Scrunch",
             base_url="https://webhooks.scrunchai.com",
             site_id="Site ID (a ULID)",
             # the client IP lets Scrunch verify agents; 1 MB NDJSON batches
@@ -81,7 +81,7 @@ SPECS: dict[str, VendorSpec] = {
         VendorSpec(
             name="hitkeep",
             title="HitKeep",
-            protocol="agent_traffic.vendors.hitkeep:HitKeep",
+            protocol="agent_traffic.delivery.vendors.hitkeep:HitKeep",
             base_url=None,
             site_id="site UUID",
             # no IP field (never sent, whatever ip_policy says); one object per request under 64 KiB
@@ -95,7 +95,7 @@ SPECS: dict[str, VendorSpec] = {
         VendorSpec(
             name="knownagents",
             title="Known Agents",
-            protocol="agent_traffic.vendors.knownagents:KnownAgents",
+            protocol="agent_traffic.delivery.vendors.knownagents:KnownAgents",
             base_url="https://api.knownagents.com",
             site_id=None,
             no_site_id="the access token names the project",

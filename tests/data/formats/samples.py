@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from urllib.parse import quote
 
-from agent_traffic.samples import USER_AGENTS
+from agent_traffic.devtools.samples import USER_AGENTS
 
 DAY = date(2026, 11, 21)
 KNOWN_HOSTS = ["example.com", "www.example.com", "docs.example.com", "blog.example.org"]

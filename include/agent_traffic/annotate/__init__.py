@@ -1,0 +1,1 @@
+"""Annotate: which agent, which provider and purpose, verified or spoofed, and what was fetched."""

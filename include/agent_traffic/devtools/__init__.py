@@ -1,0 +1,1 @@
+"""Dev tools: the local receiver, sample logs and the process cluster for tests and demos."""

@@ -1,0 +1,1 @@
+"""Ingest: find log objects in a store, decompress them, parse lines into canonical events."""

@@ -1,0 +1,1 @@
+"""Run: the step functions both conductors call, the command-line runner and the run summary."""

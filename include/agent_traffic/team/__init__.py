@@ -1,0 +1,1 @@
+"""Team: what the data team reads back: queries over staging and the HTML reports."""
