@@ -212,7 +212,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
             "their double quotes, RE2 only on the pieces between them, the whole regex in one-pass group batches "
             "for the rest; one json_extract_string per line for JSON; string_split for W3C) + canonicalisation; "
             "events discarded.",
-            "parse+stage = pipeline.process_object: parse, classify/verify/enrich (annotate.py), Parquet staging "
+            "parse+stage = steps.process_object: parse, classify/verify/enrich (annotator.py), Parquet staging "
             "(stage.py) and commit; the difference between the two columns is those stages' cost, less what "
             "overlaps: reading/decompressing/framing, the DuckDB parse, and annotating/writing run in three "
             "threads on the 2 cores.",

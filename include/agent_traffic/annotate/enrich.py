@@ -10,7 +10,7 @@ links) is one of a provider's AI-assistant hostnames in the catalog, or a subdom
 `referred_by` that provider.
 
 Both work on the few distinct keys (content type + path extension, referrer host, utm_source) and
-are spread back to the rows by index (annotate.py); the extension regex runs the same in Arrow
+are spread back to the rows by index (annotator.py); the extension regex runs the same in Arrow
 (RE2) and Python (`re`).
 """
 

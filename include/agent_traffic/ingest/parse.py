@@ -509,7 +509,7 @@ def forwarded_client(remote: str | None, forwarded: str | None, proxies: Sequenc
 def with_forwarded_clients(out: pa.Table, proxies: Sequence[Network]) -> pa.Table:
     """client_ip from each row's connecting address and X-Forwarded-For: rows without the header
     keep theirs, the others are dictionary-encoded by (address, header) and each distinct pair is
-    answered once (as annotate.py answers user agents). forwarded_for is dropped: events keep
+    answered once (as annotator.py answers user agents). forwarded_for is dropped: events keep
     their schema."""
     ip = out["client_ip"]
     pairs = pc.binary_join_element_wise(pc.fill_null(ip, ""), out["forwarded_for"], "\x1f")  # null: no header
