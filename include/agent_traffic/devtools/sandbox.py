@@ -1,7 +1,7 @@
 """A local receiver that answers like the AI-traffic vendors, so delivery can run over real HTTP.
 
 The demo and the tests point the uploader at this server instead of Scrunch, HitKeep or Known
-Agents. It checks requests the way the vendors do (see docs and `vendor-contracts.md`), stores
+Agents. It checks requests the way the vendors do (docs/destinations.md), stores
 what it accepts, and can be scripted to fail: a status code, a dropped connection, a slow answer,
 or the worst case for at-least-once delivery, a body that is stored but never acknowledged.
 

@@ -608,25 +608,25 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
     fwd = f" {col('forwarded_for')} AS forwarded_for," if ctx.forwarded else ""
     max_b = int(ctx.max_line_bytes)
     return f"""
-    WITH l AS (SELECT * FROM lines_in),
-    r AS ({_raw_select(fmt, layout)}),
-    a AS (
-      SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM r)
+    WITH l AS (SELECT * FROM lines_in),  -- l: the block's lines (line_number, line)
+    fields AS ({_raw_select(fmt, layout)}),
+    request_split AS (
+      SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM fields)
     ),
-    b AS (
+    request AS (
       SELECT *,
         upper(coalesce({col('method')}, CASE WHEN {req_ok} THEN rp[1] END)) AS method,
         coalesce({col('target')}, CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END, {from_pq}, {col('url')}) AS target
-      FROM a
+      FROM request_split
     ),
-    c AS (
+    authority AS (
       SELECT *,
         CASE WHEN abs_url IS NOT NULL THEN regexp_extract(abs_url, {_q(ABS_URL)}, ['s', 'a']) END AS auth
       FROM (SELECT *, coalesce(CASE WHEN contains({col('url')}, '://') THEN {col('url')} END,
                                CASE WHEN contains(target, '://') THEN target END) AS abs_url,
-                      {_epoch_cols(fmt)} FROM b)
+                      {_epoch_cols(fmt)} FROM request)
     ),
-    d AS (
+    typed AS (
       SELECT line_number, line, matched, t_raw, method, target,
         {_ts_sql(fmt)} AS ts,
         TRY_CAST({col('status')} AS INTEGER) AS status,
@@ -639,9 +639,9 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         lower({host}) AS h,
         lower(coalesce({col('scheme')}, auth.s)) AS sch,
         {_f(fmt.skip_without) if fmt.skip_without else 'NULL'} AS skip_field
-      FROM c
+      FROM authority
     ),
-    e AS (
+    normalized AS (
       SELECT *,
         CASE WHEN contains(h, ':') OR contains(h, '@') THEN regexp_replace(regexp_replace(h, '^.*@', ''), ':[0-9]*$', '')
              ELSE h END AS host,
@@ -654,13 +654,13 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
              WHEN regexp_full_match(ip, '[0-9.]+:[0-9]+') THEN split_part(ip, ':', 1)
              WHEN starts_with(ip, '[') THEN regexp_extract(ip, '^\\[([^\\]]*)\\]', 1)
              ELSE ip END AS client_ip
-      FROM d
+      FROM typed
     ),
-    q AS (
+    located AS (
       SELECT *, {site} AS site,
         CASE WHEN strpos(t2, '?') > 0 THEN substr(t2, 1, strpos(t2, '?') - 1) ELSE t2 END AS path,
         CASE WHEN strpos(t2, '?') > 0 THEN NULLIF(substr(t2, strpos(t2, '?') + 1), '') END AS query
-      FROM e
+      FROM normalized
     )
     SELECT
       md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line) AS event_id,
@@ -682,7 +682,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
         WHEN site IS NULL AND host IS NULL THEN {_q(NO_HOST)}
         WHEN site IS NULL THEN {_q(other)}
       END AS reason
-    FROM q
+    FROM located
     """
 
 

@@ -1,4 +1,4 @@
-"""HitKeep AI fetch ingest (seed 002; behaviour read from HitKeep 2.8.1, vendor-contracts.md).
+"""HitKeep AI fetch ingest (behaviour read from HitKeep 2.8.1; docs/destinations.md).
 
 POST {instance}/api/sites/{site_uuid}/ingest/ai-fetch with `Authorization: Bearer`. One JSON
 object per request (an array is a 400), body at most 64 KiB, 202 Accepted on success. There is no

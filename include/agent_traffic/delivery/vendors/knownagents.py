@@ -1,4 +1,4 @@
-"""Known Agents (formerly Dark Visitors) visits API (seed 003; vendor-contracts.md).
+"""Known Agents (formerly Dark Visitors) visits API (docs/destinations.md).
 
 POST {base}/visits with `Authorization: Bearer <project access token>`, `Content-Type:
 application/json`, body a JSON array of visits (one object is allowed too; we always send an

@@ -1,4 +1,4 @@
-"""Scrunch Agent Traffic API (seeds 000/001; ../shared/notes/vendor-contracts.md).
+"""Scrunch Agent Traffic API (docs/destinations.md).
 
 POST {base}/v1/sites/{site_id}/platforms/custom/web-traffic with `X-Api-Key`. One event is sent
 as `application/json`; a batch as exactly `application/x-ndjson`, one object per line, under
