@@ -8,7 +8,7 @@ optional inputs widen the run:
   crawlerdetect sdist: `pip download --no-deps --no-binary :all: crawlerdetect==0.4.2`).
 - BENCH_BASE_SRC: the `include/` folder of another commit (`git archive <commit> include | tar -x`):
   its classifier is scored and timed side by side with this tree's, each in a fresh process, and
-  the classify suite's `pipeline.classify_table` run is repeated under both.
+  the classify suite's `steps.classify_table` run is repeated under both.
 
 crawlerdetect is a dev dependency used only here; it is not a runtime dependency.
 """
@@ -119,7 +119,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     if base:
         times = _classify_side_by_side(repeat, quick, {"this commit": here, "base": base})
         med = {k: statistics.median(v) for k, v in times.items()}
-        notes.append("pipeline.classify_table (the classify suite's input and child), alternating base and this "
+        notes.append("steps.classify_table (the classify suite's input and child), alternating base and this "
                      f"commit, {repeat} runs each: base median {med['base']:.3f} s "
                      f"{[round(x, 3) for x in times['base']]}, this commit {med['this commit']:.3f} s "
                      f"{[round(x, 3) for x in times['this commit']]} (ratio {med['this commit'] / med['base']:.3f}).")

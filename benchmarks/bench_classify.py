@@ -3,7 +3,7 @@
 The input is parsed events (the parser's Arrow schema) with a realistic shape: a few thousand
 distinct user agents (browser builds plus every catalog agent in a few versions), most requests
 from browsers, crawler IPs mostly inside their operators' published ranges, referrers, content
-types and paths with extensions. A fresh process reads them and runs `pipeline.classify_table`,
+types and paths with extensions. A fresh process reads them and runs `steps.classify_table`,
 the function the pipeline calls, block by block as the parser hands them over.
 """
 
@@ -165,7 +165,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     median = runs[len(runs) // 2]
     v = result["verdicts"]
     return {
-        "title": "Classify, verify and enrich (pipeline.classify_table)",
+        "title": "Classify, verify and enrich (steps.classify_table)",
         "setup": (f"{events:,} parsed events in blocks of {BLOCK_ROWS:,} rows, "
                   f"{meta['distinct_user_agents']:,} distinct user agents (30% bots: every catalog token "
                   "in three versions; crawler IPs 80% inside their shipped ranges), referrers, content types. "

@@ -10,7 +10,7 @@ each a fresh process measured with `wait4` (wall, CPU user + system, peak RSS):
 - `gzip -dc` (decompression alone, the floor of any reader);
 - GoAccess 1.7 (Debian's `goaccess`, installed if missing), JSON report, fed by `gzip -dc`;
 - `agent-traffic run --dry-run --quiet` (discover, parse, classify, stage, validate, plan, outbox);
-- one parse-and-stage task alone (`pipeline.process_object` on the day's object in a fresh
+- one parse-and-stage task alone (`steps.process_object` on the day's object in a fresh
   interpreter, imports included: what a worker task holds), on the day and on a quarter of it
   (memory must not grow with the object);
 - four parse-and-stage tasks at once (four processes, four objects): summed peak RSS, as on one
@@ -48,7 +48,7 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(ROOT), os.envir
 #: One parse-and-stage task, as a worker runs it: a fresh interpreter, the pipeline's own call.
 TASK = r"""
 import os, sys
-from agent_traffic.pipeline import Runtime, process_object
+from agent_traffic.run.steps import Runtime, process_object
 from agent_traffic.ingest.discover import ObjectRef
 cfg, path, oid = sys.argv[1:4]
 rt = Runtime.load(cfg, "bench")
@@ -59,7 +59,7 @@ assert res.status == "staged" and res.stats["balanced"], (res.status, res.reason
 #: The parse path cut after one step: CPU seconds of that much of the work (imports excluded).
 STEPS = r"""
 import json, sys, time
-from agent_traffic.pipeline import Runtime, classify_table
+from agent_traffic.run.steps import Runtime, classify_table
 from agent_traffic.ingest.decompress import decompressed_blocks
 from agent_traffic.ingest.parse import ParseContext, parse_blocks, cut_blocks, by_lines, _framed, in_background
 from agent_traffic.staging.stage import ObjectStager

@@ -1,7 +1,7 @@
 """Line bombs: peak memory of one object that expands to 10^8 blank or two-byte lines.
 
 A few hundred KB of gzip can hold a hundred million short lines; memory bounded only by block
-bytes once let such an object take 17.5 GB. Each case runs `pipeline.process_object` (parse,
+bytes once let such an object take 17.5 GB. Each case runs `steps.process_object` (parse,
 classify, stage, commit) in a fresh process, as a task does, beside a normal combined object of
 1,000,000 lines, and reports the child's peak RSS (`wait4`).
 """
@@ -84,7 +84,7 @@ def run(repeat: int, quick: bool) -> dict:
                      "peak RSS MB": round(peak)})
     return {
         "title": "Line bombs: peak memory on 10^8 blank or two-byte lines",
-        "setup": "One gzip object per row, read by `pipeline.process_object` (parse, classify, stage, commit) in a "
+        "setup": "One gzip object per row, read by `steps.process_object` (parse, classify, stage, commit) in a "
                  "fresh process, format `combined` set on the source; default parse settings (32 MiB blocks, at "
                  "most 262,144 lines per block). One run each.",
         "rows": rows,

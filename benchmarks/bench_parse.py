@@ -3,7 +3,7 @@
 For nginx combined, CloudFront and Cloudflare (NDJSON) a large gzip object is generated from the
 tests' renderers (realistic lines, not one repeated line) and read four ways, each in a fresh
 process: `gzip -dc file > /dev/null` (decompression alone), `parse` (decompress + frame + the
-DuckDB parse, events discarded: this module's own cost), `parse+stage` (`pipeline.process_object`:
+DuckDB parse, events discarded: this module's own cost), `parse+stage` (`steps.process_object`:
 parse, classify, stage Parquet, commit; what a run pays per object) and DuckDB's own reader
 taking the file straight into Parquet of raw text columns (`FLOOR`: no canonical event, no
 accounting; the least any run could cost here). The ratio is seconds over `gzip -dc`'s seconds.
