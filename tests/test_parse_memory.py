@@ -1,4 +1,4 @@
-"""Parsing hands freed Arrow memory back: the pool it sets, and the user's choice kept."""
+"""Parsing allocates from a pool that hands freed memory back: the pool it sets, and the user's choice kept."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _pool_after_parsing(**env: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_parsing_allocates_from_jemalloc_returning_pages() -> None:
+def test_parsing_allocates_from_jemalloc() -> None:
     import pyarrow as pa
 
     try:

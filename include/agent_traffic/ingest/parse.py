@@ -909,16 +909,15 @@ _lean = threading.Lock()
 
 
 def lean_memory_pool() -> None:
-    """Arrow allocates from jemalloc told to hand freed pages back at once (decay 0), unless
-    ARROW_DEFAULT_MEMORY_POOL names a pool. The default pool (mimalloc) keeps what a block freed
-    for the next one, which the process's RSS shows as ~100 MB more at the same work; the CPU
-    cost of returning pages is within noise (benchmarks/bench_lean.py)."""
+    """Arrow allocates from jemalloc, unless ARROW_DEFAULT_MEMORY_POOL names a pool. The default
+    pool (mimalloc) keeps what a block freed for the next one, which the process's RSS shows as
+    hundreds of MB more at the same work. jemalloc keeps its default decay: returning pages at
+    once (decay 0) costs a run a third more time in page faults (benchmarks/results.md)."""
     with _lean:
         if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or pa.default_memory_pool().backend_name == "jemalloc":
             return
         try:
             pool = pa.jemalloc_memory_pool()
-            pa.jemalloc_set_decay_ms(0)
         except NotImplementedError:  # a pyarrow built without jemalloc: keep its default
             return
         pa.set_memory_pool(pool)
