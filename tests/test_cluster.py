@@ -2,7 +2,9 @@
 (api-server, scheduler, dag-processor, triggerer, two Celery workers on hostnames of their own)
 on PostgreSQL and Redis, an S3 server and the sandbox receiver, `config/compose.yaml` as it is.
 Runs are triggered by the scheduler, the REST API, the command line and a backfill; every
-assertion is against what the receiver got and what the run left in the staging store.
+assertion is against what the receiver got and what the run left in the staging store. The logs
+are messy where users' are: one object carries hostile content in every field and lines no parser
+can take, and one grows between runs.
 
 `make cluster-test` runs it (CI too); about 20 minutes on two cores. The scenarios build on each
 other, in order.
@@ -97,22 +99,81 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterato
 # helpers
 
 
-def upload(c: Cluster, day: date, *, objects: int = 2, lines: int = 800) -> set[str]:
-    """Sample combined logs for the day in the logs bucket; returns the AI events' seqs."""
+def ai_seqs(lines: list[str]) -> set[str]:
+    """The seqs of the lines the catalog calls AI: what the receiver must get."""
     from agent_traffic.annotate.catalog import load_catalog
     from agent_traffic.annotate.classify import Classifier
 
     clf = Classifier(load_catalog())
+    return {m.group(1) for line in lines if (m := SEQ.search(line)) and clf.classify(line.rsplit('"', 2)[-2]).is_ai}
+
+
+def upload(c: Cluster, day: date, *, objects: int = 2, lines: int = 800) -> set[str]:
+    """Sample combined logs for the day in the logs bucket; returns the AI events' seqs."""
     s3 = c.s3_client()
     want = set()
     for i in range(objects):
         body = list(combined_lines(day, lines, seed=i + day.toordinal(), tag=f"{day:%m%d}o{i}"))
         s3.put_object(Bucket="access-logs", Key=f"example.com/{day:%Y/%m/%d}/access-{i}.log.gz",
                       Body=gzip.compress("".join(line + "\n" for line in body).encode()))
-        want |= {m.group(1) for line in body if (m := SEQ.search(line))
-                 and clf.classify(line.rsplit('"', 2)[-2]).is_ai}
+        want |= ai_seqs(body)
     assert want
     return want
+
+
+AI_UA = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; ClaudeBot/1.0; +claudebot@anthropic.com)"
+HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
+
+
+def hostile_object(day: date, tag: str) -> tuple[bytes, set[str], dict[str, int]]:
+    """A log of human lines with, between them, AI requests carrying hostile content in every field
+    (delivered, each once) and lines no parser can take (quarantined with their reason, or skipped
+    when blank). Returns the object's bytes, the AI events' seqs and the junk {reason: lines}."""
+    t = f"{day:%d/%b/%Y}"
+    lines = [f'198.51.100.{i + 1} - - [{t}:06:00:{i:02d} +0000] "GET /docs/{i} HTTP/1.1" 200 {100 + i} "-" "{HUMAN_UA}"'
+             .encode() for i in range(30)]
+    ai = {
+        "1": b'203.0.113.7 - - [%s:12:00:01 +0000] "GET /a\\"b?q=<script>alert(1)</script>&seq=%s-1 HTTP/1.1" 200 5 "javascript:alert(1)" "%s"',
+        "2": b'203.0.113.7 - - [%s:12:00:02 +0000] "GET /caf\\xC3\\xA9?seq=%s-2 HTTP/1.1" 200 5 "-" "%s"',
+        "3": b'203.0.113.7 - - [%s:12:00:03 +0000] "PROPFIND /dav?seq=%s-3 HTTP/1.1" 207 5 "-" "%s"',
+        "4": b'2001:db8::7 - - [%s:12:00:04 +0200] "get /v6?seq=%s-4 HTTP/2.0" 200 - "-" "%s"',
+        "5": b'203.0.113.7 - - [%s:12:00:05 +0000] "GET /esc?seq=%s-5 HTTP/1.1" 200 5 "\x1b[31mred" "%s \x1b]0;title\x07"',
+        "6": b'203.0.113.7 - - [%s:12:00:06 +0000] "GET /long?x=' + b"A" * 4000 + b'&seq=%s-6 HTTP/1.1" 200 5 "-" "%s"',
+        "7": b'203.0.113.7 - - [%s:12:00:07 +0000] "GET /crlf?seq=%s-7 HTTP/1.1" 200 5 "-" "%s"\r',
+        "8": b'203.0.113.7 - - [%s:12:00:08 +0000] "GET /uni?seq=%s-8 HTTP/1.1" 200 5 "https://\xe4\xbe\x8b\xe3\x81\x88.jp/" "%s"',
+    }
+    junk = {
+        "does not match format combined": [
+            b'203.0.113.9 - - [%s:12:01:00 +0000] "GET /half' % t.encode(),
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ],
+        "timestamp out of range (before 1900 or after 2199)": [
+            b'203.0.113.9 - - [21/Nov/1800:12:01:01 +0000] "GET /old HTTP/1.1" 200 5 "-" "curl/8"'],
+        "status not in 100-599": [
+            b'203.0.113.9 - - [%s:12:01:02 +0000] "GET /s HTTP/1.1" 999 5 "-" "curl/8"' % t.encode()],
+        "line longer than 65536 bytes": [
+            b'203.0.113.9 - - [%s:12:01:03 +0000] "GET /' % t.encode() + b"L" * 70_000 + b' HTTP/1.1" 200 5 "-" "x"'],
+    }
+    odd = [  # parsed as human events: bytes repaired, a NUL kept
+        b'203.0.113.9 - - [%s:12:02:00 +0000] "GET /bad HTTP/1.1" 200 5 "-" "Mozilla \xff\xfe"' % t.encode(),
+        b'203.0.113.9 - - [%s:12:02:01 +0000] "GET /n\x00ul HTTP/1.1" 200 5 "-" "curl/8"' % t.encode(),
+    ]
+    out = list(lines)
+    for v in ai.values():
+        out.append(v % (t.encode(), tag.encode(), AI_UA.encode()))
+        out.append(b"")  # blank lines between
+    for group in junk.values():
+        out.extend(group)
+    out.extend(odd)
+    return b"\n".join(out) + b"\n", {f"{tag}-{k}" for k in ai}, {r: len(v) for r, v in junk.items()}
+
+
+def upload_hostile(c: Cluster, day: date) -> tuple[set[str], dict[str, int]]:
+    """The hostile object for the day in the logs bucket: (AI seqs, junk lines by reason)."""
+    data, want, junk = hostile_object(day, f"{day:%m%d}oh")  # of_day: the day's seqs start "MMDDo"
+    c.s3_client().put_object(Bucket="access-logs", Key=f"example.com/{day:%Y/%m/%d}/hostile.log.gz",
+                             Body=gzip.compress(data))
+    return want, junk
 
 
 def received(c: Cluster, site_id: str = SITE_ID) -> Counter[str]:
@@ -158,7 +219,10 @@ WANT: dict[date, set[str]] = {}
 
 
 def test_1_the_scheduled_run_processes_yesterday(cluster: Cluster) -> None:
-    WANT[YESTERDAY] = upload(cluster, YESTERDAY)
+    """Beside two clean objects, one with hostile content in every field and lines no parser can
+    take: every AI event arrives once, every bad line is quarantined with its reason."""
+    hostile, junk = upload_hostile(cluster, YESTERDAY)
+    WANT[YESTERDAY] = upload(cluster, YESTERDAY) | hostile
     cluster.airflow("dags", "unpause", DAG)  # catchup off: the scheduler runs the last complete day
     run = wait_for("a scheduled run", lambda: next(
         (r for r in cluster.runs(DAG) if r["run_type"] == "scheduled"), None), timeout=180, every=2)
@@ -167,6 +231,9 @@ def test_1_the_scheduled_run_processes_yesterday(cluster: Cluster) -> None:
     assert set(got) == WANT[YESTERDAY] and max(got.values()) == 1
     s = summary(cluster, run["dag_run_id"])
     assert s["ok"] and s["dates"] == [str(YESTERDAY)] and scrunch_row(s)["delivered"] == len(got)
+    lines = s["lines"]
+    assert lines["balanced"] and lines["quarantine_reasons"] == junk and lines["quarantined"] == sum(junk.values())
+    assert lines["skipped"] == {"blank": len(hostile)} and lines["invalid_utf8_repaired"] == 2, lines
 
 
 def test_2_a_manual_run_processes_the_day_its_logical_date_names(cluster: Cluster) -> None:
@@ -214,7 +281,28 @@ def test_4_a_cleared_run_counts_only_what_it_did_again(cluster: Cluster) -> None
     assert "XCom not found" not in cluster.task_logs(DAG, run_id, "report")
 
 
-def test_5_pending_events_fail_the_run_and_the_next_run_sends_them(cluster: Cluster, smtp: SmtpSink) -> None:
+def test_5_a_log_that_grows_delivers_only_its_new_lines(cluster: Cluster) -> None:
+    """The server appended to yesterday's first object (a new version of the same key): the next
+    run parses that object again and sends only the AI events of its new lines, each once."""
+    s3 = cluster.s3_client()
+    key = f"example.com/{YESTERDAY:%Y/%m/%d}/access-0.log.gz"
+    old = gzip.decompress(s3.get_object(Bucket="access-logs", Key=key)["Body"].read())
+    more = list(combined_lines(YESTERDAY, 60, seed=5, tag=f"{YESTERDAY:%m%d}o0g"))
+    new = ai_seqs(more)
+    assert new
+    s3.put_object(Bucket="access-logs", Key=key, Body=gzip.compress(old + "".join(m + "\n" for m in more).encode()))
+    before = received(cluster)
+    run_id = trigger(cluster, conf={"date_from": str(YESTERDAY)})
+    assert cluster.wait_run(DAG, run_id) == "success"
+    got = received(cluster)
+    assert got - before == Counter(new)  # the new AI lines, once each; nothing old again
+    WANT[YESTERDAY] |= new
+    s = summary(cluster, run_id)
+    assert s["ok"] and s["objects"]["processed"] == 1 and s["this_run"]["delivered_events"] == len(new)
+    assert scrunch_row(s)["delivered"] == len(WANT[YESTERDAY]) and scrunch_row(s)["pending"] == 0
+
+
+def test_6_pending_events_fail_the_run_and_the_next_run_sends_them(cluster: Cluster, smtp: SmtpSink) -> None:
     WANT[D4] = upload(cluster, D4)
     cluster.sandbox.set_fault_rates({"401": 1.0})  # a revoked key: the destination stops, chunks wait
     try:
@@ -240,7 +328,7 @@ def test_5_pending_events_fail_the_run_and_the_next_run_sends_them(cluster: Clus
     assert summary(cluster, again)["ok"]
 
 
-def test_6_a_worker_killed_mid_delivery_loses_nothing(cluster: Cluster) -> None:
+def test_7_a_worker_killed_mid_delivery_loses_nothing(cluster: Cluster) -> None:
     WANT[D5] = upload(cluster, D5, objects=12, lines=500)  # a chunk per object
     cluster.sandbox.set_fault_rates({"slow:3": 1.0})
     try:
@@ -276,7 +364,7 @@ def test_6_a_worker_killed_mid_delivery_loses_nothing(cluster: Cluster) -> None:
     assert duplicates <= 4 * per_chunk  # at most the requests in flight when the worker died
 
 
-def test_7_a_destination_added_later_gets_its_history_from_a_backfill(cluster: Cluster) -> None:
+def test_8_a_destination_added_later_gets_its_history_from_a_backfill(cluster: Cluster) -> None:
     cfg_path = Path(cluster.env["AGENT_TRAFFIC_CONFIG"])
     cfg = yaml.safe_load(cfg_path.read_text())
     first = cfg["sites"][0]["destinations"][0]
@@ -298,7 +386,7 @@ def test_7_a_destination_added_later_gets_its_history_from_a_backfill(cluster: C
     assert received(cluster) == before  # the first destination had them all already
 
 
-def test_8_a_discovery_that_fails_fails_the_run(cluster: Cluster) -> None:
+def test_9_a_discovery_that_fails_fails_the_run(cluster: Cluster) -> None:
     s3 = cluster.s3_client()
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="access-logs").get("Contents", [])]
     for key in keys:
