@@ -27,11 +27,16 @@ from agent_traffic.schema import QUARANTINE_SCHEMA, STAGED_SCHEMA, conform
 
 EPOCH = date(1970, 1, 1)
 PARQUET_OPTS = {"compression": "zstd", "compression_level": 1}  # level 3: 25% slower to write, same size
+#: Columns of free text, near unique per row: a row group's min/max of them prunes no read (the
+#: planner prunes on is_ai, is_bot and referred_by; queries filter on time, status, agent...).
+NO_STATISTICS = ("event_id", "url", "path", "query", "referer", "user_agent", "client_ip")
 #: Event files: no Arrow schema inside (readers see plain strings, not STAGED_SCHEMA's dictionaries),
-#: and no dictionary for columns that are unique per row, where it only costs time and bytes.
+#: no dictionary for columns that are unique per row, where it only costs time and bytes, and no
+#: statistics of free text.
 EVENT_PARQUET_OPTS = PARQUET_OPTS | {
     "store_schema": False,
     "use_dictionary": [n for n in STAGED_SCHEMA.names if n not in ("event_id", "ts", "line_number", "bytes")],
+    "write_statistics": [n for n in STAGED_SCHEMA.names if n not in NO_STATISTICS],
 }
 
 
