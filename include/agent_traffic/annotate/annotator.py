@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 from itertools import pairwise
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,9 @@ class Annotator:
         """One row per distinct user agent (the dictionary's order): its classification."""
         texts = uas.to_pylist()
         found = self.classifier.classify_many(texts)
-        return pa.table({k: pa.array([getattr(found[u], k) for u in texts], _TYPES[k]) for k in COLUMNS[1:]})
+        rows = list(map(attrgetter(*COLUMNS[1:]), map(found.__getitem__, texts)))
+        columns = zip(*rows, strict=True) if rows else [()] * (len(COLUMNS) - 1)
+        return pa.table({k: pa.array(list(v), _TYPES[k]) for k, v in zip(COLUMNS[1:], columns, strict=True)})
 
     def _verification(self, events: pa.Table, classes: pa.Table, uid: np.ndarray) -> pa.Array:
         """verified | spoofed | unverifiable per row (None for no claim): the distinct
