@@ -41,37 +41,37 @@ def events_table(rows: list[dict[str, Any]]) -> pa.Table:
 # -- resource type ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("content_type", "path", "expected"),
-    [
-        ("text/html; charset=utf-8", "/x.png", "html"),  # the content type wins over the path
-        ("TEXT/HTML", "/", "html"),
-        ("application/xhtml+xml", "/", "html"),
-        ("image/webp", "/", "image"),
-        ("image/svg+xml", "/logo", "image"),
-        ("application/pdf", "/paper", "document"),
-        ("text/plain; charset=utf-8", "/llms.txt", "document"),
-        ("text/markdown", "/README", "document"),
-        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "/a", "document"),
-        ("application/msword", "/a.doc", "document"),
-        ("application/vnd.ms-excel", "/a.xls", "document"),
-        ("application/json", "/api", "other"),
-        ("text/css", "/s.css", "other"),
-        ("application/javascript", "/app.js", "other"),
-        ("application/xml", "/sitemap.xml", "other"),
-        # no content type: the extension decides
-        (None, "/", "html"),
-        (None, "/pricing", "html"),
-        ("", "/docs/index.HTML", "html"),
-        (None, "/static/logo.PNG", "image"),
-        (None, "/paper.pdf", "document"),
-        (None, "/llms.txt", "document"),
-        (None, "/robots.txt", "document"),
-        (None, "/static/app.js", "other"),
-        (None, "/sitemap.xml", "other"),
-        (None, "/v1.2/", "html"),
-    ],
-)
+RESOURCE_CASES = [
+    ("text/html; charset=utf-8", "/x.png", "html"),  # the content type wins over the path
+    ("TEXT/HTML", "/", "html"),
+    ("application/xhtml+xml", "/", "html"),
+    ("image/webp", "/", "image"),
+    ("image/svg+xml", "/logo", "image"),
+    ("application/pdf", "/paper", "document"),
+    ("text/plain; charset=utf-8", "/llms.txt", "document"),
+    ("text/markdown", "/README", "document"),
+    ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "/a", "document"),
+    ("application/msword", "/a.doc", "document"),
+    ("application/vnd.ms-excel", "/a.xls", "document"),
+    ("application/json", "/api", "other"),
+    ("text/css", "/s.css", "other"),
+    ("application/javascript", "/app.js", "other"),
+    ("application/xml", "/sitemap.xml", "other"),
+    # no content type: the extension decides
+    (None, "/", "html"),
+    (None, "/pricing", "html"),
+    ("", "/docs/index.HTML", "html"),
+    (None, "/static/logo.PNG", "image"),
+    (None, "/paper.pdf", "document"),
+    (None, "/llms.txt", "document"),
+    (None, "/robots.txt", "document"),
+    (None, "/static/app.js", "other"),
+    (None, "/sitemap.xml", "other"),
+    (None, "/v1.2/", "html"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "path", "expected"), RESOURCE_CASES)
 def test_resource_type(content_type: str | None, path: str, expected: str) -> None:
     assert resource_type(content_type, path) == expected
 
@@ -164,3 +164,23 @@ def test_annotate_returns_line_order_whatever_the_input_order(annotator: Annotat
     assert out["agent"].to_pylist() == ["GPTBot" if i % 3 else "human" for i in range(50)]
     with pytest.raises(ValueError, match="line numbers repeat"):
         annotator.annotate(pa.concat_tables([table, table]))
+
+
+def test_annotate_resource_types_match_the_one_request_function(annotator: Annotator) -> None:
+    """The block path (extensions cut from the distinct paths; null and "" content types both
+    mean none) answers every case as `resource_type` does for one request."""
+    cases = [(ct, path) for ct, path, _ in RESOURCE_CASES] * 3 + [(None, "/x.pdf"), ("", "/x.pdf"), (None, "/a")]
+    out = annotator.annotate(events_table([{"content_type": ct, "path": p} for ct, p in cases]))
+    assert out["resource_type"].to_pylist() == [resource_type(ct, p) for ct, p in cases]
+
+
+@pytest.mark.parametrize("space", [7, 5_000_000])  # a table of the space; a sort
+def test_unique_by_table_is_numpy_unique(space: int) -> None:
+    import numpy as np
+
+    from agent_traffic.annotate.annotator import _unique
+
+    keys = np.random.default_rng(1).integers(0, 7, 1_000) * (space // 7)
+    want_values, want_where = np.unique(keys, return_inverse=True)
+    values, where = _unique(keys, space)
+    assert values.tolist() == want_values.tolist() and where.tolist() == want_where.tolist()

@@ -82,3 +82,35 @@ def test_rows_held_for_a_rare_partition_do_not_keep_their_blocks_alive(tmp_path)
     rows = stager.commit()
     assert rows == {"events/site=example.com/provider=common/date=2026-11-21/part-obj.parquet": 8 * 39_996,
                     "events/site=example.com/provider=rare/date=2026-11-21/part-obj.parquet": 8 * 4}
+
+
+def test_staged_files_read_back_as_the_events_with_the_statistics_readers_prune_on(tmp_path) -> None:
+    """Statistics stay where readers prune (the planner skips row groups of no AI agent unread);
+    free text carries none. Readers see the events as they were, in plain types, in line order."""
+    import pyarrow.parquet as pq
+
+    from agent_traffic.delivery.plan import read_object_events
+    from agent_traffic.ingest.storage import Store
+    from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
+    from agent_traffic.staging.stage import NO_STATISTICS, ObjectStager
+
+    store = Store(str(tmp_path / "st"))
+    stager = ObjectStager(store, "obj", "2026-11-21")
+    blocks = [_block(1 + b * 40_000, 40_000, rare_every=7) for b in range(2)]
+    for block in blocks:
+        stager.add(block, QUARANTINE_SCHEMA.empty_table())
+    files = stager.commit()
+    assert len(files) == 2
+    common = "events/site=example.com/provider=common/date=2026-11-21/part-obj.parquet"
+    meta = pq.ParquetFile(tmp_path / "st" / common).metadata
+    for g in range(meta.num_row_groups):
+        stats = {meta.schema.column(i).name: meta.row_group(g).column(i).statistics for i in range(meta.num_columns)}
+        assert all(stats[c] is None for c in NO_STATISTICS)
+        assert all(stats[c] is not None and stats[c].has_min_max for c in ("ts", "status", "is_ai", "is_bot", "agent"))
+        assert stats["referred_by"] is not None
+    skipped: list[int] = []
+    assert read_object_events(store, list(files), selection="ai", skipped=skipped.append) is None
+    assert skipped == list(files.values())  # every row group proven free of AI agents, none read
+    got = read_object_events(store, list(files))
+    assert got.schema.equals(EVENT_SCHEMA)  # plain strings, not the writer's dictionaries
+    assert got.equals(pa.concat_tables(blocks).cast(got.schema))

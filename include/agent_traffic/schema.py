@@ -70,5 +70,5 @@ QUARANTINE_SCHEMA = pa.schema(
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Select and cast columns to the contract's schema (fails loudly on a missing column)."""
-    cols = [table[f.name].cast(f.type) for f in schema]
+    cols = [c if (c := table[f.name]).type == f.type else c.cast(f.type) for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 from itertools import pairwise
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,9 @@ class Annotator:
         """One row per distinct user agent (the dictionary's order): its classification."""
         texts = uas.to_pylist()
         found = self.classifier.classify_many(texts)
-        return pa.table({k: pa.array([getattr(found[u], k) for u in texts], _TYPES[k]) for k in COLUMNS[1:]})
+        rows = list(map(attrgetter(*COLUMNS[1:]), map(found.__getitem__, texts)))
+        columns = zip(*rows, strict=True) if rows else [()] * (len(COLUMNS) - 1)
+        return pa.table({k: pa.array(list(v), _TYPES[k]) for k, v in zip(COLUMNS[1:], columns, strict=True)})
 
     def _verification(self, events: pa.Table, classes: pa.Table, uid: np.ndarray) -> pa.Array:
         """verified | spoofed | unverifiable per row (None for no claim): the distinct
@@ -143,7 +146,7 @@ class Annotator:
             day = _encoded(pc.cast(events["ts"].take(rows), pa.date32()))
             n_ip, n_day = len(ip.dictionary), len(day.dictionary)
             key = (uid[rows].astype(np.int64) * n_ip + ip.indices.to_numpy()) * n_day + day.indices.to_numpy()
-            claims, where = np.unique(key, return_inverse=True)  # sorted: grouped by user agent
+            claims, where = _unique(key, len(agents) * n_ip * n_day)  # sorted: grouped by user agent
             claim_uid, rest = np.divmod(claims, n_ip * n_day)
             claim_ip, claim_day = np.divmod(rest, n_day)
             ip_texts = ip.dictionary.take(pa.array(claim_ip))
@@ -163,14 +166,16 @@ class Annotator:
         return _spread(pa.array(VERDICTS), pa.array(codes.astype(np.int32), mask=codes < 0))
 
     def _resource_types(self, events: pa.Table) -> pa.Array:
-        """From the content type, else the extension in the path's last 11 characters."""
-        ct = _encoded(pc.fill_null(events["content_type"], ""))
-        tail = _encoded(pc.utf8_slice_codeunits(events["path"], -11))
+        """From the content type, else the extension in the path's last 11 characters (cut from
+        the distinct paths, not from every row)."""
+        ct = _encoded(events["content_type"])
+        path = _encoded(events["path"])
+        tail = _encoded(pc.utf8_slice_codeunits(path.dictionary, -11))
         ext = _encoded(pc.fill_null(pc.struct_field(pc.extract_regex(tail.dictionary, _EXTENSION_NAMED), 0), ""))
-        ext_of_row = ext.indices.to_numpy()[tail.indices.to_numpy()]
+        ext_of_row = ext.indices.to_numpy()[tail.indices.to_numpy()][path.indices.to_numpy()]
         n_ext = len(ext.dictionary)
-        pairs, where = np.unique(ct.indices.to_numpy().astype(np.int64) * n_ext + ext_of_row, return_inverse=True)
-        cts, exts = ct.dictionary.to_pylist(), ext.dictionary.to_pylist()
+        pairs, where = _unique(ct.indices.to_numpy().astype(np.int64) * n_ext + ext_of_row, len(ct.dictionary) * n_ext)
+        cts, exts = [c or "" for c in ct.dictionary.to_pylist()], ext.dictionary.to_pylist()
         types = [resource_type_of(cts[p // n_ext], exts[p % n_ext]) for p in pairs.tolist()]
         return _spread(pa.array(types, pa.string()), pa.array(where.astype(np.int32)))
 
@@ -209,6 +214,16 @@ def _encoded(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
     """Dictionary-encoded, one chunk, nulls as their own dictionary entry (so every row has an index)."""
     enc = pc.dictionary_encode(values, null_encoding="encode")
     return enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+
+
+def _unique(keys: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(keys, return_inverse=True)` for keys in [0, space): by a table of the space, not
+    a sort, when the space is not much larger than the keys."""
+    if space > 4 * len(keys) + 65_536:
+        return np.unique(keys, return_inverse=True)
+    seen = np.zeros(space, dtype=bool)
+    seen[keys] = True
+    return np.flatnonzero(seen), (np.cumsum(seen) - 1)[keys]
 
 
 def _null_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -24,37 +25,56 @@ from agent_traffic import layout
 from agent_traffic.ingest.storage import Store
 from agent_traffic.schema import QUARANTINE_SCHEMA, STAGED_SCHEMA, conform
 
+EPOCH = date(1970, 1, 1)
 PARQUET_OPTS = {"compression": "zstd", "compression_level": 1}  # level 3: 25% slower to write, same size
+#: Columns of free text, near unique per row: a row group's min/max of them prunes no read (the
+#: planner prunes on is_ai, is_bot and referred_by; queries filter on time, status, agent...).
+NO_STATISTICS = ("event_id", "url", "path", "query", "referer", "user_agent", "client_ip")
 #: Event files: no Arrow schema inside (readers see plain strings, not STAGED_SCHEMA's dictionaries),
-#: and no dictionary for columns that are unique per row, where it only costs time and bytes.
+#: no dictionary for columns that are unique per row, where it only costs time and bytes, and no
+#: statistics of free text.
 EVENT_PARQUET_OPTS = PARQUET_OPTS | {
     "store_schema": False,
     "use_dictionary": [n for n in STAGED_SCHEMA.names if n not in ("event_id", "ts", "line_number", "bytes")],
+    "write_statistics": [n for n in STAGED_SCHEMA.names if n not in NO_STATISTICS],
 }
 
 
 def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Table]]:
-    """(site, provider, UTC day) and its rows, in line order within each: one stable sort by a
-    small integer key and zero-copy slices, instead of one filter pass per partition."""
-    day = pc.cast(events["ts"], pa.date32())
-    keys = pa.table({"site": events["site"], "provider": events["provider"], "day": day})
-    uniq = keys.group_by(["site", "provider", "day"], use_threads=False).aggregate([])
-    if uniq.num_rows == 1:
-        g = uniq.to_pylist()[0]
-        yield (g["site"], g["provider"], g["day"].isoformat()), events
+    """(site, provider, UTC day) and its rows, in line order within each, partitions in the order
+    of their first row. One integer key per row from the columns' dictionary indices (no text made
+    per row), one stable sort, each partition taken out by its slice of the order (not one filter
+    pass per partition). A block of one partition is yielded as is; any other partition owns its
+    buffers, so holding it never keeps the block alive."""
+    site, sites = _codes(events["site"])
+    provider, providers = _codes(events["provider"])
+    day = pc.cast(pc.cast(events["ts"], pa.date32()), pa.int32()).to_numpy()
+    first_day = int(day.min())
+    days = int(day.max()) - first_day + 1
+    key = (site.astype(np.int64) * len(providers) + provider) * days + (day - first_day)
+    uniq, first, code = np.unique(key, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)  # partitions in the order their first rows come
+    rank = np.empty_like(by_first)
+    rank[by_first] = np.arange(len(by_first))
+    names = [(sites[s], providers[p], (EPOCH + timedelta(days=first_day + int(d))).isoformat())
+             for s, p, d in zip(*np.unravel_index(uniq[by_first], (len(sites), len(providers), days)), strict=True)]
+    if len(names) == 1:
+        yield names[0], events
         return
-    code = pc.index_in(pc.binary_join_element_wise(
-        pc.cast(keys["site"], pa.string()), pc.cast(keys["provider"], pa.string()),
-        pc.cast(keys["day"], pa.string()), "\x1f"), value_set=pc.binary_join_element_wise(
-        pc.cast(uniq["site"], pa.string()), pc.cast(uniq["provider"], pa.string()),
-        pc.cast(uniq["day"], pa.string()), "\x1f"))
-    order = pc.sort_indices(code)  # stable: line order kept inside each partition
-    counts = np.bincount(code.to_numpy(), minlength=uniq.num_rows)
-    ordered = events.take(order)
+    code = rank[code.reshape(-1)]
+    order = np.argsort(code, kind="stable")  # stable: line order kept inside each partition
+    counts = np.bincount(code, minlength=len(names))
+    events = events.combine_chunks()  # once: a take from chunks concatenates them on every call
     start = 0
-    for g, n in zip(uniq.to_pylist(), counts.tolist(), strict=True):
-        yield (g["site"], g["provider"], g["day"].isoformat()), ordered.slice(start, n)
+    for name, n in zip(names, counts.tolist(), strict=True):
+        yield name, events.take(order[start:start + n])
         start += n
+
+
+def _codes(values: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Each row's index into the column's distinct values, and those values (no null in them)."""
+    enc = pc.dictionary_encode(values).combine_chunks()  # a dictionary column is used as it is
+    return enc.indices.to_numpy(), enc.dictionary.to_pylist()
 
 
 def _owned(table: pa.Table) -> pa.Table:
@@ -86,9 +106,9 @@ class ObjectStager:
         self._held_rows = 0
         self.rows: dict[str, int] = {}
 
-    def _write(self, key: str, table: pa.Table, opts: dict) -> None:
-        """Hold `table` (conformed: its schema is the file's) for its file; write the file's held
-        rows once there are enough of them."""
+    def _write(self, key: str, table: pa.Table, opts: dict, *, owned: bool = False) -> None:
+        """Hold `table` (conformed: its schema is the file's; `owned`: it shares no buffer with a
+        larger block) for its file; write the file's held rows once there are enough of them."""
         _, parts, n = self._held.get(key, (opts, [], 0))
         parts.append(table)
         self._held[key] = (opts, parts, n + table.num_rows)
@@ -99,7 +119,8 @@ class ObjectStager:
             return
         # Held: copied out of its block, or a few rows of a rare partition would keep every
         # block they came from alive, and memory would grow with the object.
-        parts[-1] = _owned(table)
+        if not owned:
+            parts[-1] = _owned(table)
         while self._held_rows > BUFFER_ROWS:
             self._flush(max(self._held, key=lambda k: self._held[k][2]))
 
@@ -110,7 +131,11 @@ class ObjectStager:
         if w is None:
             path = os.path.join(self._tmp, key.replace("/", "__"))
             w = self._writers[key] = pq.ParquetWriter(path, parts[0].schema, **opts)
-        w.write_table(pa.concat_tables(parts) if len(parts) > 1 else parts[0], row_group_size=256_000)
+        # One dictionary for the parts (they come from different blocks): Parquet writes a
+        # dictionary column by its indices only while its dictionary stays the same, and otherwise
+        # hashes every value again and falls back to plain encoding.
+        table = pa.concat_tables(parts).unify_dictionaries() if len(parts) > 1 else parts[0]
+        w.write_table(table, row_group_size=256_000)
 
     def add(self, events: pa.Table, quarantine: pa.Table) -> None:
         if quarantine.num_rows:
@@ -120,7 +145,8 @@ class ObjectStager:
             return
         events = conform(events, STAGED_SCHEMA)
         for (site, provider, day), part in partitions(events):
-            self._write(layout.event_key(site, provider, day, self.object_id), part, EVENT_PARQUET_OPTS)
+            self._write(layout.event_key(site, provider, day, self.object_id), part, EVENT_PARQUET_OPTS,
+                        owned=part is not events)
 
     def commit(self) -> dict[str, int]:
         """Close the files and put each in the store; returns {key: rows}."""
