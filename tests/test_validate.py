@@ -238,7 +238,17 @@ def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path,
         assert b.schema.field("path").type == "string" and b.schema.field("event_id").type == "string"
 
 
-def test_gx_imports_without_the_cloud_clients_it_does_not_use() -> None:
+GX_USES = {
+    "import": "v._gx",
+    # a suite built before anything else asked for GX: its expectation classes import under the hiding too
+    "suite first": "v.partition_definition()",
+    # imported in a thread (the CLI run): the hiding holds in that thread, and the first use waits for it
+    "in background": "v.import_in_background()\nv.partition_definition()",
+}
+
+
+@pytest.mark.parametrize("use", GX_USES.values(), ids=GX_USES.keys())
+def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
     """GX imports every cloud and database client that is installed; the Validator hides those not
     imported yet while GX imports (a quarter of its memory), and they import normally afterwards."""
     import subprocess
@@ -248,7 +258,8 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use() -> None:
         "import sys\n"
         "from agent_traffic.staging.validate import GX_UNUSED_CLIENTS, Validator, _Absent\n"
         "before = {m.partition('.')[0] for m in sys.modules}\n"
-        "Validator.__new__(Validator)._gx\n"
+        "v = Validator.__new__(Validator)\n"
+        f"{use}\n"
         "leaked = sorted({m.partition('.')[0] for m in sys.modules} & GX_UNUSED_CLIENTS - before)\n"
         "assert not leaked, leaked\n"
         "assert not [f for f in sys.meta_path if isinstance(f, _Absent)]\n"
@@ -263,3 +274,41 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_gx_imported_in_background_is_waited_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first use of GX waits for the import thread and gets what it built; asking twice starts
+    one import."""
+    import threading
+    import time
+
+    from agent_traffic.staging import validate
+
+    calls = []
+
+    def slow_import() -> tuple[str, str]:
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return "gx", "context"
+
+    monkeypatch.setattr(validate, "_import_gx", slow_import)
+    v = Validator.__new__(Validator)
+    v.import_in_background()
+    v.import_in_background()
+    assert v._gx == ("gx", "context")
+    assert calls == ["gx-import"]
+    v.import_in_background()  # imported: nothing more to start
+    assert calls == ["gx-import"]
+
+
+def test_gx_import_error_in_background_is_raised_where_gx_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_traffic.staging import validate
+
+    def broken_import() -> tuple[str, str]:
+        raise ModuleNotFoundError("No module named 'great_expectations'", name="great_expectations")
+
+    monkeypatch.setattr(validate, "_import_gx", broken_import)
+    v = Validator.__new__(Validator)
+    v.import_in_background()
+    with pytest.raises(ModuleNotFoundError, match="great_expectations"):
+        v.partition_definition()

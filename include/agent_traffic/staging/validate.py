@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -60,10 +60,11 @@ METHOD_TOKEN = f"^{PARSE_METHOD}$"
 
 
 #: Clients of clouds and databases GX imports when they are installed (Airflow's providers install
-#: them) for stores and data sources these pandas suites never use: a quarter of GX's import
-#: memory and time. They look absent while GX imports (and only to that thread).
+#: them) for stores and data sources these pandas suites never use, and SQLAlchemy for its SQL data
+#: sources: a third of GX's import memory and time. They look absent while GX imports (and only
+#: to that thread); Airflow has imported SQLAlchemy already, so there GX sees it.
 GX_UNUSED_CLIENTS = frozenset({"azure", "google", "boto3", "botocore", "psycopg2", "pyathena", "snowflake",
-                               "trino", "pyspark", "databricks", "pyodbc", "py4j", "grpc", "msal"})
+                               "trino", "pyspark", "databricks", "pyodbc", "py4j", "grpc", "msal", "sqlalchemy"})
 
 
 class _Absent(importlib.abc.MetaPathFinder):
@@ -87,6 +88,25 @@ def _absent(names: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def _import_gx() -> tuple[Any, Any]:
+    """Import GX (without the clients it never uses here) and make its ephemeral context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    with _absent(GX_UNUSED_CLIENTS):
+        import great_expectations as gx
+        import great_expectations.expectations  # noqa: F401 - the suites' classes, imported under the same hiding
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GX fingerprints each batch (md5 over pandas' hash of every cell) for a batch marker
+    # nothing reads, as costly as the checks themselves. It skips frames larger than
+    # HASH_THRESHOLD bytes, so 0 skips it always (pinned GX 1.24; test_validate checks the knob).
+    pandas_execution_engine.HASH_THRESHOLD = 0
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return gx, ctx
 
 
 def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -185,26 +205,34 @@ class QualityResult:
 class Validator:
     """Builds the GX suites once per process (importing GX takes seconds) and runs them."""
 
+    #: GX importing in a thread (`import_in_background`); None: imported on first use
+    _importing: Future[tuple[Any, Any]] | None = None
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.policy = cfg.quality
 
+    def import_in_background(self) -> None:
+        """Start importing GX in a thread, so the import overlaps work done before validating (a
+        run's parsing, mostly C code that leaves the GIL free). The first use waits for it and
+        raises what it raised."""
+        if self._importing is not None or "_gx" in self.__dict__:
+            return
+        importing: Future[tuple[Any, Any]] = Future()
+
+        def load() -> None:
+            try:
+                importing.set_result(_import_gx())
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that uses GX
+                importing.set_exception(exc)
+
+        self._importing = importing
+        threading.Thread(target=load, name="gx-import", daemon=True).start()
+
     @cached_property
-    def _gx(self) -> Any:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        with _absent(GX_UNUSED_CLIENTS):
-            import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-        from great_expectations.execution_engine import pandas_execution_engine
-
-        # GX fingerprints each batch (md5 over pandas' hash of every cell) for a batch marker
-        # nothing reads, as costly as the checks themselves. It skips frames larger than
-        # HASH_THRESHOLD bytes, so 0 skips it always (pinned GX 1.24; test_validate checks the knob).
-        pandas_execution_engine.HASH_THRESHOLD = 0
-
-        ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        return gx, ctx
+    def _gx(self) -> tuple[Any, Any]:
+        """GX and its ephemeral context, imported in the background or now."""
+        return self._importing.result() if self._importing is not None else _import_gx()
 
     def _definition(self, name: str, expectations: list[Any]) -> Any:
         gx, ctx = self._gx
@@ -220,7 +248,7 @@ class Validator:
         return ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
 
     def row_definition(self, day: str) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         start, end = ts_window(day, self.policy.allowed_lateness_hours)
         required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
@@ -239,7 +267,7 @@ class Validator:
         ])
 
     def partition_definition(self) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         return self._definition("partition", [
             gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_event_ids",
@@ -247,7 +275,7 @@ class Validator:
         ])
 
     def run_definition(self) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         p = self.policy
         return self._definition("run_counts", [
