@@ -242,8 +242,6 @@ GX_USES = {
     "import": "v._gx",
     # a suite built before anything else asked for GX: its expectation classes import under the hiding too
     "suite first": "v.partition_definition()",
-    # imported in a thread (the CLI run): the hiding holds in that thread, and the first use waits for it
-    "in background": "v.import_in_background()\nv.partition_definition()",
 }
 
 
@@ -275,40 +273,3 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
-
-def test_gx_imported_in_background_is_waited_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first use of GX waits for the import thread and gets what it built; asking twice starts
-    one import."""
-    import threading
-    import time
-
-    from agent_traffic.staging import validate
-
-    calls = []
-
-    def slow_import() -> tuple[str, str]:
-        calls.append(threading.current_thread().name)
-        time.sleep(0.3)
-        return "gx", "context"
-
-    monkeypatch.setattr(validate, "_import_gx", slow_import)
-    v = Validator.__new__(Validator)
-    v.import_in_background()
-    v.import_in_background()
-    assert v._gx == ("gx", "context")
-    assert calls == ["gx-import"]
-    v.import_in_background()  # imported: nothing more to start
-    assert calls == ["gx-import"]
-
-
-def test_gx_import_error_in_background_is_raised_where_gx_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent_traffic.staging import validate
-
-    def broken_import() -> tuple[str, str]:
-        raise ModuleNotFoundError("No module named 'great_expectations'", name="great_expectations")
-
-    monkeypatch.setattr(validate, "_import_gx", broken_import)
-    v = Validator.__new__(Validator)
-    v.import_in_background()
-    with pytest.raises(ModuleNotFoundError, match="great_expectations"):
-        v.partition_definition()

@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -205,34 +205,14 @@ class QualityResult:
 class Validator:
     """Builds the GX suites once per process (importing GX takes seconds) and runs them."""
 
-    #: GX importing in a thread (`import_in_background`); None: imported on first use
-    _importing: Future[tuple[Any, Any]] | None = None
-
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.policy = cfg.quality
 
-    def import_in_background(self) -> None:
-        """Start importing GX in a thread, so the import overlaps work done before validating (a
-        run's parsing, mostly C code that leaves the GIL free). The first use waits for it and
-        raises what it raised."""
-        if self._importing is not None or "_gx" in self.__dict__:
-            return
-        importing: Future[tuple[Any, Any]] = Future()
-
-        def load() -> None:
-            try:
-                importing.set_result(_import_gx())
-            except BaseException as exc:  # noqa: BLE001 - handed to the thread that uses GX
-                importing.set_exception(exc)
-
-        self._importing = importing
-        threading.Thread(target=load, name="gx-import", daemon=True).start()
-
     @cached_property
     def _gx(self) -> tuple[Any, Any]:
-        """GX and its ephemeral context, imported in the background or now."""
-        return self._importing.result() if self._importing is not None else _import_gx()
+        """GX and its ephemeral context."""
+        return _import_gx()
 
     def _definition(self, name: str, expectations: list[Any]) -> Any:
         gx, ctx = self._gx
@@ -578,12 +558,16 @@ def _drop_row_values(ctx: Any) -> None:
     results = ctx.validation_results_store
     for key in results.list_keys():
         res = results.get(key)
+        dropped = False
         for r in res.results:
-            for name in ROW_VALUE_FIELDS:
-                r.result.pop(name, None)
+            values = [n for n in ROW_VALUE_FIELDS if n in r.result]
             if not isinstance(r.result.get("observed_value"), int | float | type(None)):
-                r.result.pop("observed_value", None)
-        results.set(key, res)
+                values.append("observed_value")
+            for name in values:
+                del r.result[name]
+            dropped = dropped or bool(values)
+        if dropped:  # stored again only when changed: a day's passing row batches carry no values
+            results.set(key, res)
 
 
 def build_docs(validator: Validator, store: Store, day: str) -> str | None:
