@@ -1,5 +1,5 @@
 """`python -m agent_traffic` is the same as the `agent-traffic` console script."""
 
-from agent_traffic.cli import main
+from agent_traffic.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

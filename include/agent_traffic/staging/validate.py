@@ -60,10 +60,11 @@ METHOD_TOKEN = f"^{PARSE_METHOD}$"
 
 
 #: Clients of clouds and databases GX imports when they are installed (Airflow's providers install
-#: them) for stores and data sources these pandas suites never use: a quarter of GX's import
-#: memory and time. They look absent while GX imports (and only to that thread).
+#: them) for stores and data sources these pandas suites never use, and SQLAlchemy for its SQL data
+#: sources: a third of GX's import memory and time. They look absent while GX imports (and only
+#: to that thread); Airflow has imported SQLAlchemy already, so there GX sees it.
 GX_UNUSED_CLIENTS = frozenset({"azure", "google", "boto3", "botocore", "psycopg2", "pyathena", "snowflake",
-                               "trino", "pyspark", "databricks", "pyodbc", "py4j", "grpc", "msal"})
+                               "trino", "pyspark", "databricks", "pyodbc", "py4j", "grpc", "msal", "sqlalchemy"})
 
 
 class _Absent(importlib.abc.MetaPathFinder):
@@ -87,6 +88,25 @@ def _absent(names: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def _import_gx() -> tuple[Any, Any]:
+    """Import GX (without the clients it never uses here) and make its ephemeral context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    with _absent(GX_UNUSED_CLIENTS):
+        import great_expectations as gx
+        import great_expectations.expectations  # noqa: F401 - the suites' classes, imported under the same hiding
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GX fingerprints each batch (md5 over pandas' hash of every cell) for a batch marker
+    # nothing reads, as costly as the checks themselves. It skips frames larger than
+    # HASH_THRESHOLD bytes, so 0 skips it always (pinned GX 1.24; test_validate checks the knob).
+    pandas_execution_engine.HASH_THRESHOLD = 0
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return gx, ctx
 
 
 def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -190,21 +210,9 @@ class Validator:
         self.policy = cfg.quality
 
     @cached_property
-    def _gx(self) -> Any:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        with _absent(GX_UNUSED_CLIENTS):
-            import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-        from great_expectations.execution_engine import pandas_execution_engine
-
-        # GX fingerprints each batch (md5 over pandas' hash of every cell) for a batch marker
-        # nothing reads, as costly as the checks themselves. It skips frames larger than
-        # HASH_THRESHOLD bytes, so 0 skips it always (pinned GX 1.24; test_validate checks the knob).
-        pandas_execution_engine.HASH_THRESHOLD = 0
-
-        ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        return gx, ctx
+    def _gx(self) -> tuple[Any, Any]:
+        """GX and its ephemeral context."""
+        return _import_gx()
 
     def _definition(self, name: str, expectations: list[Any]) -> Any:
         gx, ctx = self._gx
@@ -220,7 +228,7 @@ class Validator:
         return ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
 
     def row_definition(self, day: str) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         start, end = ts_window(day, self.policy.allowed_lateness_hours)
         required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
@@ -239,7 +247,7 @@ class Validator:
         ])
 
     def partition_definition(self) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         return self._definition("partition", [
             gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_event_ids",
@@ -247,7 +255,7 @@ class Validator:
         ])
 
     def run_definition(self) -> Any:
-        import great_expectations.expectations as gxe
+        gxe = self._gx[0].expectations
 
         p = self.policy
         return self._definition("run_counts", [
@@ -550,12 +558,16 @@ def _drop_row_values(ctx: Any) -> None:
     results = ctx.validation_results_store
     for key in results.list_keys():
         res = results.get(key)
+        dropped = False
         for r in res.results:
-            for name in ROW_VALUE_FIELDS:
-                r.result.pop(name, None)
+            values = [n for n in ROW_VALUE_FIELDS if n in r.result]
             if not isinstance(r.result.get("observed_value"), int | float | type(None)):
-                r.result.pop("observed_value", None)
-        results.set(key, res)
+                values.append("observed_value")
+            for name in values:
+                del r.result[name]
+            dropped = dropped or bool(values)
+        if dropped:  # stored again only when changed: a day's passing row batches carry no values
+            results.set(key, res)
 
 
 def build_docs(validator: Validator, store: Store, day: str) -> str | None:
