@@ -88,15 +88,19 @@ def age_cutoff(dest: Destination, now: datetime) -> datetime | None:
     return now - timedelta(hours=dest.max_age_hours)
 
 
-#: The staged columns the planner reads for every vendor (order, age, selection); with the
-#: vendor's own (`plan_columns`), the only ones decoded: the others (ids, classification detail,
-#: what another vendor sends) are most of a staged file.
-PLAN_COLUMNS = ("ts", "line_number", "is_ai", "is_bot", "referred_by")
+#: The staged columns the planner reads for every vendor (order, age); with the selection's and
+#: the vendor's own (`plan_columns`), the only ones decoded: the others (ids, classification
+#: detail, what another vendor sends) are most of a staged file.
+PLAN_COLUMNS = ("ts", "line_number")
+#: The columns `select_mask` reads, per selection ("all" reads none)
+SELECT_COLUMNS = {"ai": ("is_ai",), "ai_and_referred": ("is_ai", "referred_by"), "automated": ("is_bot",)}
 
 
-def plan_columns(vendor_name: str) -> list[str]:
+def plan_columns(vendor_name: str, selection: str | None = None) -> list[str]:
+    """The columns kept once events are selected; with `selection`, the columns read (its own too)."""
     v = vendor(vendor_name)
-    return list(dict.fromkeys((*PLAN_COLUMNS, *v.columns, *v.reads)))
+    chosen = SELECT_COLUMNS.get(selection, ()) if selection else ()
+    return list(dict.fromkeys((*PLAN_COLUMNS, *chosen, *v.columns, *v.reads)))
 
 
 def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: str) -> bool:
@@ -337,6 +341,7 @@ class _Unsent:
     carry_lines: pa.Array | None
     done_lines: pa.Array | None
     select: str
+    columns: list[str]  # kept once selected: the selection's own columns go, unless the vendor sends them
     counts: Counter[str] = field(default_factory=Counter)
 
     def keep(self, t: pa.Table) -> pa.Table:
@@ -349,7 +354,8 @@ class _Unsent:
             t = t.filter(pc.invert(pc.is_in(t["line_number"], value_set=self.done_lines)))
         self.counts["open"] += t.num_rows
         mask = select_mask(t, self.select)
-        return t if mask is None else t.filter(mask)
+        t = t if mask is None else t.filter(mask)
+        return t.select([c for c in self.columns if c in t.column_names])
 
     def skipped(self, rows: int) -> None:
         """Row groups the destination selects none of, by their statistics: read and not selected."""
@@ -437,9 +443,10 @@ def plan_object(
     _drop_superseded(ledger, existing, acked)
     carry = _carried_over(ledger, manifest.get("carried"), acked)
     unsent = _Unsent(pa.array(carry) if len(carry) else None,
-                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select)
+                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select,
+                     plan_columns(dest.vendor))
     keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
-    table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor),
+    table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor, dest.select),
                                selection=unsent.selection, skipped=unsent.skipped)
     out = _Outcomes()
     cutoff = age_cutoff(dest, now)
