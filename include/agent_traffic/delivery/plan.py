@@ -185,8 +185,8 @@ def _cut_chunks(
     added one by one: a chunk closes when the next event would pass the byte limit or the event
     limit. The last chunk of a window is held back and rebuilt with the next window, so the cuts
     do not depend on the window size. A chunk's body is a view of the window's bytes, not a copy:
-    it is hashed and written to the pack from there (copies of megabyte bodies, each in fresh
-    pages the kernel zeroes, were a fifth of planning's CPU).
+    it is hashed and written to the pack from there (it was copied three times, each copy a
+    megabyte of fresh pages the kernel zeroes).
     """
     v = vendor(dest.vendor)
     max_bytes, max_events = v.limits(dest)
