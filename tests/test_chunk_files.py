@@ -4,8 +4,10 @@ a pack goes once every chunk in it is acknowledged."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
+from agent_traffic.delivery import deliver
 from agent_traffic.delivery.deliver import deliver_group
 from agent_traffic.delivery.ledger import Ledger
 from agent_traffic.delivery.plan import plan_deliveries
@@ -71,3 +73,29 @@ def test_a_pack_stays_while_a_chunk_in_it_failed(planned, sandbox, api_key) -> N
     r2 = deliver_group(rt.cfg, rt.store, again, Secret(api_key), run_id="two")
     assert r2.delivered_events == r.failed_events and r2.failed_events == 0
     assert rt.store.list(f"{prefix}/packs/") == []
+
+
+def test_a_pack_changed_after_this_process_wrote_it_is_checked_again(planned, sandbox, api_key,  # noqa: F811
+                                                                       monkeypatch) -> None:
+    """The planning process trusts its own unchanged packs (no second hash of every body); a
+    byte changed in place afterwards (same size) is caught by the hashes, never sent."""
+    monkeypatch.setattr(deliver, "TRUST_MIN_BYTES", 0)  # these test chunks are small: trust them all
+    rt, group = planned
+    ledger = Ledger.of(rt.store, group)
+    _key, plan = _plan(rt, group)
+    assert ledger.pack_written_here(plan["pack"])
+    path = rt.store.path(ledger.pack_key(plan["pack"]))
+    first = plan["chunks"][0]
+    time.sleep(0.05)  # past the file system's timestamp tick: the edit gets its own mtime
+    with open(path, "r+b") as f:
+        f.seek(first["offset"])
+        record = f.read(first["length"])
+        at = record.index(b'"method":"GET"')
+        f.seek(first["offset"] + at)
+        f.write(b'"method":"PUT"')  # still valid JSON, the same size: only a hash tells
+    assert not ledger.pack_written_here(plan["pack"])
+    r = deliver_group(rt.cfg, rt.store, group, Secret(api_key), run_id="edited")
+    got = _received(sandbox)
+    assert r.delivered_events == group.events and r.pending_events == 0
+    assert sum(got.values()) == group.events and max(got.values()) == 1
+    assert all(e["method"] != "PUT" for e in sandbox.accepted("scrunch", SITE_ID))

@@ -24,7 +24,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -37,9 +37,10 @@ import pyarrow.parquet as pq
 
 from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
-from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, encode_chunk, lease_unit
+from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, chunk_parts, lease_unit
 from agent_traffic.delivery.vendors import vendor
 from agent_traffic.ingest.discover import STAGED, read_manifests
+from agent_traffic.ingest.parse import lean_memory_pool
 from agent_traffic.ingest.storage import Store
 from agent_traffic.redact import redact_url
 from agent_traffic.staging.holds import held_objects
@@ -87,15 +88,19 @@ def age_cutoff(dest: Destination, now: datetime) -> datetime | None:
     return now - timedelta(hours=dest.max_age_hours)
 
 
-#: The staged columns the planner reads for every vendor (order, age, selection); with the
-#: vendor's own (`plan_columns`), the only ones decoded: the others (ids, classification detail,
-#: what another vendor sends) are most of a staged file.
-PLAN_COLUMNS = ("ts", "line_number", "is_ai", "is_bot", "referred_by")
+#: The staged columns the planner reads for every vendor (order, age); with the selection's and
+#: the vendor's own (`plan_columns`), the only ones decoded: the others (ids, classification
+#: detail, what another vendor sends) are most of a staged file.
+PLAN_COLUMNS = ("ts", "line_number")
+#: The columns `select_mask` reads, per selection ("all" reads none)
+SELECT_COLUMNS = {"ai": ("is_ai",), "ai_and_referred": ("is_ai", "referred_by"), "automated": ("is_bot",)}
 
 
-def plan_columns(vendor_name: str) -> list[str]:
+def plan_columns(vendor_name: str, selection: str | None = None) -> list[str]:
+    """The columns kept once events are selected; with `selection`, the columns read (its own too)."""
     v = vendor(vendor_name)
-    return list(dict.fromkeys((*PLAN_COLUMNS, *v.columns, *v.reads)))
+    chosen = SELECT_COLUMNS.get(selection, ()) if selection else ()
+    return list(dict.fromkeys((*PLAN_COLUMNS, *chosen, *v.columns, *v.reads)))
 
 
 def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: str) -> bool:
@@ -146,7 +151,8 @@ def read_object_events(store: Store, keys: Sequence[str],
                     groups = sorted(set(groups) - set(none))
                     if not groups:
                         continue
-            t = pf.read_row_groups(groups, columns=None if columns is None else [c for c in columns if c in present])
+            t = pf.read_row_groups(groups, columns=None if columns is None else [c for c in columns if c in present],
+                                   use_threads=False)  # objects are planned side by side: threads here cost CPU, not time
         tables.append(keep(t) if keep is not None else t)
     if not tables:
         return None
@@ -155,6 +161,16 @@ def read_object_events(store: Store, keys: Sequence[str],
 
 
 def build_chunks(
+    table: pa.Table, site: Site, dest: Destination, object_id: str, not_eligible: Counter[str],
+    *, start_index: int = 0,
+) -> Iterator[Chunk]:
+    """The chunks of `_cut_chunks`, each body its own bytes (for tools and tests: the planner packs
+    the views as they are)."""
+    for ch in _cut_chunks(table, site, dest, object_id, not_eligible, start_index=start_index):
+        yield replace(ch, body=bytes(ch.body))
+
+
+def _cut_chunks(
     table: pa.Table, site: Site, dest: Destination, object_id: str, not_eligible: Counter[str],
     *, start_index: int = 0,
 ) -> Iterator[Chunk]:
@@ -168,7 +184,9 @@ def build_chunks(
     events are one contiguous slice of the window's bytes. Cuts are greedy, as if events were
     added one by one: a chunk closes when the next event would pass the byte limit or the event
     limit. The last chunk of a window is held back and rebuilt with the next window, so the cuts
-    do not depend on the window size.
+    do not depend on the window size. A chunk's body is a view of the window's bytes, not a copy:
+    it is hashed and written to the pack from there (it was copied three times, each copy a
+    megabyte of fresh pages the kernel zeroes).
     """
     v = vendor(dest.vendor)
     max_bytes, max_events = v.limits(dest)
@@ -212,15 +230,17 @@ def build_chunks(
         pos, size = pos + consumed, ROWS_PER_BATCH
 
 
-def _runs(data: pa.Buffer, ends: np.ndarray, rows: np.ndarray) -> bytes:
-    """The bytes of `rows` (ascending): one slice when they are consecutive, as they nearly always are."""
+def _runs(data: pa.Buffer, ends: np.ndarray, rows: np.ndarray) -> bytes | memoryview:
+    """The bytes of `rows` (ascending): a view of one slice when they are consecutive, as they
+    nearly always are; else joined."""
     first, last = int(rows[0]), int(rows[-1])
+    view = memoryview(data)
     if last - first + 1 == len(rows):
-        return data[int(ends[first]) : int(ends[last + 1])].to_pybytes()
-    return b"".join(data[int(ends[r]) : int(ends[r + 1])].to_pybytes() for r in rows)
+        return view[int(ends[first]) : int(ends[last + 1])]
+    return b"".join(view[int(ends[r]) : int(ends[r + 1])] for r in rows)
 
 
-def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: bytes, ctype: str,
+def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: bytes | memoryview, ctype: str,
            line_numbers: np.ndarray, ts_us: np.ndarray) -> Chunk:
     """A chunk and its id: a hash of where it belongs, its line span and its body."""
     first, last, count = int(line_numbers[0]), int(line_numbers[-1]), len(line_numbers)
@@ -229,7 +249,7 @@ def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: byte
                  line_runs(line_numbers))
 
 
-def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count: int, body: bytes) -> str:
+def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count: int, body: bytes | memoryview) -> str:
     digest = hashlib.sha256(body).hexdigest()
     key = f"{dest}|{site}|{object_id}|{first}|{last}|{count}|{digest}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -321,6 +341,7 @@ class _Unsent:
     carry_lines: pa.Array | None
     done_lines: pa.Array | None
     select: str
+    columns: list[str]  # kept once selected: the selection's own columns go, unless the vendor sends them
     counts: Counter[str] = field(default_factory=Counter)
 
     def keep(self, t: pa.Table) -> pa.Table:
@@ -333,7 +354,8 @@ class _Unsent:
             t = t.filter(pc.invert(pc.is_in(t["line_number"], value_set=self.done_lines)))
         self.counts["open"] += t.num_rows
         mask = select_mask(t, self.select)
-        return t if mask is None else t.filter(mask)
+        t = t if mask is None else t.filter(mask)
+        return t.select([c for c in self.columns if c in t.column_names])
 
     def skipped(self, rows: int) -> None:
         """Row groups the destination selects none of, by their statistics: read and not selected."""
@@ -347,16 +369,19 @@ class _Unsent:
         return self.select if self.done_lines is None and self.carry_lines is None else None
 
 
-def _packed(chunks: Iterable[Chunk], acked: set[str], metas: list[dict[str, Any]]) -> Iterator[bytes]:
-    """The pack's bytes: the chunks not acknowledged yet, each meta given its offset and length."""
+def _packed(chunks: Iterable[Chunk], acked: set[str], metas: list[dict[str, Any]]) -> Iterator[bytes | memoryview]:
+    """The pack's bytes, in pieces written as they are: the chunks not acknowledged yet, each
+    meta given its offset and length."""
     offset = 0
     for ch in chunks:
         meta = ch.meta()
         if ch.chunk_id not in acked:
-            data = encode_chunk(ch)
-            meta.update(offset=offset, length=len(data))
-            offset += len(data)
-            yield data
+            head, body = chunk_parts(ch)
+            length = len(head) + len(body)
+            meta.update(offset=offset, length=length)
+            offset += length
+            yield head
+            yield body
         metas.append(meta)
 
 
@@ -388,7 +413,7 @@ def _write_pack(ledger: Ledger, table: pa.Table, site: Site, dest: Destination, 
     """Cut the events into chunks after the kept ones; pack the unacknowledged ones. The pack's
     name, or None when every chunk is acknowledged already (or there is none)."""
     start = 1 + max((c["index"] for c in metas), default=-1)  # kept chunks keep their numbers
-    parts = _packed(build_chunks(table, site, dest, oid, out.not_eligible, start_index=start), acked, metas)
+    parts = _packed(_cut_chunks(table, site, dest, oid, out.not_eligible, start_index=start), acked, metas)
     first = next(parts, None)
     if first is None:
         return None
@@ -406,6 +431,7 @@ def plan_object(
     `acked`: the destination's acknowledged chunk ids for the date, when the caller has them.
     """
     now = now or datetime.now(UTC)
+    lean_memory_pool()  # as parsing: in a delivery-only process, mimalloc's first pages cost planning a third more CPU
     oid = manifest["object_id"]
     ledger = Ledger(store, dest.name, site.name, manifest["date"])
     fp = _fingerprint(dest, manifest)
@@ -417,9 +443,10 @@ def plan_object(
     _drop_superseded(ledger, existing, acked)
     carry = _carried_over(ledger, manifest.get("carried"), acked)
     unsent = _Unsent(pa.array(carry) if len(carry) else None,
-                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select)
+                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select,
+                     plan_columns(dest.vendor))
     keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
-    table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor),
+    table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor, dest.select),
                                selection=unsent.selection, skipped=unsent.skipped)
     out = _Outcomes()
     cutoff = age_cutoff(dest, now)
