@@ -38,6 +38,7 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
+from agent_traffic.ingest.shape import compile_shape, enabled
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -365,12 +366,13 @@ def _null_if_empty(expr: str, name: str) -> str:
     return f"NULLIF({expr}, '')" if name == "bytes" else f"NULLIF(NULLIF({expr}, ''), '-')"
 
 
-def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None) -> str:
+def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None, presplit: bool = False) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field (regex
-    formats also `fast`: the line was read by cutting it at its quotes)."""
+    formats also `fast`: the line was read by cutting it at its quotes, or by the compiled fast
+    path when `presplit`)."""
     names = fmt.fields
     if fmt.kind == "regex":
-        return _regex_select(fmt.regex or "", names)
+        return _regex_select(fmt.regex or "", names, presplit)
     if fmt.kind == "json":
         paths = list(dict.fromkeys(fmt.columns))
         plist = "[" + ", ".join(_q(json_path(p)) for p in paths) + "]"
@@ -416,18 +418,23 @@ def _extracts(subject: str, regex: str, prefix: str, when: str | None) -> tuple[
 WHOLE = "__whole"  # a group around a whole piece: it equals the piece exactly when the piece matched
 
 
-def _regex_select(regex: str, names: tuple[str, ...]) -> str:
+def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False) -> str:
     """Lines without a backslash that have the format's quotes are cut at them, and only the
     pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+    With `presplit`, the compiled fast path (shape.py) has read the lines: `c_fast` says which,
+    `c_<field>` holds their fields, and only the other lines meet the regex.
 
     A piece between quotes with at most three groups is matched once: a group around the whole
     piece, which RE2 extracts in the same one-pass run, says whether it matched (it equals the
     piece), instead of a second run to ask. Each field's choice between the two readings is made
     once and shared by `matched` and the output column."""
-    split = quote_split(regex)
-    exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
+    split = None if presplit else quote_split(regex)
+    exprs, where = _extracts("line", regex, "m", "NOT fast" if split or presplit else None)
     pieces: list[str] = []
-    if split:
+    if presplit:
+        source = "(SELECT *, c_fast AS fast FROM l)"
+        where = {n: f'CASE WHEN fast THEN "c_{n}" ELSE {where[n]} END' for n in names}
+    elif split:
         k = len(split.quoted)
         pre = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
         post: list[str] = []
@@ -586,8 +593,9 @@ ABS_URL = "^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)"
 WHITESPACE = "' ' || chr(9) || chr(11) || chr(12) || chr(13)"
 
 
-def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
-    """One query: raw fields -> canonical event columns + `reason` (NULL for a good event)."""
+def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False) -> str:
+    """One query: raw fields -> canonical event columns + `reason` (NULL for a good event);
+    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>)."""
     fmt = ctx.fmt
     have = set(fmt.fields)
 
@@ -609,7 +617,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
     max_b = int(ctx.max_line_bytes)
     return f"""
     WITH l AS (SELECT * FROM lines_in),  -- l: the block's lines (line_number, line)
-    fields AS ({_raw_select(fmt, layout)}),
+    fields AS ({_raw_select(fmt, layout, presplit)}),
     request_split AS (
       SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM fields)
     ),
@@ -744,15 +752,18 @@ class BlockParser:
     def __init__(self, ctx: ParseContext) -> None:
         self.ctx = ctx
         self.layout: tuple[str, ...] | None = ctx.fmt.default_fields or None
-        self._sql: dict[tuple[str, ...] | None, str] = {}
+        self._sql: dict[tuple[tuple[str, ...] | None, bool], str] = {}
         self.con = duck_connection()
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
         self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
+        # the compiled fast path, where it is built and the format's regex has a shape it runs
+        self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
-        sql = self._sql.get(layout)
+        presplit = "c_fast" in table.column_names
+        sql = self._sql.get((layout, presplit))
         if sql is None:
-            sql = self._sql[layout] = build_sql(self.ctx, layout)
+            sql = self._sql[layout, presplit] = build_sql(self.ctx, layout, presplit)
         # several record batches, so DuckDB scans them on all its threads (one batch = one thread)
         self.con.register("lines_in", pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_ROWS), table.schema))
         try:
@@ -777,13 +788,19 @@ class BlockParser:
             # Lines too short for the format are decided without a query (blank, or no match), so
             # a flood of empty or two-byte lines costs a numpy pass, not a parse per line.
             short = block.lengths < self.min_len
+            keep = None
             if short.any():
                 pre = self._short_lines(block, np.flatnonzero(short), stats)
                 keep = np.flatnonzero(~short)
                 nums, text = nums.take(keep), block.lines(keep)
             else:
                 text = block.text
-            outs = [self._query(pa.table({"line_number": nums, "line": text}), None)]
+            cols = {"line_number": nums, "line": text}
+            if self.shape is not None and not block.repaired:
+                starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
+                fast, fields = self.shape.scan(block.buf, starts, lengths)
+                cols |= {"c_fast": pa.array(fast)} | {f"c_{n}": a for n, a in fields.items()}
+            outs = [self._query(pa.table(cols), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:

@@ -1,0 +1,197 @@
+/* The compiled fast path of parse.py for line formats shaped like NCSA logs (see shape.py).
+ *
+ * shape.py compiles a format's regex into a tiny program (literal, greedy run over a byte class,
+ * capture start/end, branch on the next byte, jump, end-of-line, accept). scan() runs it once per
+ * line, with no backtracking: the path it follows is the first one a backtracking (leftmost-first,
+ * greedy) matcher would try, so when it reaches the end the captures are exactly RE2's. When it
+ * fails, the line is marked "not fast" and parse.py hands it to the regex in DuckDB as before.
+ *
+ * Output, per captured field, an Arrow string_view array (16 bytes a line) that points into the
+ * block: no byte of a line is copied. Every read is bounds-checked against the block and the
+ * program is validated before any line is read, so hostile bytes or a bad program cannot make it
+ * read outside its buffers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { OP_LIT, OP_RUN, OP_SAVE_START, OP_SAVE_END, OP_DISPATCH, OP_JMP, OP_FAIL, OP_END, OP_ACCEPT, OP_COUNT };
+
+#define MAX_SLOTS 64
+
+typedef struct {
+    int32_t op, a, b, c;
+} Instr;
+
+/* 1 when the line matches; cap_start/cap_end hold the captured spans (-1: group did not take part). */
+static int run_line(const Instr *prog, Py_ssize_t nops, const uint8_t *classes, const uint8_t *pool,
+                    const uint8_t *s, Py_ssize_t len, Py_ssize_t *cap_start, Py_ssize_t *cap_end) {
+    Py_ssize_t p = 0, pc = 0;
+    while (pc < nops) {
+        const Instr *in = &prog[pc];
+        switch (in->op) {
+        case OP_LIT:
+            if (len - p < in->b || memcmp(s + p, pool + in->a, (size_t)in->b) != 0) return 0;
+            p += in->b;
+            pc++;
+            break;
+        case OP_RUN: { /* greedy; the count is in characters (UTF-8 continuation bytes do not count) */
+            const uint8_t *cls = classes + 256 * (Py_ssize_t)in->a;
+            int64_t count = 0;
+            while (p < len && cls[s[p]]) {
+                if ((s[p] & 0xC0) != 0x80) {
+                    if (in->c >= 0 && count == in->c) break;
+                    count++;
+                }
+                p++;
+            }
+            if (count < in->b) return 0;
+            pc++;
+            break;
+        }
+        case OP_SAVE_START:
+            cap_start[in->a] = p;
+            pc++;
+            break;
+        case OP_SAVE_END:
+            cap_end[in->a] = p;
+            pc++;
+            break;
+        case OP_DISPATCH: {
+            const uint8_t *cls = classes + 256 * (Py_ssize_t)in->a;
+            pc = (p < len && cls[s[p]]) ? in->b : in->c;
+            break;
+        }
+        case OP_JMP:
+            pc = in->a;
+            break;
+        case OP_END:
+            return p == len;
+        case OP_ACCEPT:
+            return 1;
+        default: /* OP_FAIL */
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* One Arrow string_view: length, then the bytes inline (<= 12) or a prefix, buffer 0 and offset. */
+static void put_view(uint8_t *v, const uint8_t *base, Py_ssize_t off, Py_ssize_t len) {
+    int32_t l32 = (int32_t)len, o32 = (int32_t)off, zero = 0;
+    memset(v, 0, 16);
+    memcpy(v, &l32, 4);
+    if (len <= 12) {
+        memcpy(v + 4, base + off, (size_t)len);
+    } else {
+        memcpy(v + 4, base + off, 4);
+        memcpy(v + 8, &zero, 4);
+        memcpy(v + 12, &o32, 4);
+    }
+}
+
+static int check_program(const Instr *prog, Py_ssize_t nops, Py_ssize_t nclasses, Py_ssize_t pool_len, int nslots) {
+    for (Py_ssize_t pc = 0; pc < nops; pc++) {
+        const Instr *in = &prog[pc];
+        int ok = 1;
+        switch (in->op) {
+        case OP_LIT: ok = in->a >= 0 && in->b >= 0 && (Py_ssize_t)in->a + in->b <= pool_len; break;
+        case OP_RUN: ok = in->a >= 0 && in->a < nclasses && in->b >= 0 && in->c >= -1 && (in->c < 0 || in->c >= in->b); break;
+        case OP_SAVE_START:
+        case OP_SAVE_END: ok = in->a >= 0 && in->a < nslots; break;
+        case OP_DISPATCH: ok = in->a >= 0 && in->a < nclasses && in->b > pc && in->b <= nops && in->c > pc && in->c <= nops; break;
+        case OP_JMP: ok = in->a > pc && in->a <= nops; break; /* forward only: every line ends */
+        case OP_FAIL:
+        case OP_END:
+        case OP_ACCEPT: break;
+        default: ok = 0;
+        }
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "bad shape program at instruction %zd", pc);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(block, starts, lengths, program, classes, pool, nslots, fast, views) -> int\n\n"
+"Run the shape program on each line (starts/lengths: int64 arrays into block). Writes fast[i] = 1\n"
+"for a line that matched and has no backslash, and for each slot s the string view of line i's\n"
+"capture at views[(s * n + i) * 16]. Returns how many lines are fast.");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer block, starts, lengths, prog, classes, pool, fast, views;
+    int nslots;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*iw*w*", &block, &starts, &lengths, &prog, &classes, &pool, &nslots,
+                          &fast, &views))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = starts.len / 8, nops = prog.len / (Py_ssize_t)sizeof(Instr), nfast = 0;
+    if (starts.len % 8 || lengths.len != starts.len || fast.len != n || nslots < 0 || nslots > MAX_SLOTS ||
+        views.len != (Py_ssize_t)nslots * n * 16 || prog.len % (Py_ssize_t)sizeof(Instr) || classes.len % 256) {
+        PyErr_SetString(PyExc_ValueError, "scan: buffer sizes do not agree");
+        goto done;
+    }
+    if (block.len >= INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "scan: string views address a block with 32-bit offsets");
+        goto done;
+    }
+    const Instr *code = (const Instr *)prog.buf;
+    if (!check_program(code, nops, classes.len / 256, pool.len, nslots)) goto done;
+    const uint8_t *base = (const uint8_t *)block.buf;
+    const int64_t *st = (const int64_t *)starts.buf, *ln = (const int64_t *)lengths.buf;
+    uint8_t *out_fast = (uint8_t *)fast.buf, *out_views = (uint8_t *)views.buf;
+    const uint8_t *cls = (const uint8_t *)classes.buf, *lits = (const uint8_t *)pool.buf;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t cs[MAX_SLOTS], ce[MAX_SLOTS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t s = st[i], l = ln[i];
+        int ok = s >= 0 && l >= 0 && s <= block.len && l <= block.len - s;
+        if (ok) ok = memchr(base + s, '\\', (size_t)l) == NULL;
+        if (ok) {
+            for (int k = 0; k < nslots; k++) cs[k] = ce[k] = -1;
+            ok = run_line(code, nops, cls, lits, base + s, (Py_ssize_t)l, cs, ce);
+        }
+        out_fast[i] = (uint8_t)ok;
+        nfast += ok;
+        for (int k = 0; k < nslots; k++) {
+            uint8_t *v = out_views + ((Py_ssize_t)k * n + i) * 16;
+            if (ok && cs[k] >= 0 && ce[k] >= cs[k])
+                put_view(v, base, (Py_ssize_t)s + cs[k], ce[k] - cs[k]);
+            else
+                memset(v, 0, 16); /* an empty string: the group took no part, or the line is not fast */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(nfast);
+done:
+    PyBuffer_Release(&block);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&prog);
+    PyBuffer_Release(&classes);
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&fast);
+    PyBuffer_Release(&views);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_clf", "Compiled fast path for NCSA-shaped log lines (see shape.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__clf(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "MAX_SLOTS", MAX_SLOTS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
