@@ -176,7 +176,7 @@ def test_fast_path_reads_most_well_formed_lines_and_leaves_the_rest() -> None:
              f'1.2.3.4 - - [{TS}] "GET /\\x41 HTTP/1.1" 200 1 "-" "-"'.encode()]
     buf = b"\n".join(lines)
     starts = np.array([0, len(lines[0]) + 1, len(lines[0]) + len(lines[1]) + 2])
-    fast, cols = s.scan(buf, starts, np.array([len(x) for x in lines]))
+    fast, cols = s.columns(buf, starts, np.array([len(x) for x in lines]))
     assert fast.tolist() == [True, False, False]  # the backslash line is the regex's
     assert cols["user_agent"].to_pylist() == [UA, "", ""]
     assert cols["time"][0].as_py() == TS

@@ -19,25 +19,39 @@
 enum { OP_LIT, OP_RUN, OP_SAVE_START, OP_SAVE_END, OP_DISPATCH, OP_JMP, OP_FAIL, OP_END, OP_ACCEPT, OP_COUNT };
 
 #define MAX_SLOTS 64
+#define MAX_CLASSES 256
 
 typedef struct {
     int32_t op, a, b, c;
 } Instr;
 
 /* 1 when the line matches; cap_start/cap_end hold the captured spans (-1: group did not take part). */
-static int run_line(const Instr *prog, Py_ssize_t nops, const uint8_t *classes, const uint8_t *pool,
+static int run_line(const Instr *prog, Py_ssize_t nops, const uint8_t *classes, const int *stop, const uint8_t *pool,
                     const uint8_t *s, Py_ssize_t len, Py_ssize_t *cap_start, Py_ssize_t *cap_end) {
     Py_ssize_t p = 0, pc = 0;
     while (pc < nops) {
         const Instr *in = &prog[pc];
         switch (in->op) {
         case OP_LIT:
-            if (len - p < in->b || memcmp(s + p, pool + in->a, (size_t)in->b) != 0) return 0;
+            if (len - p < in->b) return 0;
+            if (in->b == 1 ? s[p] != pool[in->a] : memcmp(s + p, pool + in->a, (size_t)in->b) != 0) return 0;
             p += in->b;
             pc++;
             break;
         case OP_RUN: { /* greedy; the count is in characters (UTF-8 continuation bytes do not count) */
             const uint8_t *cls = classes + 256 * (Py_ssize_t)in->a;
+            if (in->c < 0 && in->b <= 1) { /* `*` and `+`: no count to keep */
+                Py_ssize_t from = p;
+                if (stop[in->a] >= 0) { /* a class of all bytes but one (and the absent backslash) */
+                    const uint8_t *q = memchr(s + p, stop[in->a], (size_t)(len - p));
+                    p = q ? q - s : len;
+                } else {
+                    while (p < len && cls[s[p]]) p++;
+                }
+                if (p == from && in->b == 1) return 0;
+                pc++;
+                break;
+            }
             int64_t count = 0;
             while (p < len && cls[s[p]]) {
                 if ((s[p] & 0xC0) != 0x80) {
@@ -75,6 +89,17 @@ static int run_line(const Instr *prog, Py_ssize_t nops, const uint8_t *classes, 
         }
     }
     return 0;
+}
+
+/* For each class, the one byte it lacks besides the backslash (fast lines have none), else -1:
+ * a run over it ends at that byte, which memchr finds many bytes at a time (quoted fields). */
+static void stop_bytes(const uint8_t *classes, Py_ssize_t nclasses, int *stop) {
+    for (Py_ssize_t k = 0; k < nclasses; k++) {
+        int missing = 0, last = -1;
+        for (int b = 0; b < 256; b++)
+            if (!classes[256 * k + b] && b != '\\') missing++, last = b;
+        stop[k] = missing == 1 ? last : -1;
+    }
 }
 
 /* One Arrow string_view: length, then the bytes inline (<= 12) or a prefix, buffer 0 and offset. */
@@ -139,7 +164,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         goto done;
     }
     const Instr *code = (const Instr *)prog.buf;
+    if (classes.len / 256 > MAX_CLASSES) {
+        PyErr_SetString(PyExc_ValueError, "scan: too many classes");
+        goto done;
+    }
     if (!check_program(code, nops, classes.len / 256, pool.len, nslots)) goto done;
+    int stop[MAX_CLASSES];
+    stop_bytes((const uint8_t *)classes.buf, classes.len / 256, stop);
     const uint8_t *base = (const uint8_t *)block.buf;
     const int64_t *st = (const int64_t *)starts.buf, *ln = (const int64_t *)lengths.buf;
     uint8_t *out_fast = (uint8_t *)fast.buf, *out_views = (uint8_t *)views.buf;
@@ -152,7 +183,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         if (ok) ok = memchr(base + s, '\\', (size_t)l) == NULL;
         if (ok) {
             for (int k = 0; k < nslots; k++) cs[k] = ce[k] = -1;
-            ok = run_line(code, nops, cls, lits, base + s, (Py_ssize_t)l, cs, ce);
+            ok = run_line(code, nops, cls, stop, lits, base + s, (Py_ssize_t)l, cs, ce);
         }
         out_fast[i] = (uint8_t)ok;
         nfast += ok;

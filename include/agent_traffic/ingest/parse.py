@@ -419,22 +419,33 @@ WHOLE = "__whole"  # a group around a whole piece: it equals the piece exactly w
 
 
 def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False) -> str:
-    """Lines without a backslash that have the format's quotes are cut at them, and only the
+    """The raw fields as VARCHAR (NULL for '' and '-'), and `matched`. With `presplit`, the lines
+    come with their fields read already (c_<field>: the compiled fast path's, or for the lines it
+    left, regex_fields' from a query on those lines alone), so this query runs no regex."""
+    matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
+    cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
+    if presplit:
+        fields = ", ".join(f'"c_{n}" AS {_f(n)}' for n in names)
+        source = f"(SELECT line_number, line, c_fast AS fast, {fields} FROM l)"
+    else:
+        source = f"({regex_fields(regex, names)})"
+    return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM {source}"
+
+
+def regex_fields(regex: str, names: tuple[str, ...]) -> str:
+    """SELECT line_number, line, fast and the raw fields f_<name> ('' when absent) of the lines in `l`.
+
+    Lines without a backslash that have the format's quotes are cut at them, and only the
     pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
-    With `presplit`, the compiled fast path (shape.py) has read the lines: `c_fast` says which,
-    `c_<field>` holds their fields, and only the other lines meet the regex.
 
     A piece between quotes with at most three groups is matched once: a group around the whole
     piece, which RE2 extracts in the same one-pass run, says whether it matched (it equals the
     piece), instead of a second run to ask. Each field's choice between the two readings is made
     once and shared by `matched` and the output column."""
-    split = None if presplit else quote_split(regex)
-    exprs, where = _extracts("line", regex, "m", "NOT fast" if split or presplit else None)
+    split = quote_split(regex)
+    exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
     pieces: list[str] = []
-    if presplit:
-        source = "(SELECT *, c_fast AS fast FROM l)"
-        where = {n: f'CASE WHEN fast THEN "c_{n}" ELSE {where[n]} END' for n in names}
-    elif split:
+    if split:
         k = len(split.quoted)
         pre = ["NOT contains(line, '\\')", f"len(p) >= {2 * k + 1}" if split.open_tail else f"len(p) = {2 * k + 1}"]
         post: list[str] = []
@@ -462,10 +473,7 @@ def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False) ->
     else:
         source = "(SELECT *, false AS fast FROM l)"
     fields = ", ".join(f"{where[n]} AS {_f(n)}" for n in names)
-    matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
-    cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
-    return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT line_number, line, fast, "
-            f"{fields} FROM (SELECT *, {', '.join(exprs)} FROM {source}))")
+    return f"SELECT line_number, line, fast, {fields} FROM (SELECT *, {', '.join(exprs)} FROM {source})"
 
 
 def _decode(expr: str, how: str | None) -> str:
@@ -758,12 +766,16 @@ class BlockParser:
         self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
         # the compiled fast path, where it is built and the format's regex has a shape it runs
         self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
+        self._raw_sql: str | None = None
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
         presplit = "c_fast" in table.column_names
         sql = self._sql.get((layout, presplit))
         if sql is None:
             sql = self._sql[layout, presplit] = build_sql(self.ctx, layout, presplit)
+        return self._run(table, sql)
+
+    def _run(self, table: pa.Table, sql: str) -> pa.Table:
         # several record batches, so DuckDB scans them on all its threads (one batch = one thread)
         self.con.register("lines_in", pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_ROWS), table.schema))
         try:
@@ -797,15 +809,43 @@ class BlockParser:
                 text = block.text
             cols = {"line_number": nums, "line": text}
             if self.shape is not None and not block.repaired:
-                starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
-                fast, fields = self.shape.scan(block.buf, starts, lengths)
-                cols |= {"c_fast": pa.array(fast)} | {f"c_{n}": a for n, a in fields.items()}
+                cols |= self._fast_fields(block, keep, nums)
             outs = [self._query(pa.table(cols), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
             out = with_forwarded_clients(out, self._proxies)
         return self._split(out, block, stats, pre)
+
+    def _fast_fields(self, block: Lines, keep: np.ndarray | None, nums: pa.Array) -> dict[str, pa.Array]:
+        """c_fast and c_<field> for the lines in `keep` (None: all): the compiled fast path's fields,
+        string views into the block; the lines it left (a backslash, another shape) get the regex's
+        fields from a query on those lines alone, in views into that query's strings."""
+        assert self.shape is not None
+        starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
+        fast, views = self.shape.scan(block.buf, starts, lengths)
+        slow = np.flatnonzero(~fast)
+        raw = None
+        if len(slow):
+            if self._raw_sql is None:
+                self._raw_sql = "WITH l AS (SELECT * FROM lines_in) " + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields)
+            lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
+            raw = self._run(lines, self._raw_sql).sort_by("line_number")
+        cols = {"c_fast": pa.array(fast)}
+        for k, name in enumerate(self.shape.slots):
+            buffers = [None, None, pa.py_buffer(block.buf)]
+            if raw is not None:
+                vals = pc.fill_null(raw[f"f_{name}"], "").combine_chunks().cast(pa.large_string())
+                offsets = np.frombuffer(vals.buffers()[1], np.int64, len(vals) + 1, vals.offset * 8)
+                data = vals.buffers()[2] or pa.py_buffer(b"")
+                lens = np.diff(offsets)
+                patch = _views(np.frombuffer(data, np.uint8), offsets[:-1], lens)
+                patch.view(np.int32)[lens > 12, 2] = 1  # long strings point into buffer 1: the query's
+                views[k, slow] = patch
+                buffers.append(data)
+            buffers[1] = pa.py_buffer(views[k])
+            cols[f"c_{name}"] = pa.Array.from_buffers(pa.string_view(), len(fast), buffers)
+        return cols
 
     def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:
         """Lines shorter than the format's shortest match: blank ones counted, the rest quarantined

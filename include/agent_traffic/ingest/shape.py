@@ -70,8 +70,8 @@ class Shape:
     pool: bytes
     slots: tuple[str, ...]
 
-    def scan(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
-        """(fast per line, a string_view array per field pointing into `buf`; empty where not fast)."""
+    def scan(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fast per line, Arrow string views (slot, line, 16 bytes) into `buf`; empty where not fast)."""
         if _clf is None:
             raise RuntimeError("the compiled fast path is not built")
         n = len(starts)
@@ -79,10 +79,14 @@ class Shape:
         views = np.empty((len(self.slots), n, 16), np.uint8)
         _clf.scan(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(lengths, np.int64),
                   self.program, self.classes, self.pool, len(self.slots), fast, views)
+        return fast.view(np.bool_), views
+
+    def columns(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
+        """(fast per line, a string_view array per field pointing into `buf`)."""
+        fast, views = self.scan(buf, starts, lengths)
         data = pa.py_buffer(buf)
-        cols = {name: pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views[k]), data])
-                for k, name in enumerate(self.slots)}
-        return fast.view(np.bool_), cols
+        return fast, {name: pa.Array.from_buffers(pa.string_view(), len(fast), [None, pa.py_buffer(views[k]), data])
+                      for k, name in enumerate(self.slots)}
 
 
 def compile_shape(regex: str, fields: tuple[str, ...]) -> Shape | None:
