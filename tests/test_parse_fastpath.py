@@ -16,7 +16,7 @@ import pytest
 from agent_traffic.formats import load_formats
 from agent_traffic.ingest import shape
 from agent_traffic.ingest.parse import BlockParser, ParseContext, ParseStats, parse_blocks
-from agent_traffic.ingest.shape import PURE_ENV, compile_shape
+from agent_traffic.ingest.shape import PURE_ENV, class_table, compile_shape
 from tests.data.formats import samples
 
 FORMATS = load_formats()
@@ -180,6 +180,19 @@ def test_fast_path_reads_most_well_formed_lines_and_leaves_the_rest() -> None:
     assert fast.tolist() == [True, False, False]  # the backslash line is the regex's
     assert cols["user_agent"].to_pylist() == [UA, "", ""]
     assert cols["time"][0].as_py() == TS
+    requests = [b"GET /x HTTP/1.1", b"GET  /x", b"GET", b"G@T /x", b" /x", b"-", b"", b"get /" + b"y" * 20 + b" z",
+                b"OPTIONS * HTTP/1.1", b"GET /x?\xc3\xbc HTTP/1.1"]
+    lines = [f'1.2.3.4 - - [{TS}] "'.encode() + r + b'" 200 1 "-" "-"' for r in requests]
+    buf = b"\n".join(lines)
+    starts = np.cumsum([0] + [len(x) + 1 for x in lines[:-1]])
+    fast, views, valid = s.scan(buf, starts, np.array([len(x) for x in lines]), class_table("[A-Za-z]+"))
+    assert fast.all()
+    split = [pa.Array.from_buffers(pa.string_view(), len(lines), [pa.py_buffer(np.packbits(valid[k], bitorder="little")),
+                                                                   pa.py_buffer(views[len(s.slots) + k]), pa.py_buffer(buf)])
+             for k in range(2)]
+    assert list(zip(split[0].to_pylist(), split[1].to_pylist(), strict=True)) == [
+        ("GET", "/x"), ("GET", None), (None, None), (None, None), (None, None), (None, None), (None, None),
+        ("get", "/" + "y" * 20), ("OPTIONS", "*"), ("GET", "/x?ü")]
 
 
 @built
@@ -187,15 +200,21 @@ def test_hostile_offsets_and_programs_never_read_outside_the_block() -> None:
     s = compile_shape(FORMATS["combined"].regex or "", FORMATS["combined"].fields)
     assert s is not None
     buf = b'1.2.3.4 - - [x] "GET / HTTP/1.1" 200 1 "-" "-"'
-    fast, _ = s.scan(buf, np.array([0, 5, -1, len(buf), 1 << 40]), np.array([len(buf), len(buf), 3, 1, 1]))
+    fast, _, valid = s.scan(buf, np.array([0, 5, -1, len(buf), 1 << 40]), np.array([len(buf), len(buf), 3, 1, 1]),
+                            class_table("[A-Z]+"))
     assert fast.tolist() == [True, False, False, False, False]
+    assert valid.tolist() == [[True, False, False, False, False]] * 2
     bad_jump = np.array([[5, -1, 0, 0]], np.int32).tobytes()  # a backward jump would loop forever
     with pytest.raises(ValueError, match="bad shape program"):
         shape._clf.scan(buf, np.zeros(1, np.int64), np.ones(1, np.int64), bad_jump, b"", b"", 0,
-                        np.zeros(1, np.uint8), np.zeros((0, 1, 16), np.uint8))
+                        np.zeros(1, np.uint8), np.zeros((0, 1, 16), np.uint8), -1, b"", bytearray())
     with pytest.raises(ValueError, match="sizes"):
         shape._clf.scan(buf, np.zeros(2, np.int64), np.ones(1, np.int64), s.program, s.classes, s.pool,
-                        len(s.slots), np.zeros(2, np.uint8), np.zeros((len(s.slots), 2, 16), np.uint8))
+                        len(s.slots), np.zeros(2, np.uint8), np.zeros((len(s.slots), 2, 16), np.uint8), -1, b"", bytearray())
+    with pytest.raises(ValueError, match="sizes"):  # a request slot without its method table
+        shape._clf.scan(buf, np.zeros(1, np.int64), np.ones(1, np.int64), s.program, s.classes, s.pool,
+                        len(s.slots), np.zeros(1, np.uint8), np.zeros((len(s.slots) + 2, 1, 16), np.uint8), 2, b"",
+                        np.zeros(2, np.uint8))
 
 
 @pytest.mark.parametrize("fid", NCSA)

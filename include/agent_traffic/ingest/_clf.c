@@ -140,22 +140,53 @@ static int check_program(const Instr *prog, Py_ssize_t nops, Py_ssize_t nclasses
     return 1;
 }
 
+/* The request line "METHOD TARGET ..." of a fast line as parse.py's query reads it: split at single
+ * spaces; a method only when there is a second part and the first is a non-empty token; the target
+ * is the second part, absent when empty. `req` is the captured request [from, to) in the block. */
+static void split_request(const uint8_t *base, Py_ssize_t from, Py_ssize_t to, const uint8_t *token,
+                          uint8_t *method, uint8_t *target, uint8_t *valid_method, uint8_t *valid_target) {
+    const uint8_t *r = base + from;
+    Py_ssize_t len = to - from, sp1 = -1, sp2 = len;
+    *valid_method = *valid_target = 0;
+    memset(method, 0, 16);
+    memset(target, 0, 16);
+    if (len == 0 || (len == 1 && r[0] == '-')) return; /* NULLIF(NULLIF(request, ''), '-') */
+    const uint8_t *sp = memchr(r, ' ', (size_t)len);
+    if (sp == NULL || sp == r) return; /* one part, or an empty method */
+    sp1 = sp - r;
+    for (Py_ssize_t k = 0; k < sp1; k++)
+        if (!token[r[k]]) return;
+    sp = memchr(r + sp1 + 1, ' ', (size_t)(len - sp1 - 1));
+    if (sp) sp2 = sp - r;
+    put_view(method, base, from, sp1);
+    *valid_method = 1;
+    if (sp2 > sp1 + 1) {
+        put_view(target, base, from + sp1 + 1, sp2 - sp1 - 1);
+        *valid_target = 1;
+    }
+}
+
 PyDoc_STRVAR(scan_doc,
-"scan(block, starts, lengths, program, classes, pool, nslots, fast, views) -> int\n\n"
+"scan(block, starts, lengths, program, classes, pool, nslots, fast, views, request_slot, token, valid)\n"
+"-> int\n\n"
 "Run the shape program on each line (starts/lengths: int64 arrays into block). Writes fast[i] = 1\n"
 "for a line that matched and has no backslash, and for each slot s the string view of line i's\n"
-"capture at views[(s * n + i) * 16]. Returns how many lines are fast.");
+"capture at views[(s * n + i) * 16]. With request_slot >= 0, slots nslots and nslots + 1 get the\n"
+"request's method and target and valid[i], valid[n + i] say whether they are present (token: the\n"
+"256-byte table of method characters). Returns how many lines are fast.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    Py_buffer block, starts, lengths, prog, classes, pool, fast, views;
-    int nslots;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*iw*w*", &block, &starts, &lengths, &prog, &classes, &pool, &nslots,
-                          &fast, &views))
+    Py_buffer block, starts, lengths, prog, classes, pool, fast, views, token, valid;
+    int nslots, req;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*iw*w*iy*w*", &block, &starts, &lengths, &prog, &classes, &pool, &nslots,
+                          &fast, &views, &req, &token, &valid))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = starts.len / 8, nops = prog.len / (Py_ssize_t)sizeof(Instr), nfast = 0;
+    int extra = req >= 0 ? 2 : 0;
     if (starts.len % 8 || lengths.len != starts.len || fast.len != n || nslots < 0 || nslots > MAX_SLOTS ||
-        views.len != (Py_ssize_t)nslots * n * 16 || prog.len % (Py_ssize_t)sizeof(Instr) || classes.len % 256) {
+        views.len != (Py_ssize_t)(nslots + extra) * n * 16 || prog.len % (Py_ssize_t)sizeof(Instr) ||
+        classes.len % 256 || req >= nslots || (req >= 0 && (token.len != 256 || valid.len != 2 * n))) {
         PyErr_SetString(PyExc_ValueError, "scan: buffer sizes do not agree");
         goto done;
     }
@@ -173,7 +204,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     stop_bytes((const uint8_t *)classes.buf, classes.len / 256, stop);
     const uint8_t *base = (const uint8_t *)block.buf;
     const int64_t *st = (const int64_t *)starts.buf, *ln = (const int64_t *)lengths.buf;
-    uint8_t *out_fast = (uint8_t *)fast.buf, *out_views = (uint8_t *)views.buf;
+    uint8_t *out_fast = (uint8_t *)fast.buf, *out_views = (uint8_t *)views.buf, *out_valid = (uint8_t *)valid.buf;
+    const uint8_t *tok = (const uint8_t *)token.buf;
     const uint8_t *cls = (const uint8_t *)classes.buf, *lits = (const uint8_t *)pool.buf;
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t cs[MAX_SLOTS], ce[MAX_SLOTS];
@@ -194,6 +226,17 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             else
                 memset(v, 0, 16); /* an empty string: the group took no part, or the line is not fast */
         }
+        if (req >= 0) {
+            uint8_t *m = out_views + ((Py_ssize_t)nslots * n + i) * 16, *t = out_views + ((Py_ssize_t)(nslots + 1) * n + i) * 16;
+            if (ok && cs[req] >= 0 && ce[req] >= cs[req]) {
+                split_request(base, (Py_ssize_t)s + cs[req], (Py_ssize_t)s + ce[req], tok, m, t, out_valid + i,
+                              out_valid + n + i);
+            } else {
+                memset(m, 0, 16);
+                memset(t, 0, 16);
+                out_valid[i] = out_valid[n + i] = 0;
+            }
+        }
     }
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(nfast);
@@ -206,6 +249,8 @@ done:
     PyBuffer_Release(&pool);
     PyBuffer_Release(&fast);
     PyBuffer_Release(&views);
+    PyBuffer_Release(&token);
+    PyBuffer_Release(&valid);
     return result;
 }
 

@@ -38,7 +38,7 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
-from agent_traffic.ingest.shape import compile_shape, enabled
+from agent_traffic.ingest.shape import class_table, compile_shape, enabled
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -57,6 +57,7 @@ CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 TS_RANGE = ("1900-01-01 00:00:00+00", "2200-01-01 00:00:00+00")
 TS_OUT_OF_RANGE = "timestamp out of range (before 1900 or after 2199)"
 METHOD_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110: a request method is any token
+_METHOD_TABLE = class_table(METHOD_TOKEN)  # the same, for the compiled fast path
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
 SCAN_ROWS = 16_384  # lines per Arrow batch handed to DuckDB
@@ -424,12 +425,12 @@ def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False) ->
     left, regex_fields' from a query on those lines alone), so this query runs no regex."""
     matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
     cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
-    if presplit:
+    if presplit:  # with a request field, also its method and target (c_method, c_target)
         fields = ", ".join(f'"c_{n}" AS {_f(n)}' for n in names)
-        source = f"(SELECT line_number, line, c_fast AS fast, {fields} FROM l)"
-    else:
-        source = f"({regex_fields(regex, names)})"
-    return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM {source}"
+        split = ", c_method, c_target" if "request" in names else ""
+        return (f"SELECT line_number, line, fast, {matched} AS matched, {cols}{split} FROM "
+                f"(SELECT line_number, line, c_fast AS fast, {fields}{split} FROM l)")
+    return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM ({regex_fields(regex, names)})"
 
 
 def regex_fields(regex: str, names: tuple[str, ...]) -> str:
@@ -613,6 +614,10 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
     t_raw = " || ' ' || ".join(col(n) for n in fmt.timestamp.fields)
     req_parts = f"string_split({col('request')}, ' ')" if "request" in have else "NULL::VARCHAR[]"
     req_ok = f"len(rp) >= 2 AND regexp_full_match(rp[1], {_q(METHOD_TOKEN)})"
+    method, target = f"CASE WHEN {req_ok} THEN rp[1] END", f"CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END"
+    if presplit and fmt.kind == "regex" and "request" in have:  # fast lines come split (c_method, c_target)
+        req_parts = f"CASE WHEN NOT fast THEN {req_parts} END"
+        method, target = f"CASE WHEN fast THEN c_method ELSE {method} END", f"CASE WHEN fast THEN c_target ELSE {target} END"
     from_pq = (f"CASE WHEN {col('path')} IS NOT NULL THEN {col('path')} || coalesce('?' || {col('query')}, '') END"
                if "path" in have else "NULL")
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")
@@ -631,8 +636,8 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
     ),
     request AS (
       SELECT *,
-        upper(coalesce({col('method')}, CASE WHEN {req_ok} THEN rp[1] END)) AS method,
-        coalesce({col('target')}, CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END, {from_pq}, {col('url')}) AS target
+        upper(coalesce({col('method')}, {method})) AS method,
+        coalesce({col('target')}, {target}, {from_pq}, {col('url')}) AS target
       FROM request_split
     ),
     authority AS (
@@ -823,7 +828,8 @@ class BlockParser:
         fields from a query on those lines alone, in views into that query's strings."""
         assert self.shape is not None
         starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
-        fast, views = self.shape.scan(block.buf, starts, lengths)
+        split = "request" in self.shape.slots
+        fast, views, valid = self.shape.scan(block.buf, starts, lengths, _METHOD_TABLE if split else None)
         slow = np.flatnonzero(~fast)
         raw = None
         if len(slow):
@@ -845,6 +851,10 @@ class BlockParser:
                 buffers.append(data)
             buffers[1] = pa.py_buffer(views[k])
             cols[f"c_{name}"] = pa.Array.from_buffers(pa.string_view(), len(fast), buffers)
+        for k, name in enumerate(("c_method", "c_target") if split else ()):  # NULL where not fast
+            bits = pa.py_buffer(np.packbits(valid[k], bitorder="little"))
+            cols[name] = pa.Array.from_buffers(pa.string_view(), len(fast), [bits, pa.py_buffer(views[len(self.shape.slots) + k]),
+                                                                            pa.py_buffer(block.buf)])
         return cols
 
     def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:

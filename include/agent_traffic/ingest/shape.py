@@ -70,23 +70,37 @@ class Shape:
     pool: bytes
     slots: tuple[str, ...]
 
-    def scan(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(fast per line, Arrow string views (slot, line, 16 bytes) into `buf`; empty where not fast)."""
+    def scan(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray,
+             method_token: bytes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fast per line, Arrow string views (slot, line, 16 bytes) into `buf`, empty where not fast;
+        with `method_token` (a class table) two more slots, the request's method and target as
+        parse.py's query splits it, and whether each is present (2, line))."""
         if _clf is None:
             raise RuntimeError("the compiled fast path is not built")
         n = len(starts)
+        req = self.slots.index("request") if method_token is not None and "request" in self.slots else -1
         fast = np.zeros(n, np.uint8)
-        views = np.empty((len(self.slots), n, 16), np.uint8)
+        views = np.empty((len(self.slots) + (2 if req >= 0 else 0), n, 16), np.uint8)
+        valid = np.zeros((2 if req >= 0 else 0, n), np.uint8)
         _clf.scan(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(lengths, np.int64),
-                  self.program, self.classes, self.pool, len(self.slots), fast, views)
-        return fast.view(np.bool_), views
+                  self.program, self.classes, self.pool, len(self.slots), fast, views, req, method_token or b"", valid)
+        return fast.view(np.bool_), views, valid.view(np.bool_)
 
     def columns(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
         """(fast per line, a string_view array per field pointing into `buf`)."""
-        fast, views = self.scan(buf, starts, lengths)
+        fast, views, _ = self.scan(buf, starts, lengths)
         data = pa.py_buffer(buf)
         return fast, {name: pa.Array.from_buffers(pa.string_view(), len(fast), [None, pa.py_buffer(views[k]), data])
                       for k, name in enumerate(self.slots)}
+
+
+def class_table(regex: str) -> bytes:
+    """The 256-byte table of a one-class pattern such as `[a-z]+` (RE2's meaning of its classes)."""
+    items = list(sre.parse(regex))
+    members = _single_class(list(items[0][1][2])) if len(items) == 1 and items[0][0] == C.MAX_REPEAT else None
+    if members is None:
+        raise ValueError(f"{regex!r} is not one class")
+    return bytes(int(b in members) for b in range(256))
 
 
 def compile_shape(regex: str, fields: tuple[str, ...]) -> Shape | None:
