@@ -25,9 +25,10 @@ built = pytest.mark.skipif(shape._clf is None, reason="the C extension agent_tra
                            "(no C compiler at `pip install -e .`): only the regex path exists here")
 
 
-def ctx(fid: str, *, multi: bool = True, max_line: int = 400, proxies: tuple[str, ...] = ()) -> ParseContext:
+def ctx(fid: str, *, multi: bool = True, max_line: int = 400, proxies: tuple[str, ...] = (),
+        formats: dict | None = None) -> ParseContext:
     site = None if multi else "example.com"
-    return ParseContext("obj0000000000001", "file:///logs/x.log.gz", FORMATS[fid], site, site, "https",
+    return ParseContext("obj0000000000001", "file:///logs/x.log.gz", (formats or FORMATS)[fid], site, site, "https",
                         samples.HOST_SITES if multi else {}, max_line, proxies)
 
 
@@ -165,6 +166,29 @@ def test_property_generated_near_combined_lines_parse_the_same_both_ways(fid: st
     rng = random.Random(fid)
     data = ("\n".join(near_combined(rng) for _ in range(3000)) + "\n").encode()
     both(data, ctx(fid), monkeypatch)
+
+
+@built
+def test_user_regex_formats_get_the_fast_path_with_their_own_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's format from the config: its fields by the same rule; a request decoded before it is
+    split (`plus`, `url`) is split by the query, not by the fast path."""
+    common = {"timestamp": {"field": "time", "format": "%d/%b/%Y:%H:%M:%S %z"}}
+    fmts = load_formats([
+        {"id": "traefik_clf", "kind": "regex", **common, "duration": {"field": "duration", "unit": "ms"},
+         "regex": r'^(?P<client_ip>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) '
+                  r'(?P<bytes>\d+|-) "(?P<referer>[^"]*)" "(?P<user_agent>[^"]*)" \d+ "(?P<host>[^"]*)" '
+                  r'"[^"]*" (?P<duration>\d+)ms$'},
+        {"id": "plus_clf", "kind": "regex", **common, "decode": {"request": "plus", "user_agent": "plus"},
+         "regex": r'^(?P<client_ip>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) '
+                  r'"(?P<user_agent>[^"]*)"\s*$'},
+    ])
+    traefik = (f'203.0.113.9 - - [{TS}] "GET /a?b=1 HTTP/2.0" 200 512 "-" "GPTBot/1.2" 17 "www.example.com" '
+               f'"http://10.0.0.5:8080" 42ms')
+    lines = [traefik, traefik.replace("42ms", "x ms"), traefik.replace('"www.example.com"', '"EXAMPLE.com:8080"')]
+    both(("\n".join(lines) + "\n").encode(), ctx("traefik_clf", formats=fmts), monkeypatch)
+    plus = [f'203.0.113.9 [{TS}] "{r}" 200 "Mozilla/5.0+(X11)"' for r in
+            ["GET+/a+HTTP/1.1", "GET /a+b HTTP/1.1", "GET++/x", "+GET /", "GET", "-"]]
+    both(("\n".join(plus) + "\n").encode(), ctx("plus_clf", formats=fmts, multi=False), monkeypatch)
 
 
 @built

@@ -367,13 +367,20 @@ def _null_if_empty(expr: str, name: str) -> str:
     return f"NULLIF({expr}, '')" if name == "bytes" else f"NULLIF(NULLIF({expr}, ''), '-')"
 
 
+def request_presplit(fmt: LogFormat) -> bool:
+    """The compiled fast path also splits the request (method, target) for this regex format: it
+    has a request field, read as captured (a backslash decode is a no-op on fast lines, which
+    have no backslash; a url or plus decode would change it before the split)."""
+    return fmt.kind == "regex" and "request" in fmt.fields and fmt.decode.get("request") in (None, "backslash")
+
+
 def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None, presplit: bool = False) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field (regex
     formats also `fast`: the line was read by cutting it at its quotes, or by the compiled fast
     path when `presplit`)."""
     names = fmt.fields
     if fmt.kind == "regex":
-        return _regex_select(fmt.regex or "", names, presplit)
+        return _regex_select(fmt.regex or "", names, presplit, presplit and request_presplit(fmt))
     if fmt.kind == "json":
         paths = list(dict.fromkeys(fmt.columns))
         plist = "[" + ", ".join(_q(json_path(p)) for p in paths) + "]"
@@ -419,15 +426,15 @@ def _extracts(subject: str, regex: str, prefix: str, when: str | None) -> tuple[
 WHOLE = "__whole"  # a group around a whole piece: it equals the piece exactly when the piece matched
 
 
-def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False) -> str:
+def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False, request: bool = False) -> str:
     """The raw fields as VARCHAR (NULL for '' and '-'), and `matched`. With `presplit`, the lines
     come with their fields read already (c_<field>: the compiled fast path's, or for the lines it
     left, regex_fields' from a query on those lines alone), so this query runs no regex."""
     matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
     cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
-    if presplit:  # with a request field, also its method and target (c_method, c_target)
+    if presplit:  # with `request`, also the request's method and target (c_method, c_target)
         fields = ", ".join(f'"c_{n}" AS {_f(n)}' for n in names)
-        split = ", c_method, c_target" if "request" in names else ""
+        split = ", c_method, c_target" if request else ""
         return (f"SELECT line_number, line, fast, {matched} AS matched, {cols}{split} FROM "
                 f"(SELECT line_number, line, c_fast AS fast, {fields}{split} FROM l)")
     return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM ({regex_fields(regex, names)})"
@@ -615,7 +622,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
     req_parts = f"string_split({col('request')}, ' ')" if "request" in have else "NULL::VARCHAR[]"
     req_ok = f"len(rp) >= 2 AND regexp_full_match(rp[1], {_q(METHOD_TOKEN)})"
     method, target = f"CASE WHEN {req_ok} THEN rp[1] END", f"CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END"
-    if presplit and fmt.kind == "regex" and "request" in have:  # fast lines come split (c_method, c_target)
+    if presplit and request_presplit(fmt):  # fast lines come split (c_method, c_target)
         req_parts = f"CASE WHEN NOT fast THEN {req_parts} END"
         method, target = f"CASE WHEN fast THEN c_method ELSE {method} END", f"CASE WHEN fast THEN c_target ELSE {target} END"
     from_pq = (f"CASE WHEN {col('path')} IS NOT NULL THEN {col('path')} || coalesce('?' || {col('query')}, '') END"
@@ -828,7 +835,7 @@ class BlockParser:
         fields from a query on those lines alone, in views into that query's strings."""
         assert self.shape is not None
         starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
-        split = "request" in self.shape.slots
+        split = request_presplit(self.ctx.fmt)
         fast, views, valid = self.shape.scan(block.buf, starts, lengths, _METHOD_TABLE if split else None)
         slow = np.flatnonzero(~fast)
         raw = None
