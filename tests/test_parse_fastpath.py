@@ -257,6 +257,8 @@ def test_the_ncsa_family_is_recognised_by_its_regex(fid: str) -> None:
         r"^(?P<status>\d{3}) (?P<request>(?:ab)+)",  # a repeat of a sequence
         r"^(?P<status>\d{3}) (?P<request>[^é]+)",  # a class with a non-ASCII member
         r"^(?P<status>\d{3}) (?:(?P<request>\S*))?",  # an optional group that can match nothing
+        r"^(?P<status>\d{,3}) (?P<request>\S+)",  # RE2 reads `{,3}` as text, Python as a repeat
+        "^(?P<status>\\d{3}) (?P<request>\ud800+)",  # a lone surrogate
     ],
 )
 def test_patterns_the_fast_path_cannot_run_keep_the_regex(regex: str) -> None:

@@ -105,14 +105,14 @@ def class_table(regex: str) -> bytes:
 
 def compile_shape(regex: str, fields: tuple[str, ...]) -> Shape | None:
     """The regex as a fast-path program, or None when it uses syntax the program cannot run."""
-    if "[:" in regex:  # POSIX classes: RE2 syntax Python would read as a set of characters
+    if "[:" in regex or "{," in regex:  # POSIX classes, `{,n}`: Python and RE2 read them differently
         return None
     try:
         tree = sre.parse(regex)
         if tree.state.flags & _FLAGS:
             return None
         return _Compiler(tree.state.groupdict, fields).run(list(tree))
-    except (Unsupported, re.error, RecursionError):
+    except (Unsupported, re.error, RecursionError, ValueError):  # ValueError: a lone surrogate
         return None
 
 
