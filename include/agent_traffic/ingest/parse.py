@@ -440,17 +440,19 @@ def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False, re
     return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM ({regex_fields(regex, names)})"
 
 
-def regex_fields(regex: str, names: tuple[str, ...]) -> str:
+def regex_fields(regex: str, names: tuple[str, ...], cut: bool = True) -> str:
     """SELECT line_number, line, fast and the raw fields f_<name> ('' when absent) of the lines in `l`.
 
-    Lines without a backslash that have the format's quotes are cut at them, and only the
-    pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+    With `cut`, lines without a backslash that have the format's quotes are cut at them, and only
+    the pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+    Without it every line meets the regex, in a shorter query (the few lines the compiled fast
+    path leaves: for them, planning the longer query costs more than it saves).
 
     A piece between quotes with at most three groups is matched once: a group around the whole
     piece, which RE2 extracts in the same one-pass run, says whether it matched (it equals the
     piece), instead of a second run to ask. Each field's choice between the two readings is made
     once and shared by `matched` and the output column."""
-    split = quote_split(regex)
+    split = quote_split(regex) if cut else None
     exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
     pieces: list[str] = []
     if split:
@@ -841,7 +843,8 @@ class BlockParser:
         raw = None
         if len(slow):
             if self._raw_sql is None:
-                self._raw_sql = "WITH l AS (SELECT * FROM lines_in) " + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields)
+                self._raw_sql = ("WITH l AS (SELECT * FROM lines_in) "
+                                 + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
             lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
             raw = self._run(lines, self._raw_sql).sort_by("line_number")
         cols = {"c_fast": pa.array(fast)}
