@@ -19,6 +19,7 @@
 enum { OP_LIT, OP_RUN, OP_SAVE_START, OP_SAVE_END, OP_DISPATCH, OP_JMP, OP_FAIL, OP_END, OP_ACCEPT, OP_COUNT };
 
 #define MAX_SLOTS 64
+#define ABI 2 /* scan()'s arguments; shape.py uses a build of this ABI only */
 #define MAX_CLASSES 256
 
 typedef struct {
@@ -265,7 +266,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__clf(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "MAX_SLOTS", MAX_SLOTS) < 0) {
+    if (m && (PyModule_AddIntConstant(m, "MAX_SLOTS", MAX_SLOTS) < 0 || PyModule_AddIntConstant(m, "ABI", ABI) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

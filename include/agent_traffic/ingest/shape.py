@@ -30,9 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+ABI = 2  # the extension's scan() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:
     from agent_traffic.ingest import _clf
 except ImportError:  # built by `pip install -e .` where a C compiler is; else the regex path runs
+    _clf = None
+if getattr(_clf, "ABI", None) != ABI:
     _clf = None
 
 PURE_ENV = "AGENT_TRAFFIC_PURE_PARSE"
