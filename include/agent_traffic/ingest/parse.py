@@ -38,6 +38,7 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
+from agent_traffic.ingest.shape import class_table, compile_shape, enabled
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -56,6 +57,7 @@ CLF_TIME = "%d/%b/%Y:%H:%M:%S %z"
 TS_RANGE = ("1900-01-01 00:00:00+00", "2200-01-01 00:00:00+00")
 TS_OUT_OF_RANGE = "timestamp out of range (before 1900 or after 2199)"
 METHOD_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110: a request method is any token
+_METHOD_TABLE = class_table(METHOD_TOKEN)  # the same, for the compiled fast path
 MAX_HOSTS_TRACKED = 10_000  # distinct unknown hosts remembered per object (then folded)
 TOP_HOSTS = 20  # unknown hosts listed per object in its stats
 SCAN_ROWS = 16_384  # lines per Arrow batch handed to DuckDB
@@ -365,12 +367,20 @@ def _null_if_empty(expr: str, name: str) -> str:
     return f"NULLIF({expr}, '')" if name == "bytes" else f"NULLIF(NULLIF({expr}, ''), '-')"
 
 
-def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None) -> str:
+def request_presplit(fmt: LogFormat) -> bool:
+    """The compiled fast path also splits the request (method, target) for this regex format: it
+    has a request field, read as captured (a backslash decode is a no-op on fast lines, which
+    have no backslash; a url or plus decode would change it before the split)."""
+    return fmt.kind == "regex" and "request" in fmt.fields and fmt.decode.get("request") in (None, "backslash")
+
+
+def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None, presplit: bool = False) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field (regex
-    formats also `fast`: the line was read by cutting it at its quotes)."""
+    formats also `fast`: the line was read by cutting it at its quotes, or by the compiled fast
+    path when `presplit`)."""
     names = fmt.fields
     if fmt.kind == "regex":
-        return _regex_select(fmt.regex or "", names)
+        return _regex_select(fmt.regex or "", names, presplit, presplit and request_presplit(fmt))
     if fmt.kind == "json":
         paths = list(dict.fromkeys(fmt.columns))
         plist = "[" + ", ".join(_q(json_path(p)) for p in paths) + "]"
@@ -416,15 +426,33 @@ def _extracts(subject: str, regex: str, prefix: str, when: str | None) -> tuple[
 WHOLE = "__whole"  # a group around a whole piece: it equals the piece exactly when the piece matched
 
 
-def _regex_select(regex: str, names: tuple[str, ...]) -> str:
-    """Lines without a backslash that have the format's quotes are cut at them, and only the
-    pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False, request: bool = False) -> str:
+    """The raw fields as VARCHAR (NULL for '' and '-'), and `matched`. With `presplit`, the lines
+    come with their fields read already (c_<field>: the compiled fast path's, or for the lines it
+    left, regex_fields' from a query on those lines alone), so this query runs no regex."""
+    matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
+    cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
+    if presplit:  # with `request`, also the request's method and target (c_method, c_target)
+        fields = ", ".join(f'"c_{n}" AS {_f(n)}' for n in names)
+        split = ", c_method, c_target" if request else ""
+        return (f"SELECT line_number, line, fast, {matched} AS matched, {cols}{split} FROM "
+                f"(SELECT line_number, line, c_fast AS fast, {fields}{split} FROM l)")
+    return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM ({regex_fields(regex, names)})"
+
+
+def regex_fields(regex: str, names: tuple[str, ...], cut: bool = True) -> str:
+    """SELECT line_number, line, fast and the raw fields f_<name> ('' when absent) of the lines in `l`.
+
+    With `cut`, lines without a backslash that have the format's quotes are cut at them, and only
+    the pieces between quotes meet the regex engine (formats.QuoteSplit); other lines, the regex.
+    Without it every line meets the regex, in a shorter query (the few lines the compiled fast
+    path leaves: for them, planning the longer query costs more than it saves).
 
     A piece between quotes with at most three groups is matched once: a group around the whole
     piece, which RE2 extracts in the same one-pass run, says whether it matched (it equals the
     piece), instead of a second run to ask. Each field's choice between the two readings is made
     once and shared by `matched` and the output column."""
-    split = quote_split(regex)
+    split = quote_split(regex) if cut else None
     exprs, where = _extracts("line", regex, "m", "NOT fast" if split else None)
     pieces: list[str] = []
     if split:
@@ -455,10 +483,7 @@ def _regex_select(regex: str, names: tuple[str, ...]) -> str:
     else:
         source = "(SELECT *, false AS fast FROM l)"
     fields = ", ".join(f"{where[n]} AS {_f(n)}" for n in names)
-    matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
-    cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
-    return (f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM (SELECT line_number, line, fast, "
-            f"{fields} FROM (SELECT *, {', '.join(exprs)} FROM {source}))")
+    return f"SELECT line_number, line, fast, {fields} FROM (SELECT *, {', '.join(exprs)} FROM {source})"
 
 
 def _decode(expr: str, how: str | None) -> str:
@@ -586,8 +611,9 @@ ABS_URL = "^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)"
 WHITESPACE = "' ' || chr(9) || chr(11) || chr(12) || chr(13)"
 
 
-def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
-    """One query: raw fields -> canonical event columns + `reason` (NULL for a good event)."""
+def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False) -> str:
+    """One query: raw fields -> canonical event columns + `reason` (NULL for a good event);
+    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>)."""
     fmt = ctx.fmt
     have = set(fmt.fields)
 
@@ -597,6 +623,10 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
     t_raw = " || ' ' || ".join(col(n) for n in fmt.timestamp.fields)
     req_parts = f"string_split({col('request')}, ' ')" if "request" in have else "NULL::VARCHAR[]"
     req_ok = f"len(rp) >= 2 AND regexp_full_match(rp[1], {_q(METHOD_TOKEN)})"
+    method, target = f"CASE WHEN {req_ok} THEN rp[1] END", f"CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END"
+    if presplit and request_presplit(fmt):  # fast lines come split (c_method, c_target)
+        req_parts = f"CASE WHEN NOT fast THEN {req_parts} END"
+        method, target = f"CASE WHEN fast THEN c_method ELSE {method} END", f"CASE WHEN fast THEN c_target ELSE {target} END"
     from_pq = (f"CASE WHEN {col('path')} IS NOT NULL THEN {col('path')} || coalesce('?' || {col('query')}, '') END"
                if "path" in have else "NULL")
     host = f"coalesce({col('host')}, auth.a" + (f", {_q(ctx.default_host)})" if ctx.default_host else ")")
@@ -609,14 +639,14 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None) -> str:
     max_b = int(ctx.max_line_bytes)
     return f"""
     WITH l AS (SELECT * FROM lines_in),  -- l: the block's lines (line_number, line)
-    fields AS ({_raw_select(fmt, layout)}),
+    fields AS ({_raw_select(fmt, layout, presplit)}),
     request_split AS (
       SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM fields)
     ),
     request AS (
       SELECT *,
-        upper(coalesce({col('method')}, CASE WHEN {req_ok} THEN rp[1] END)) AS method,
-        coalesce({col('target')}, CASE WHEN {req_ok} THEN NULLIF(rp[2], '') END, {from_pq}, {col('url')}) AS target
+        upper(coalesce({col('method')}, {method})) AS method,
+        coalesce({col('target')}, {target}, {from_pq}, {col('url')}) AS target
       FROM request_split
     ),
     authority AS (
@@ -744,15 +774,22 @@ class BlockParser:
     def __init__(self, ctx: ParseContext) -> None:
         self.ctx = ctx
         self.layout: tuple[str, ...] | None = ctx.fmt.default_fields or None
-        self._sql: dict[tuple[str, ...] | None, str] = {}
+        self._sql: dict[tuple[tuple[str, ...] | None, bool], str] = {}
         self.con = duck_connection()
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
         self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
+        # the compiled fast path, where it is built and the format's regex has a shape it runs
+        self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
+        self._raw_sql: str | None = None
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
-        sql = self._sql.get(layout)
+        presplit = "c_fast" in table.column_names
+        sql = self._sql.get((layout, presplit))
         if sql is None:
-            sql = self._sql[layout] = build_sql(self.ctx, layout)
+            sql = self._sql[layout, presplit] = build_sql(self.ctx, layout, presplit)
+        return self._run(table, sql)
+
+    def _run(self, table: pa.Table, sql: str) -> pa.Table:
         # several record batches, so DuckDB scans them on all its threads (one batch = one thread)
         self.con.register("lines_in", pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_ROWS), table.schema))
         try:
@@ -777,18 +814,58 @@ class BlockParser:
             # Lines too short for the format are decided without a query (blank, or no match), so
             # a flood of empty or two-byte lines costs a numpy pass, not a parse per line.
             short = block.lengths < self.min_len
+            keep = None
             if short.any():
                 pre = self._short_lines(block, np.flatnonzero(short), stats)
                 keep = np.flatnonzero(~short)
                 nums, text = nums.take(keep), block.lines(keep)
             else:
                 text = block.text
-            outs = [self._query(pa.table({"line_number": nums, "line": text}), None)]
+            cols = {"line_number": nums, "line": text}
+            if self.shape is not None and not block.repaired:
+                cols |= self._fast_fields(block, keep, nums)
+            outs = [self._query(pa.table(cols), None)]
         outs = [o for o in outs if o.num_rows] or outs[:1]
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
             out = with_forwarded_clients(out, self._proxies)
         return self._split(out, block, stats, pre)
+
+    def _fast_fields(self, block: Lines, keep: np.ndarray | None, nums: pa.Array) -> dict[str, pa.Array]:
+        """c_fast and c_<field> for the lines in `keep` (None: all): the compiled fast path's fields,
+        string views into the block; the lines it left (a backslash, another shape) get the regex's
+        fields from a query on those lines alone, in views into that query's strings."""
+        assert self.shape is not None
+        starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
+        split = request_presplit(self.ctx.fmt)
+        fast, views, valid = self.shape.scan(block.buf, starts, lengths, _METHOD_TABLE if split else None)
+        slow = np.flatnonzero(~fast)
+        raw = None
+        if len(slow):
+            if self._raw_sql is None:
+                self._raw_sql = ("WITH l AS (SELECT * FROM lines_in) "
+                                 + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
+            lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
+            raw = self._run(lines, self._raw_sql).sort_by("line_number")
+        cols = {"c_fast": pa.array(fast)}
+        for k, name in enumerate(self.shape.slots):
+            buffers = [None, None, pa.py_buffer(block.buf)]
+            if raw is not None:
+                vals = pc.fill_null(raw[f"f_{name}"], "").combine_chunks().cast(pa.large_string())
+                offsets = np.frombuffer(vals.buffers()[1], np.int64, len(vals) + 1, vals.offset * 8)
+                data = vals.buffers()[2] or pa.py_buffer(b"")
+                lens = np.diff(offsets)
+                patch = _views(np.frombuffer(data, np.uint8), offsets[:-1], lens)
+                patch.view(np.int32)[lens > 12, 2] = 1  # long strings point into buffer 1: the query's
+                views[k, slow] = patch
+                buffers.append(data)
+            buffers[1] = pa.py_buffer(views[k])
+            cols[f"c_{name}"] = pa.Array.from_buffers(pa.string_view(), len(fast), buffers)
+        for k, name in enumerate(("c_method", "c_target") if split else ()):  # NULL where not fast
+            bits = pa.py_buffer(np.packbits(valid[k], bitorder="little"))
+            cols[name] = pa.Array.from_buffers(pa.string_view(), len(fast), [bits, pa.py_buffer(views[len(self.shape.slots) + k]),
+                                                                            pa.py_buffer(block.buf)])
+        return cols
 
     def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:
         """Lines shorter than the format's shortest match: blank ones counted, the rest quarantined
