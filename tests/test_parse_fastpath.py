@@ -231,14 +231,15 @@ def test_hostile_offsets_and_programs_never_read_outside_the_block() -> None:
     bad_jump = np.array([[5, -1, 0, 0]], np.int32).tobytes()  # a backward jump would loop forever
     with pytest.raises(ValueError, match="bad shape program"):
         shape._clf.scan(buf, np.zeros(1, np.int64), np.ones(1, np.int64), bad_jump, b"", b"", 0,
-                        np.zeros(1, np.uint8), np.zeros((0, 1, 16), np.uint8), -1, b"", bytearray())
+                        np.zeros(1, np.uint8), np.zeros((0, 1, 16), np.uint8), -1, b"", bytearray(), b"", bytearray())
     with pytest.raises(ValueError, match="sizes"):
         shape._clf.scan(buf, np.zeros(2, np.int64), np.ones(1, np.int64), s.program, s.classes, s.pool,
-                        len(s.slots), np.zeros(2, np.uint8), np.zeros((len(s.slots), 2, 16), np.uint8), -1, b"", bytearray())
+                        len(s.slots), np.zeros(2, np.uint8), np.zeros((len(s.slots), 2, 16), np.uint8), -1, b"", bytearray(), b"",
+                        bytearray())
     with pytest.raises(ValueError, match="sizes"):  # a request slot without its method table
         shape._clf.scan(buf, np.zeros(1, np.int64), np.ones(1, np.int64), s.program, s.classes, s.pool,
                         len(s.slots), np.zeros(1, np.uint8), np.zeros((len(s.slots) + 2, 1, 16), np.uint8), 2, b"",
-                        np.zeros(2, np.uint8))
+                        np.zeros(2, np.uint8), b"", bytearray())
 
 
 @pytest.mark.parametrize("fid", NCSA)

@@ -19,7 +19,7 @@
 enum { OP_LIT, OP_RUN, OP_SAVE_START, OP_SAVE_END, OP_DISPATCH, OP_JMP, OP_FAIL, OP_END, OP_ACCEPT, OP_COUNT };
 
 #define MAX_SLOTS 64
-#define ABI 2 /* scan()'s arguments; shape.py uses a build of this ABI only */
+#define ABI 3 /* scan()'s and event_ids()' arguments; shape.py uses a build of this ABI only */
 #define MAX_CLASSES 256
 
 typedef struct {
@@ -167,6 +167,313 @@ static void split_request(const uint8_t *base, Py_ssize_t from, Py_ssize_t to, c
     }
 }
 
+/* MD5 (RFC 1321), for event ids: md5(source_object || ':' || line_number || ':' || line) as the
+ * query computes it, over the same bytes. A straightforward public-domain style implementation. */
+typedef struct {
+    uint32_t s[4];
+    uint64_t total;
+    uint8_t buf[64];
+    size_t used;
+} Md5;
+
+#define MD5_F(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+#define MD5_G(x, y, z) ((y) ^ ((z) & ((x) ^ (y))))
+#define MD5_H(x, y, z) ((x) ^ (y) ^ (z))
+#define MD5_I(x, y, z) ((y) ^ ((x) | ~(z)))
+#define STEP(f, a, b, c, d, x, t, r) \
+    (a) += MD5_##f((b), (c), (d)) + (x) + (uint32_t)(t); \
+    (a) = ((a) << (r)) | ((a) >> (32 - (r))); \
+    (a) += (b)
+
+static void md5_block(uint32_t *st, const uint8_t *p) {
+    uint32_t x[16], a = st[0], b = st[1], c = st[2], d = st[3];
+    for (int i = 0; i < 16; i++)
+        x[i] = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
+    STEP(F, a, b, c, d, x[0], 0xd76aa478, 7);
+    STEP(F, d, a, b, c, x[1], 0xe8c7b756, 12);
+    STEP(F, c, d, a, b, x[2], 0x242070db, 17);
+    STEP(F, b, c, d, a, x[3], 0xc1bdceee, 22);
+    STEP(F, a, b, c, d, x[4], 0xf57c0faf, 7);
+    STEP(F, d, a, b, c, x[5], 0x4787c62a, 12);
+    STEP(F, c, d, a, b, x[6], 0xa8304613, 17);
+    STEP(F, b, c, d, a, x[7], 0xfd469501, 22);
+    STEP(F, a, b, c, d, x[8], 0x698098d8, 7);
+    STEP(F, d, a, b, c, x[9], 0x8b44f7af, 12);
+    STEP(F, c, d, a, b, x[10], 0xffff5bb1, 17);
+    STEP(F, b, c, d, a, x[11], 0x895cd7be, 22);
+    STEP(F, a, b, c, d, x[12], 0x6b901122, 7);
+    STEP(F, d, a, b, c, x[13], 0xfd987193, 12);
+    STEP(F, c, d, a, b, x[14], 0xa679438e, 17);
+    STEP(F, b, c, d, a, x[15], 0x49b40821, 22);
+    STEP(G, a, b, c, d, x[1], 0xf61e2562, 5);
+    STEP(G, d, a, b, c, x[6], 0xc040b340, 9);
+    STEP(G, c, d, a, b, x[11], 0x265e5a51, 14);
+    STEP(G, b, c, d, a, x[0], 0xe9b6c7aa, 20);
+    STEP(G, a, b, c, d, x[5], 0xd62f105d, 5);
+    STEP(G, d, a, b, c, x[10], 0x02441453, 9);
+    STEP(G, c, d, a, b, x[15], 0xd8a1e681, 14);
+    STEP(G, b, c, d, a, x[4], 0xe7d3fbc8, 20);
+    STEP(G, a, b, c, d, x[9], 0x21e1cde6, 5);
+    STEP(G, d, a, b, c, x[14], 0xc33707d6, 9);
+    STEP(G, c, d, a, b, x[3], 0xf4d50d87, 14);
+    STEP(G, b, c, d, a, x[8], 0x455a14ed, 20);
+    STEP(G, a, b, c, d, x[13], 0xa9e3e905, 5);
+    STEP(G, d, a, b, c, x[2], 0xfcefa3f8, 9);
+    STEP(G, c, d, a, b, x[7], 0x676f02d9, 14);
+    STEP(G, b, c, d, a, x[12], 0x8d2a4c8a, 20);
+    STEP(H, a, b, c, d, x[5], 0xfffa3942, 4);
+    STEP(H, d, a, b, c, x[8], 0x8771f681, 11);
+    STEP(H, c, d, a, b, x[11], 0x6d9d6122, 16);
+    STEP(H, b, c, d, a, x[14], 0xfde5380c, 23);
+    STEP(H, a, b, c, d, x[1], 0xa4beea44, 4);
+    STEP(H, d, a, b, c, x[4], 0x4bdecfa9, 11);
+    STEP(H, c, d, a, b, x[7], 0xf6bb4b60, 16);
+    STEP(H, b, c, d, a, x[10], 0xbebfbc70, 23);
+    STEP(H, a, b, c, d, x[13], 0x289b7ec6, 4);
+    STEP(H, d, a, b, c, x[0], 0xeaa127fa, 11);
+    STEP(H, c, d, a, b, x[3], 0xd4ef3085, 16);
+    STEP(H, b, c, d, a, x[6], 0x04881d05, 23);
+    STEP(H, a, b, c, d, x[9], 0xd9d4d039, 4);
+    STEP(H, d, a, b, c, x[12], 0xe6db99e5, 11);
+    STEP(H, c, d, a, b, x[15], 0x1fa27cf8, 16);
+    STEP(H, b, c, d, a, x[2], 0xc4ac5665, 23);
+    STEP(I, a, b, c, d, x[0], 0xf4292244, 6);
+    STEP(I, d, a, b, c, x[7], 0x432aff97, 10);
+    STEP(I, c, d, a, b, x[14], 0xab9423a7, 15);
+    STEP(I, b, c, d, a, x[5], 0xfc93a039, 21);
+    STEP(I, a, b, c, d, x[12], 0x655b59c3, 6);
+    STEP(I, d, a, b, c, x[3], 0x8f0ccc92, 10);
+    STEP(I, c, d, a, b, x[10], 0xffeff47d, 15);
+    STEP(I, b, c, d, a, x[1], 0x85845dd1, 21);
+    STEP(I, a, b, c, d, x[8], 0x6fa87e4f, 6);
+    STEP(I, d, a, b, c, x[15], 0xfe2ce6e0, 10);
+    STEP(I, c, d, a, b, x[6], 0xa3014314, 15);
+    STEP(I, b, c, d, a, x[13], 0x4e0811a1, 21);
+    STEP(I, a, b, c, d, x[4], 0xf7537e82, 6);
+    STEP(I, d, a, b, c, x[11], 0xbd3af235, 10);
+    STEP(I, c, d, a, b, x[2], 0x2ad7d2bb, 15);
+    STEP(I, b, c, d, a, x[9], 0xeb86d391, 21);
+    st[0] += a;
+    st[1] += b;
+    st[2] += c;
+    st[3] += d;
+}
+
+static void md5_init(Md5 *m) {
+    m->s[0] = 0x67452301;
+    m->s[1] = 0xefcdab89;
+    m->s[2] = 0x98badcfe;
+    m->s[3] = 0x10325476;
+    m->total = 0;
+    m->used = 0;
+}
+
+static void md5_update(Md5 *m, const uint8_t *p, size_t len) {
+    m->total += len;
+    if (m->used) {
+        size_t take = 64 - m->used < len ? 64 - m->used : len;
+        memcpy(m->buf + m->used, p, take);
+        m->used += take, p += take, len -= take;
+        if (m->used < 64) return;
+        md5_block(m->s, m->buf);
+        m->used = 0;
+    }
+    for (; len >= 64; p += 64, len -= 64) md5_block(m->s, p);
+    memcpy(m->buf, p, len);
+    m->used = len;
+}
+
+/* The digest as 32 lowercase hex digits, as DuckDB's md5() writes it. */
+static void md5_hex(Md5 *m, uint8_t *out) {
+    static const char hex[] = "0123456789abcdef";
+    uint64_t bits = m->total * 8;
+    uint8_t pad[72] = {0x80};
+    size_t npad = (m->used < 56 ? 56 : 120) - m->used;
+    for (int i = 0; i < 8; i++) pad[npad + i] = (uint8_t)(bits >> (8 * i));
+    md5_update(m, pad, npad + 8);
+    for (int i = 0; i < 16; i++) {
+        uint8_t byte = (uint8_t)(m->s[i / 4] >> (8 * (i % 4)));
+        out[2 * i] = (uint8_t)hex[byte >> 4];
+        out[2 * i + 1] = (uint8_t)hex[byte & 15];
+    }
+}
+
+/* Canonical columns of a fast line (parse.py's "canon" lines): for the few forms the C reads with
+ * certainty what the query would compute, so those lines skip the query's expressions. Any other
+ * form leaves the line to the query (it answers for the odd cases, as it does without this). */
+enum { CANON_TS, CANON_STATUS, CANON_BYTES, CANON_IP, CANON_SLOTS };
+#define US_1900 (-2208988800LL * 1000000) /* the query's TS_RANGE, as epoch microseconds */
+#define US_2200 (7258118400LL * 1000000)
+
+static int digits(const uint8_t *p, int n, int64_t *out) {
+    int64_t v = 0;
+    for (int k = 0; k < n; k++) {
+        if (p[k] < '0' || p[k] > '9') return 0;
+        v = v * 10 + (p[k] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) { /* proleptic Gregorian, as DuckDB */
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+/* "21/Nov/2026:10:11:12 +0000" exactly (strptime %d/%b/%Y:%H:%M:%S %z): epoch microseconds, when
+ * the date exists, the time is within a day (no leap second), the offset within +-14:59 and the
+ * instant within 1900-2199. Anything else (other widths, month case, odd values) is left to the query. */
+static int clf_time(const uint8_t *p, Py_ssize_t len, int64_t *us) {
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    static const int dim[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int64_t d, y, h, mi, sec, oh, om;
+    if (len != 26 || p[2] != '/' || p[6] != '/' || p[11] != ':' || p[14] != ':' || p[17] != ':' || p[20] != ' ' ||
+        (p[21] != '+' && p[21] != '-'))
+        return 0;
+    if (!digits(p, 2, &d) || !digits(p + 7, 4, &y) || !digits(p + 12, 2, &h) || !digits(p + 15, 2, &mi) ||
+        !digits(p + 18, 2, &sec) || !digits(p + 22, 2, &oh) || !digits(p + 24, 2, &om))
+        return 0;
+    int m = 0;
+    while (m < 12 && memcmp(p + 3, months + 3 * m, 3) != 0) m++;
+    if (m == 12) return 0;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d < 1 || d > dim[m] + (m == 1 && leap) || h > 23 || mi > 59 || sec > 59 || oh > 14 || om > 59) return 0;
+    int64_t offset = (oh * 3600 + om * 60) * (p[21] == '-' ? -1 : 1);
+    int64_t t = (days_from_civil(y, m + 1, d) * 86400 + h * 3600 + mi * 60 + sec - offset) * 1000000;
+    if (t < US_1900 || t >= US_2200) return 0;
+    *us = t;
+    return 1;
+}
+
+/* Whether the request's target is a plain path the query leaves as it is (starts with '/', no
+ * "://"), and its path and query (absent when empty) cut at the first '?'. */
+static int plain_target(const uint8_t *base, const uint8_t *target_view, uint8_t *path, uint8_t *query,
+                        uint8_t *valid_query) {
+    int32_t len, off;
+    memcpy(&len, target_view, 4);
+    const uint8_t *t;
+    if (len <= 12) {
+        t = target_view + 4;
+        off = -1;
+    } else {
+        memcpy(&off, target_view + 12, 4);
+        t = base + off;
+    }
+    if (len < 1 || t[0] != '/') return 0;
+    for (int32_t k = 0; k + 2 < len; k++)
+        if (t[k] == ':' && t[k + 1] == '/' && t[k + 2] == '/') return 0;
+    const uint8_t *q = memchr(t, '?', (size_t)len);
+    int32_t plen = q ? (int32_t)(q - t) : len;
+    /* views: a short one is inline (copy its bytes), a long one points into the block */
+    memset(path, 0, 16);
+    memset(query, 0, 16);
+    *valid_query = 0;
+    if (off < 0) {
+        memcpy(path, &plen, 4);
+        memcpy(path + 4, t, (size_t)plen);
+        if (q && len - plen - 1 > 0) {
+            int32_t qlen = len - plen - 1;
+            memcpy(query, &qlen, 4);
+            memcpy(query + 4, q + 1, (size_t)qlen);
+            *valid_query = 1;
+        }
+    } else {
+        put_view(path, base, off, plen);
+        if (q && len - plen - 1 > 0) {
+            put_view(query, base, off + plen + 1, len - plen - 1);
+            *valid_query = 1;
+        }
+    }
+    return 1;
+}
+
+/* The canonical columns of fast line i from its captures; 0 when the line is left to the query. */
+static int canonical(const uint8_t *line, const Py_ssize_t *cs, const Py_ssize_t *ce, const int32_t *slot,
+                     const uint8_t *method_view, int64_t *ts, int64_t *status, int64_t *bytes, uint8_t *valid_bytes) {
+    int32_t mlen;
+    memcpy(&mlen, method_view, 4);
+    const uint8_t *mth = method_view + 4; /* a method longer than 12 bytes: the query uppercases it */
+    if (mlen > 12) return 0;
+    for (int32_t k = 0; k < mlen; k++)
+        if (mth[k] >= 'a' && mth[k] <= 'z') return 0;
+    int s = slot[CANON_TS];
+    if (s < 0 || cs[s] < 0 || ce[s] < cs[s] || !clf_time(line + cs[s], ce[s] - cs[s], ts)) return 0;
+    s = slot[CANON_STATUS];
+    if (s < 0 || cs[s] < 0 || ce[s] - cs[s] < 1 || ce[s] - cs[s] > 9 || !digits(line + cs[s], (int)(ce[s] - cs[s]), status) ||
+        *status < 100 || *status > 599)
+        return 0;
+    s = slot[CANON_BYTES];
+    *valid_bytes = 0;
+    *bytes = 0;
+    if (s >= 0 && cs[s] >= 0 && ce[s] > cs[s]) { /* '' is NULL, '-' is 0 */
+        Py_ssize_t n = ce[s] - cs[s];
+        if (n == 1 && line[cs[s]] == '-')
+            *bytes = 0;
+        else if (n > 18 || !digits(line + cs[s], (int)n, bytes))
+            return 0;
+        *valid_bytes = 1;
+    }
+    s = slot[CANON_IP]; /* an address with a port or brackets is the query's to normalise */
+    if (s >= 0 && cs[s] >= 0 && ce[s] >= cs[s] && memchr(line + cs[s], ':', (size_t)(ce[s] - cs[s]))) return 0;
+    return 1;
+}
+
+PyDoc_STRVAR(event_ids_doc,
+"event_ids(block, starts, lengths, line_numbers, prefix, out) -> None\n\n"
+"For each line i (starts/lengths/line_numbers: int64 arrays), writes the 32 hex digits of\n"
+"md5(prefix || str(line_numbers[i]) || ':' || line) at out[32 * i]: the query's event id, with\n"
+"prefix = source_object || ':'. Raises ValueError when a line lies outside the block.");
+
+static PyObject *event_ids(PyObject *self, PyObject *args) {
+    Py_buffer block, starts, lengths, nums, prefix, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*", &block, &starts, &lengths, &nums, &prefix, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = starts.len / 8;
+    if (starts.len % 8 || lengths.len != starts.len || nums.len != starts.len || out.len != 32 * n) {
+        PyErr_SetString(PyExc_ValueError, "event_ids: buffer sizes do not agree");
+        goto done;
+    }
+    const int64_t *st = (const int64_t *)starts.buf, *ln = (const int64_t *)lengths.buf, *num = (const int64_t *)nums.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (st[i] < 0 || ln[i] < 0 || st[i] > block.len || ln[i] > block.len - st[i]) {
+            PyErr_SetString(PyExc_ValueError, "event_ids: a line lies outside the block");
+            goto done;
+        }
+    }
+    const uint8_t *base = (const uint8_t *)block.buf, *pre = (const uint8_t *)prefix.buf;
+    uint8_t *o = (uint8_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char digits[24];
+        int k = 0;
+        uint64_t v = num[i] < 0 ? (uint64_t)0 - (uint64_t)num[i] : (uint64_t)num[i];
+        char tmp[24];
+        int t = 0;
+        do tmp[t++] = (char)('0' + v % 10), v /= 10; while (v);
+        if (num[i] < 0) digits[k++] = '-';
+        while (t) digits[k++] = tmp[--t];
+        digits[k++] = ':';
+        Md5 m;
+        md5_init(&m);
+        md5_update(&m, pre, (size_t)prefix.len);
+        md5_update(&m, (const uint8_t *)digits, (size_t)k);
+        md5_update(&m, base + st[i], (size_t)ln[i]);
+        md5_hex(&m, o + 32 * i);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&block);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&nums);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(block, starts, lengths, program, classes, pool, nslots, fast, views, request_slot, token, valid)\n"
 "-> int\n\n"
@@ -174,22 +481,33 @@ PyDoc_STRVAR(scan_doc,
 "for a line that matched and has no backslash, and for each slot s the string view of line i's\n"
 "capture at views[(s * n + i) * 16]. With request_slot >= 0, slots nslots and nslots + 1 get the\n"
 "request's method and target and valid[i], valid[n + i] say whether they are present (token: the\n"
-"256-byte table of method characters). Returns how many lines are fast.");
+"256-byte table of method characters). With canon (int32 slots of time, status, bytes, client_ip;\n"
+"-1: none) and a request slot, two more view slots get the target's path and query, ints[0..2]\n"
+"the time (epoch us), status and bytes, and valid[2..4] whether query and bytes are present and\n"
+"whether the line is canonical (see canonical()). Returns how many lines are fast.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    Py_buffer block, starts, lengths, prog, classes, pool, fast, views, token, valid;
+    Py_buffer block, starts, lengths, prog, classes, pool, fast, views, token, valid, canon, ints;
     int nslots, req;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*iw*w*iy*w*", &block, &starts, &lengths, &prog, &classes, &pool, &nslots,
-                          &fast, &views, &req, &token, &valid))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*iw*w*iy*w*y*w*", &block, &starts, &lengths, &prog, &classes, &pool, &nslots,
+                          &fast, &views, &req, &token, &valid, &canon, &ints))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = starts.len / 8, nops = prog.len / (Py_ssize_t)sizeof(Instr), nfast = 0;
-    int extra = req >= 0 ? 2 : 0;
+    int canon_on = canon.len > 0, extra = req >= 0 ? (canon_on ? 4 : 2) : 0;
+    const int32_t *cslot = (const int32_t *)canon.buf;
     if (starts.len % 8 || lengths.len != starts.len || fast.len != n || nslots < 0 || nslots > MAX_SLOTS ||
         views.len != (Py_ssize_t)(nslots + extra) * n * 16 || prog.len % (Py_ssize_t)sizeof(Instr) ||
-        classes.len % 256 || req >= nslots || (req >= 0 && (token.len != 256 || valid.len != 2 * n))) {
+        classes.len % 256 || req >= nslots || (req >= 0 && (token.len != 256 || valid.len != (canon_on ? 5 : 2) * n)) ||
+        (canon_on && (req < 0 || canon.len != CANON_SLOTS * 4 || ints.len != 3 * n * 8))) {
         PyErr_SetString(PyExc_ValueError, "scan: buffer sizes do not agree");
         goto done;
+    }
+    for (int k = 0; canon_on && k < CANON_SLOTS; k++) {
+        if (cslot[k] < -1 || cslot[k] >= nslots) {
+            PyErr_SetString(PyExc_ValueError, "scan: a canonical column's slot is out of range");
+            goto done;
+        }
     }
     if (block.len >= INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "scan: string views address a block with 32-bit offsets");
@@ -207,6 +525,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const int64_t *st = (const int64_t *)starts.buf, *ln = (const int64_t *)lengths.buf;
     uint8_t *out_fast = (uint8_t *)fast.buf, *out_views = (uint8_t *)views.buf, *out_valid = (uint8_t *)valid.buf;
     const uint8_t *tok = (const uint8_t *)token.buf;
+    int64_t *out_ints = (int64_t *)ints.buf;
     const uint8_t *cls = (const uint8_t *)classes.buf, *lits = (const uint8_t *)pool.buf;
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t cs[MAX_SLOTS], ce[MAX_SLOTS];
@@ -237,6 +556,20 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                 memset(t, 0, 16);
                 out_valid[i] = out_valid[n + i] = 0;
             }
+            if (canon_on) {
+                uint8_t *path = out_views + ((Py_ssize_t)(nslots + 2) * n + i) * 16;
+                uint8_t *query = out_views + ((Py_ssize_t)(nslots + 3) * n + i) * 16;
+                int c = ok && out_valid[i] && out_valid[n + i] && plain_target(base, t, path, query, out_valid + 2 * n + i);
+                c = c && canonical(base + s, cs, ce, cslot, m, out_ints + i, out_ints + n + i, out_ints + 2 * n + i,
+                                   out_valid + 3 * n + i);
+                out_valid[4 * n + i] = (uint8_t)c;
+                if (!c) {
+                    memset(path, 0, 16);
+                    memset(query, 0, 16);
+                    out_valid[2 * n + i] = out_valid[3 * n + i] = 0;
+                    out_ints[i] = out_ints[n + i] = out_ints[2 * n + i] = 0;
+                }
+            }
         }
     }
     Py_END_ALLOW_THREADS
@@ -252,11 +585,14 @@ done:
     PyBuffer_Release(&views);
     PyBuffer_Release(&token);
     PyBuffer_Release(&valid);
+    PyBuffer_Release(&canon);
+    PyBuffer_Release(&ints);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
     {NULL, NULL, 0, NULL},
 };
 

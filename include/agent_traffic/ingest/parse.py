@@ -38,7 +38,7 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
-from agent_traffic.ingest.shape import class_table, compile_shape, enabled
+from agent_traffic.ingest.shape import class_table, compile_shape, enabled, event_ids
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -374,6 +374,37 @@ def request_presplit(fmt: LogFormat) -> bool:
     return fmt.kind == "regex" and "request" in fmt.fields and fmt.decode.get("request") in (None, "backslash")
 
 
+CANON_FIELDS = ("client_ip", "time", "request", "status", "bytes", "referer", "user_agent", "forwarded_for")
+
+
+def canon_slots(ctx: ParseContext, slots: tuple[str, ...]) -> tuple[int, int, int, int] | None:
+    """The capture slots of time, status, bytes and client_ip (-1: none) when the compiled fast path
+    can hand this object's lines canonical (shape.Shape.scan_canonical): a CLF-timed NCSA format
+    read as captured, of one site whose host is already canonical, without proxies. Else None."""
+    fmt, host = ctx.fmt, ctx.default_host or ""
+    if not (request_presplit(fmt) and set(fmt.fields) <= set(CANON_FIELDS) and not ctx.forwarded
+            and fmt.timestamp.fields == ("time",) and fmt.timestamp.format == CLF_TIME and not fmt.duration
+            and not fmt.skip_without and all(fmt.decode.get(n) in (None, "backslash") for n in fmt.fields)
+            and ctx.default_site and host and host.isascii() and host == host.lower() and not set(host) & set(":@")):
+        return None
+    return tuple(slots.index(n) if n in slots else -1 for n in ("time", "status", "bytes", "client_ip"))  # type: ignore[return-value]
+
+
+def _canon_select(ctx: ParseContext) -> str:
+    """The event columns of canonical lines (k_canon), as the C read them: build_sql's columns for
+    the lines it would compute the same for, with no expression left but NULLIFs and the url."""
+    have = set(ctx.fmt.fields)
+
+    def raw(name: str) -> str:
+        return _null_if_empty(f'"c_{name}"', name) if name in have else "NULL::VARCHAR"
+
+    prefix = _q(f"{ctx.scheme}://{ctx.default_host}")
+    return (f"SELECT k_event_id, k_ts, {_q(ctx.default_site or '')}, {_q(ctx.default_host or '')}, c_method, k_path, "
+            f"k_query, {prefix} || CASE WHEN k_query IS NULL THEN k_path ELSE c_target END, k_status, k_bytes, "
+            f"NULL::DOUBLE, {raw('client_ip')}, coalesce({raw('user_agent')}, ''), {raw('referer')}, NULL::VARCHAR, "
+            f"{_q(ctx.source_object)}, line_number, NULL::VARCHAR FROM lines_in WHERE k_canon")
+
+
 def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None, presplit: bool = False) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field (regex
     formats also `fast`: the line was read by cutting it at its quotes, or by the compiled fast
@@ -432,9 +463,9 @@ def _regex_select(regex: str, names: tuple[str, ...], presplit: bool = False, re
     left, regex_fields' from a query on those lines alone), so this query runs no regex."""
     matched = "coalesce(" + ", ".join(f"NULLIF({_f(n)}, '')" for n in names) + ") IS NOT NULL"
     cols = ", ".join(f"{_null_if_empty(_f(n), n)} AS {_f(n)}" for n in names)
-    if presplit:  # with `request`, also the request's method and target (c_method, c_target)
+    if presplit:  # and the event id (k_event_id); with `request`, the request's method and target
         fields = ", ".join(f'"c_{n}" AS {_f(n)}' for n in names)
-        split = ", c_method, c_target" if request else ""
+        split = ", k_event_id" + (", c_method, c_target" if request else "")
         return (f"SELECT line_number, line, fast, {matched} AS matched, {cols}{split} FROM "
                 f"(SELECT line_number, line, c_fast AS fast, {fields}{split} FROM l)")
     return f"SELECT line_number, line, fast, {matched} AS matched, {cols} FROM ({regex_fields(regex, names)})"
@@ -611,9 +642,11 @@ ABS_URL = "^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)"
 WHITESPACE = "' ' || chr(9) || chr(11) || chr(12) || chr(13)"
 
 
-def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False) -> str:
+def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False,
+              canon: bool = False) -> str:
     """One query: raw fields -> canonical event columns + `reason` (NULL for a good event);
-    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>)."""
+    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>); `canon`:
+    and k_canon lines come with their event columns (canon_slots), which they keep as they are."""
     fmt = ctx.fmt
     have = set(fmt.fields)
 
@@ -637,8 +670,10 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
     skip = f"WHEN skip_field IS NULL THEN {_q(NOT_REQUEST)}" if fmt.skip_without else ""
     fwd = f" {col('forwarded_for')} AS forwarded_for," if ctx.forwarded else ""
     max_b = int(ctx.max_line_bytes)
+    event_id = ("k_event_id" if presplit  # computed in C over the same bytes (shape.event_ids)
+                else f"md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line)")
     return f"""
-    WITH l AS (SELECT * FROM lines_in),  -- l: the block's lines (line_number, line)
+    WITH l AS (SELECT * FROM lines_in{" WHERE NOT k_canon" if canon else ""}),  -- l: the block's lines (line_number, line)
     fields AS ({_raw_select(fmt, layout, presplit)}),
     request_split AS (
       SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM fields)
@@ -657,7 +692,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
                       {_epoch_cols(fmt)} FROM request)
     ),
     typed AS (
-      SELECT line_number, line, matched, t_raw, method, target,
+      SELECT line_number, line, matched, t_raw, method, target,{" k_event_id," if presplit else ""}
         {_ts_sql(fmt)} AS ts,
         TRY_CAST({col('status')} AS INTEGER) AS status,
         coalesce(TRY_CAST({col('bytes')} AS BIGINT), CASE WHEN {col('bytes')} = '-' THEN 0 END) AS bytes,
@@ -693,7 +728,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
       FROM normalized
     )
     SELECT
-      md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line) AS event_id,
+      {event_id} AS event_id,
       ts, site, coalesce(host, '') AS host, method, path, query,
       scheme || '://' || coalesce(host, '') || path || CASE WHEN query IS NULL THEN '' ELSE '?' || query END AS url,
       status, bytes, duration_ms, client_ip, user_agent, referer, content_type,
@@ -713,6 +748,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
         WHEN site IS NULL THEN {_q(other)}
       END AS reason
     FROM located
+    {"UNION ALL " + _canon_select(ctx) if canon else ""}
     """
 
 
@@ -774,19 +810,20 @@ class BlockParser:
     def __init__(self, ctx: ParseContext) -> None:
         self.ctx = ctx
         self.layout: tuple[str, ...] | None = ctx.fmt.default_fields or None
-        self._sql: dict[tuple[tuple[str, ...] | None, bool], str] = {}
+        self._sql: dict[tuple[tuple[str, ...] | None, bool, bool], str] = {}
         self.con = duck_connection()
         self._proxies = [ipaddress.ip_network(n, strict=False) for n in ctx.trusted_proxies]
         self.min_len = min(shortest_match(ctx.fmt), SHORT_LINE) if ctx.fmt.kind == "regex" else 1
         # the compiled fast path, where it is built and the format's regex has a shape it runs
         self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
         self._raw_sql: str | None = None
+        self.canon = canon_slots(ctx, self.shape.slots) if self.shape is not None else None
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
-        presplit = "c_fast" in table.column_names
-        sql = self._sql.get((layout, presplit))
+        presplit, canon = "c_fast" in table.column_names, "k_canon" in table.column_names
+        sql = self._sql.get((layout, presplit, canon))
         if sql is None:
-            sql = self._sql[layout, presplit] = build_sql(self.ctx, layout, presplit)
+            sql = self._sql[layout, presplit, canon] = build_sql(self.ctx, layout, presplit, canon)
         return self._run(table, sql)
 
     def _run(self, table: pa.Table, sql: str) -> pa.Table:
@@ -832,13 +869,16 @@ class BlockParser:
         return self._split(out, block, stats, pre)
 
     def _fast_fields(self, block: Lines, keep: np.ndarray | None, nums: pa.Array) -> dict[str, pa.Array]:
-        """c_fast and c_<field> for the lines in `keep` (None: all): the compiled fast path's fields,
-        string views into the block; the lines it left (a backslash, another shape) get the regex's
-        fields from a query on those lines alone, in views into that query's strings."""
+        """c_fast, k_event_id and c_<field> for the lines in `keep` (None: all): the compiled fast
+        path's fields, string views into the block; the lines it left (a backslash, another shape)
+        get the regex's fields from a query on those lines alone, in views into that query's
+        strings. With a canon plan, also k_canon and the canonical lines' columns (k_ts, k_status,
+        k_bytes, k_path, k_query; k_: no format field has that name)."""
         assert self.shape is not None
         starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
         split = request_presplit(self.ctx.fmt)
-        fast, views, valid = self.shape.scan(block.buf, starts, lengths, _METHOD_TABLE if split else None)
+        fast, views, valid, ints = self.shape.scan_canonical(block.buf, starts, lengths, _METHOD_TABLE if split else None,
+                                                             self.canon)
         slow = np.flatnonzero(~fast)
         raw = None
         if len(slow):
@@ -847,7 +887,8 @@ class BlockParser:
                                  + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
             lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
             raw = self._run(lines, self._raw_sql).sort_by("line_number")
-        cols = {"c_fast": pa.array(fast)}
+        cols = {"c_fast": pa.array(fast),
+                "k_event_id": event_ids(block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)}
         for k, name in enumerate(self.shape.slots):
             buffers = [None, None, pa.py_buffer(block.buf)]
             if raw is not None:
@@ -861,10 +902,19 @@ class BlockParser:
                 buffers.append(data)
             buffers[1] = pa.py_buffer(views[k])
             cols[f"c_{name}"] = pa.Array.from_buffers(pa.string_view(), len(fast), buffers)
-        for k, name in enumerate(("c_method", "c_target") if split else ()):  # NULL where not fast
-            bits = pa.py_buffer(np.packbits(valid[k], bitorder="little"))
+        canon = len(ints) > 0
+        names = ("c_method", "c_target", "k_path", "k_query") if canon else ("c_method", "c_target") if split else ()
+        for k, name in enumerate(names):  # NULL where not fast (k_path: where not canonical)
+            bits = pa.py_buffer(np.packbits(valid[min(k, 2)], bitorder="little")) if k != 2 else None
             cols[name] = pa.Array.from_buffers(pa.string_view(), len(fast), [bits, pa.py_buffer(views[len(self.shape.slots) + k]),
                                                                             pa.py_buffer(block.buf)])
+        if canon:
+            n = len(fast)
+            cols["k_canon"] = pa.array(valid[4] & (lengths <= self.ctx.max_line_bytes))
+            cols["k_ts"] = pa.Array.from_buffers(pa.timestamp("us", "UTC"), n, [None, pa.py_buffer(ints[0])])
+            cols["k_status"] = pa.array(ints[1].astype(np.int32))
+            cols["k_bytes"] = pa.Array.from_buffers(pa.int64(), n, [pa.py_buffer(np.packbits(valid[3], bitorder="little")),
+                                                                    pa.py_buffer(ints[2])])
         return cols
 
     def _short_lines(self, block: Lines, rows: np.ndarray, stats: ParseStats) -> pa.Table | None:

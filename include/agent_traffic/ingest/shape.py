@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-ABI = 2  # the extension's scan() arguments: a stale build (before `make setup` rebuilt it) is not used
+ABI = 3  # the extension's scan() and event_ids() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:
     from agent_traffic.ingest import _clf
 except ImportError:  # built by `pip install -e .` where a C compiler is; else the regex path runs
@@ -78,16 +78,31 @@ class Shape:
         """(fast per line, Arrow string views (slot, line, 16 bytes) into `buf`, empty where not fast;
         with `method_token` (a class table) two more slots, the request's method and target as
         parse.py's query splits it, and whether each is present (2, line))."""
+        fast, views, valid, _ = self.scan_canonical(buf, starts, lengths, method_token)
+        return fast, views, valid
+
+    def scan_canonical(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray,
+                       method_token: bytes | None = None, canon: tuple[int, int, int, int] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """scan(), and with `canon` (the slots of time, status, bytes and client_ip, -1 where the
+        format has none; needs `method_token`) two more view slots, the target's path and query,
+        ints (3, line): time (epoch us), status, bytes, and three more rows of `valid`: query and
+        bytes present, the line canonical (its columns read with certainty: parse.py's query skips it)."""
         if _clf is None:
             raise RuntimeError("the compiled fast path is not built")
         n = len(starts)
         req = self.slots.index("request") if method_token is not None and "request" in self.slots else -1
+        if req < 0:
+            canon = None
+        extra = (4 if canon else 2) if req >= 0 else 0
         fast = np.zeros(n, np.uint8)
-        views = np.empty((len(self.slots) + (2 if req >= 0 else 0), n, 16), np.uint8)
-        valid = np.zeros((2 if req >= 0 else 0, n), np.uint8)
+        views = np.empty((len(self.slots) + extra, n, 16), np.uint8)
+        valid = np.zeros(((5 if canon else 2) if req >= 0 else 0, n), np.uint8)
+        ints = np.zeros((3 if canon else 0, n), np.int64)
         _clf.scan(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(lengths, np.int64),
-                  self.program, self.classes, self.pool, len(self.slots), fast, views, req, method_token or b"", valid)
-        return fast.view(np.bool_), views, valid.view(np.bool_)
+                  self.program, self.classes, self.pool, len(self.slots), fast, views, req, method_token or b"", valid,
+                  np.array(canon or (), np.int32).tobytes(), ints)
+        return fast.view(np.bool_), views, valid.view(np.bool_), ints
 
     def columns(self, buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
         """(fast per line, a string_view array per field pointing into `buf`)."""
@@ -95,6 +110,21 @@ class Shape:
         data = pa.py_buffer(buf)
         return fast, {name: pa.Array.from_buffers(pa.string_view(), len(fast), [None, pa.py_buffer(views[k]), data])
                       for k, name in enumerate(self.slots)}
+
+
+def event_ids(buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray, line_numbers: np.ndarray,
+              source_object: str) -> pa.Array:
+    """The query's event ids, md5(source_object || ':' || line_number || ':' || line) in hex, of
+    lines that are the block's bytes as they stand (valid UTF-8): computed in C, with the GIL
+    released, instead of by a concatenation and md5() per line in DuckDB."""
+    if _clf is None:
+        raise RuntimeError("the compiled fast path is not built")
+    n = len(starts)
+    out = np.empty(32 * n, np.uint8)
+    _clf.event_ids(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(lengths, np.int64),
+                   np.ascontiguousarray(line_numbers, np.int64), source_object.encode() + b":", out)
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
 
 
 def class_table(regex: str) -> bytes:
