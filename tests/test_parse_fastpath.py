@@ -7,15 +7,18 @@ Where the extension did not build, the parity tests skip (and say so); the rest 
 
 from __future__ import annotations
 
+import hashlib
 import random
 
+import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from agent_traffic.formats import load_formats
 from agent_traffic.ingest import shape
-from agent_traffic.ingest.parse import BlockParser, ParseContext, ParseStats, parse_blocks
+from agent_traffic.ingest.parse import BlockParser, ParseContext, ParseStats, frame, parse_blocks
 from agent_traffic.ingest.shape import PURE_ENV, class_table, compile_shape
 from tests.data.formats import samples
 
@@ -240,6 +243,106 @@ def test_hostile_offsets_and_programs_never_read_outside_the_block() -> None:
         shape._clf.scan(buf, np.zeros(1, np.int64), np.ones(1, np.int64), s.program, s.classes, s.pool,
                         len(s.slots), np.zeros(1, np.uint8), np.zeros((len(s.slots) + 2, 1, 16), np.uint8), 2, b"",
                         np.zeros(2, np.uint8), b"", bytearray())
+
+
+EDGE_TIMES = ["29/Feb/2024:12:00:00 +0000", "29/Feb/2026:12:00:00 +0000", "29/Feb/2000:00:00:00 +0000",
+              "29/Feb/1900:00:00:00 +0000", "29/Feb/2100:00:00:00 +0000", "31/Apr/2026:00:00:00 +0000",
+              "31/Dec/2026:23:59:59 +0000", "31/Dec/2026:23:59:60 +0000", "21/Nov/2026:24:00:00 +0000",
+              "21/Nov/2026:10:60:00 +0000", "00/Nov/2026:10:11:12 +0000", "32/Jan/2026:10:11:12 +0000",
+              "21/Nov/2026:10:11:12 -1200", "21/Nov/2026:10:11:12 +1400", "21/Nov/2026:10:11:12 +0530",
+              "21/Nov/2026:10:11:12 -0000", "21/Nov/2026:10:11:12 +1459", "21/Nov/2026:10:11:12 +1500",
+              "21/Nov/2026:10:11:12 +2359", "21/Nov/2026:10:11:12 +2400", "21/Nov/2026:10:11:12 +0060",
+              "01/Jan/1900:00:00:00 +0000", "01/Jan/1900:00:00:00 +0100", "31/Dec/1899:23:59:59 -0100",
+              "31/Dec/2199:23:59:59 +0000", "31/Dec/2199:23:59:59 -0100", "01/Jan/2200:00:00:00 +0000",
+              "21/Nov/1800:10:11:12 +0000", "21/Nov/2300:10:11:12 +0000", "21/Nov/0000:10:11:12 +0000",
+              "21/nov/2026:10:11:12 +0000", "21/NOV/2026:10:11:12 +0000", "21/Nov/2026:10:11:12 Z",
+              "21/Nov/2026:10:11:12 +00:00", "1/Nov/2026:10:11:12 +0000", "21/Nov/2026:10:11:12  +0000",
+              "21/Sep/2026:1:2:3 +0000", "21/Nov/2026:10:11:12 +0000 ", "-", ""]
+
+
+def canonical_corpus() -> list[bytes]:
+    """Lines the compiled path may hand canonical (single site, combined), and their near misses."""
+    ok = f'203.0.113.9 - - [{TS}] "GET /a?b=1 HTTP/1.1" 200 512 "https://r.example/" "{UA}"'
+    lines = [ok.replace(TS, t) for t in EDGE_TIMES]
+    lines += [ok.replace("200 512", f"{st} {b}") for st in ("100", "599", "099", "600", "000", "404")
+              for b in ("0", "-", "1" * 18, "9" * 19, "00012")]
+    lines += [ok.replace("/a?b=1", t) for t in ("/", "/a?", "/?", "/a?b?c", "/a??", "/p?u=http://x", "/a://b", "//x",
+                                                "/" + "y" * 11, "/" + "y" * 12, "/" + "y" * 13 + "?q", "/a#f?x",
+                                                "/?" + "z" * 20, "*", "http://h/p")]
+    lines += [ok.replace("GET", m) for m in ("get", "Get", "PROPFIND", "VERSION-CONTROL", "M-SEARCH", "G_T")]
+    lines += [ok.replace("203.0.113.9", ip) for ip in ("-", "::1", "[::1]:80", "1.2.3.4:5", "host.example", "")]
+    lines += [ok.replace('"https://r.example/"', '"-"').replace(UA, "-"), ok.replace(UA, ""), ok + " tail",
+              ok.replace(" HTTP/1.1", ""), ok.replace("GET /a?b=1 HTTP/1.1", "GET")]
+    return [s.encode() for s in lines]
+
+
+@built
+@pytest.mark.parametrize("crlf", [False, True])
+def test_canonical_lines_equal_the_query_at_the_edges(crlf: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timestamps at the edges (leap days, second 60, offsets up to +-24h, years 1800-2300, month
+    case), statuses, sizes, targets and methods: lines the C hands canonical and lines it leaves to
+    the query parse exactly as the regex path parses them."""
+    data = b"\n".join(canonical_corpus() + hostile_combined()[:-1]) + b"\n"
+    data = data.replace(b"\n", b"\r\n") if crlf else data
+    c = ctx("combined", multi=False)
+    parser = BlockParser(c)
+    assert parser.canon is not None
+    block = frame(data, 1)
+    canon = parser._fast_fields(block, None, pa.array(np.arange(1, len(block.starts) + 1)))["k_canon"]
+    assert 40 < pc.sum(canon).as_py() < len(canon) - 40  # both kinds are there
+    both(data, c, monkeypatch)
+
+
+@built
+@pytest.mark.parametrize("fid", NCSA[:3])
+def test_property_generated_lines_of_one_site_parse_the_same_both_ways(fid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generated lines again, for a source of one site: most lines are then canonical."""
+    rng = random.Random(fid + "-one-site")
+    data = ("\n".join(near_combined(rng) for _ in range(3000)) + "\n").encode()
+    assert BlockParser(ctx(fid, multi=False)).canon is not None
+    both(data, ctx(fid, multi=False), monkeypatch)
+    both(data, ctx(fid, multi=False, max_line=150), monkeypatch)  # long lines are quarantined, not canonical
+
+
+@built
+def test_canonical_times_are_duckdbs_strptime() -> None:
+    """The C reading of CLF times against DuckDB's strptime, over random dates, times and offsets
+    (1890-2210): equal wherever the C answers, and it answers for every plain in-range one."""
+    rng = random.Random(7)
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    times = [f"{rng.randint(1, 31):02d}/{rng.choice(months)}/{rng.randint(1890, 2210)}:{rng.randint(0, 23):02d}:"
+             f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} {rng.choice('+-')}{rng.randint(0, 14):02d}"
+             f"{rng.choice([0, 30, 45, 59]):02d}" for _ in range(5000)]
+    s = compile_shape(FORMATS["combined"].regex or "", FORMATS["combined"].fields)
+    assert s is not None
+    lines = [f'1.2.3.4 - - [{t}] "GET / HTTP/1.1" 200 1 "-" "-"'.encode() for t in times]
+    buf = b"\n".join(lines)
+    starts = np.cumsum([0] + [len(x) + 1 for x in lines[:-1]])
+    fast, _, valid, ints = s.scan_canonical(buf, starts, np.array([len(x) for x in lines]), class_table("[A-Z]+"),
+                                            (1, 3, 4, 0))
+    assert fast.all()
+    con = duckdb.connect()
+    want = con.execute("SELECT epoch_us(try_strptime(t, '%d/%b/%Y:%H:%M:%S %z')) AS us, us >= epoch_us(TIMESTAMPTZ "
+                       "'1900-01-01 00:00:00+00') AND us < epoch_us(TIMESTAMPTZ '2200-01-01 00:00:00+00') AS inside "
+                       "FROM (SELECT unnest(?) AS t)", [times]).fetchall()
+    canon = valid[4]
+    for i, (us, inside) in enumerate(want):
+        assert bool(canon[i]) == bool(inside), times[i]
+        if canon[i]:
+            assert ints[0, i] == us, times[i]
+
+
+@built
+def test_event_ids_are_the_querys_md5_and_refuse_lines_outside_the_block() -> None:
+    lines = [b"", b"x", b"y" * 55, b"z" * 56, b"w" * 64, b"\x00\xc3\xbc" * 50, b"v" * 1000]
+    buf = b"\n".join(lines)
+    starts = np.cumsum([0] + [len(x) + 1 for x in lines[:-1]])
+    nums = np.array([1, 9, 10, 99, 123456789, 2**40, 7])
+    ids = shape.event_ids(buf, starts, np.array([len(x) for x in lines]), nums, "s3://b/ü.gz").to_pylist()
+    assert ids == [hashlib.md5(f"s3://b/ü.gz:{n}:".encode() + x).hexdigest() for n, x in zip(nums, lines, strict=True)]
+    for start, length in ((-1, 1), (len(buf), 1), (0, len(buf) + 1), (1 << 40, 1)):
+        with pytest.raises(ValueError, match="outside"):
+            shape.event_ids(buf, np.array([start]), np.array([length]), np.array([1]), "s")
 
 
 @pytest.mark.parametrize("fid", NCSA)
