@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -804,6 +805,12 @@ def _csv_table(lines: list[str], first_line: int, fmt: LogFormat) -> tuple[pa.Ta
     return pa.table(data), headers
 
 
+#: duckdb 2.0's own runner of one statement to Arrow: `con.sql("EXECUTE ...")` runs a non-SELECT at
+#: once into DuckDB's memory and copies that into Arrow, which costs a block's rows twice in memory
+_SUBMIT = getattr(getattr(duckdb, "_seam", None), "submit", None)
+ARROW_BATCH = 131_072  # rows per Arrow batch, as to_arrow_table() makes them
+
+
 class _Lines:
     """What a prepared query reads as `lines_in`: the table it holds when the query runs (DuckDB
     asks for its Arrow stream at each execution, and reads the schema once, when preparing)."""
@@ -833,7 +840,9 @@ class Prepared:
     def run(self, lines: pa.Table) -> pa.Table:
         self.lines.table = lines
         try:
-            return self.con.sql("EXECUTE block_query").to_arrow_table()
+            if _SUBMIT is not None:  # straight into Arrow, as a SELECT's to_arrow_table() runs
+                return _SUBMIT(self.con, "EXECUTE block_query", None, "arrow", ARROW_BATCH).arrow_table()
+            return self.con.sql("EXECUTE block_query").to_arrow_table()  # materialized first: more memory
         finally:
             self.lines.table = None
 
