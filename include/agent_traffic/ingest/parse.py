@@ -1021,17 +1021,22 @@ class BlockParser:
     def _split(self, out: pa.Table, block: Lines, stats: ParseStats, pre: pa.Table | None = None) -> ParsedBlock:
         out = with_invalid_hosts(out)
         reason = out["reason"]
+        ln = out["line_number"].to_numpy()
+        # a query's rows come in line order, but for the canonical lines' UNION ALL (the others first)
+        order = None if len(ln) < 2 or bool(np.all(ln[1:] > ln[:-1])) else np.argsort(ln, kind="stable")
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])
+            if order is not None:
+                events = events.take(order)
         else:
             good = pc.is_null(reason)
-            events = out.filter(good).drop_columns(["reason"])
+            if order is None:
+                events = out.filter(good).drop_columns(["reason"])
+            else:  # the events in line order, in one copy
+                events = out.drop_columns(["reason"]).take(order[good.to_numpy(zero_copy_only=False)[order]])
             bad = out.filter(pc.invert(good)).select(["line_number", "reason", "host"])
         if pre is not None:
             bad = pa.concat_tables([bad, pre], promote_options="permissive")
-        ln = events["line_number"].to_numpy()
-        if len(ln) > 1 and not bool(np.all(ln[1:] > ln[:-1])):
-            events = events.sort_by("line_number")  # DuckDB kept the order; this is a safety net
         if bad.num_rows:
             unknown = bad.filter(pc.is_in(bad["reason"], pa.array([UNKNOWN_HOST, OTHER_HOST])))
             for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
