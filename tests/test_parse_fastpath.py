@@ -334,10 +334,12 @@ def test_canonical_times_are_duckdbs_strptime() -> None:
 
 @built
 def test_event_ids_are_the_querys_md5_and_refuse_lines_outside_the_block() -> None:
+    rng = random.Random(3)  # around 64-byte blocks, around the 2,048 bytes hashed eight at a time, and longer
     lines = [b"", b"x", b"y" * 55, b"z" * 56, b"w" * 64, b"\x00\xc3\xbc" * 50, b"v" * 1000]
+    lines += [bytes(rng.randrange(256) for _ in range(n)) for n in [*range(2010, 2050), 5000, 3, 70, 4000]]
     buf = b"\n".join(lines)
     starts = np.cumsum([0] + [len(x) + 1 for x in lines[:-1]])
-    nums = np.array([1, 9, 10, 99, 123456789, 2**40, 7])
+    nums = np.array([1, 9, 10, 99, 123456789, 2**40, 7, *range(100, 100 + len(lines) - 7)])
     ids = shape.event_ids(buf, starts, np.array([len(x) for x in lines]), nums, "s3://b/ü.gz").to_pylist()
     assert ids == [hashlib.md5(f"s3://b/ü.gz:{n}:".encode() + x).hexdigest() for n, x in zip(nums, lines, strict=True)]
     for start, length in ((-1, 1), (len(buf), 1), (0, len(buf) + 1), (1 << 40, 1)):
