@@ -336,7 +336,7 @@ static int clf_time(const uint8_t *p, Py_ssize_t len, int64_t *us) {
         !digits(p + 18, 2, &sec) || !digits(p + 22, 2, &oh) || !digits(p + 24, 2, &om))
         return 0;
     int m = 0;
-    while (m < 12 && memcmp(p + 3, months + 3 * m, 3) != 0) m++;
+    while (m < 12 && (p[3] != months[3 * m] || p[4] != months[3 * m + 1] || p[5] != months[3 * m + 2])) m++;
     if (m == 12) return 0;
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     if (d < 1 || d > dim[m] + (m == 1 && leap) || h > 23 || mi > 59 || sec > 59 || oh > 14 || om > 59) return 0;
@@ -362,8 +362,8 @@ static int plain_target(const uint8_t *base, const uint8_t *target_view, uint8_t
         t = base + off;
     }
     if (len < 1 || t[0] != '/') return 0;
-    for (int32_t k = 0; k + 2 < len; k++)
-        if (t[k] == ':' && t[k + 1] == '/' && t[k + 2] == '/') return 0;
+    for (const uint8_t *c = memchr(t, ':', (size_t)len); c; c = memchr(c + 1, ':', (size_t)(t + len - c - 1)))
+        if (t + len - c >= 3 && c[1] == '/' && c[2] == '/') return 0;
     const uint8_t *q = memchr(t, '?', (size_t)len);
     int32_t plen = q ? (int32_t)(q - t) : len;
     /* views: a short one is inline (copy its bytes), a long one points into the block */
