@@ -965,9 +965,11 @@ class BlockParser:
             buffers[1] = pa.py_buffer(views[k])
             cols[f"c_{name}"] = pa.Array.from_buffers(pa.string_view(), len(fast), buffers)
         canon = len(ints) > 0
-        names = ("c_method", "c_target", "k_path", "k_query") if canon else ("c_method", "c_target") if split else ()
-        for k, name in enumerate(names):  # NULL where not fast (k_path: where not canonical)
-            bits = pa.py_buffer(np.packbits(valid[min(k, 2)], bitorder="little")) if k != 2 else None
+        # the view slots after the fields, and the row of `valid` saying where each is present
+        # (method and target: on fast lines; the query: where there is one; the path: no NULLs)
+        extra = [("c_method", 0), ("c_target", 1), ("k_path", None), ("k_query", 2)][: 4 if canon else 2 if split else 0]
+        for k, (name, present) in enumerate(extra):
+            bits = None if present is None else pa.py_buffer(np.packbits(valid[present], bitorder="little"))
             cols[name] = pa.Array.from_buffers(pa.string_view(), len(fast), [bits, pa.py_buffer(views[len(self.shape.slots) + k]),
                                                                             pa.py_buffer(block.buf)])
         if canon:
