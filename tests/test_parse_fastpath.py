@@ -8,7 +8,10 @@ Where the extension did not build, the parity tests skip (and say so); the rest 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import random
+import sys
+import types
 
 import duckdb
 import numpy as np
@@ -369,6 +372,23 @@ def test_the_ncsa_family_is_recognised_by_its_regex(fid: str) -> None:
 )
 def test_patterns_the_fast_path_cannot_run_keep_the_regex(regex: str) -> None:
     assert compile_shape(regex, ("status", "request")) is None
+
+
+def test_a_stale_build_of_the_extension_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .so built before scan() and event_ids() took their present arguments (ABI 2) is ignored:
+    the regex path runs until `make setup` rebuilds it."""
+    import agent_traffic.ingest as ingest  # noqa: PLC0415
+
+    stale = types.ModuleType("agent_traffic.ingest._clf")
+    stale.ABI = 2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agent_traffic.ingest._clf", stale)
+    monkeypatch.setattr(ingest, "_clf", stale, raising=False)
+    spec = importlib.util.spec_from_file_location("shape_again", shape.__file__)
+    assert spec is not None and spec.loader is not None
+    again = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "shape_again", again)  # dataclasses look their module up
+    spec.loader.exec_module(again)
+    assert again._clf is None and not again.enabled()
 
 
 def test_without_the_extension_parsing_takes_the_regex_path(monkeypatch: pytest.MonkeyPatch) -> None:
