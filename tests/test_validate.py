@@ -273,3 +273,61 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
+
+
+@pytest.mark.parametrize("use", GX_USES.values(), ids=GX_USES.keys())
+def test_gx_imports_scipy_and_altair_only_when_used(use: str) -> None:
+    """GX imports scipy and altair for expectations these suites never run (a third of its import
+    time): they are stand-ins while GX imports, nothing else ever sees one, and GX's own use of
+    them still gets the real package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent_traffic.staging.validate import GX_DEFERRED, Validator, _Defer, _Deferred\n"
+        "v = Validator.__new__(Validator)\n"
+        f"{use}\n"
+        "assert not {m.partition('.')[0] for m in sys.modules} & GX_DEFERRED, 'imported by GX'\n"
+        "assert not [n for n, m in sys.modules.items() if isinstance(m, _Deferred)], 'a stand-in left'\n"
+        "assert not [f for f in sys.meta_path if isinstance(f, _Defer)]\n"
+        "import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl\n"
+        "import numpy as np\n"
+        "assert abs(kl.stats.entropy([0.5, 0.5], [0.9, 0.1]) - 0.5108256) < 1e-6  # GX's use: the real scipy\n"
+        "import scipy.stats\n"
+        "assert not isinstance(scipy.stats, _Deferred) and kl.stats.entropy is scipy.stats.entropy\n"
+        "import altair\n"
+        "assert kl.alt.Chart is altair.Chart and not isinstance(altair, _Deferred)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_deferred_package_used_early_or_by_another_thread_is_the_real_one() -> None:
+    """A stand-in called while its block still runs, or used by another thread, imports the real
+    package then, and the block stops standing in for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys, threading\n"
+        "from agent_traffic.staging.validate import _deferred, _Deferred\n"
+        "assert 'colorsys' not in sys.modules and 'tomllib' not in sys.modules\n"
+        "other = []\n"
+        "with _deferred({'colorsys', 'tomllib'}):\n"
+        "    import colorsys, tomllib\n"
+        "    assert isinstance(colorsys, _Deferred) and isinstance(tomllib, _Deferred)\n"
+        "    t = threading.Thread(target=lambda: other.append(importlib.import_module('tomllib').loads('a = 1')))\n"
+        "    t.start(); t.join()\n"
+        "    assert other == [{'a': 1}]\n"
+        "    import tomllib as again\n"
+        "    assert not isinstance(again, _Deferred) and tomllib.loads is again.loads\n"
+        "    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # called inside the block\n"
+        "    import colorsys as again\n"
+        "    assert not isinstance(again, _Deferred)\n"
+        "assert not [n for n, m in sys.modules.items() if isinstance(m, _Deferred)]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

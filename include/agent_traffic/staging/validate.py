@@ -17,11 +17,14 @@ and GX's data docs to `_quality/date=<D>/docs/`.
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
 import threading
+import types
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -90,10 +93,96 @@ def _absent(names: Iterable[str]) -> Iterator[None]:
         sys.meta_path.remove(finder)
 
 
+#: Packages GX imports at import time only for expectations these suites never run (scipy for the
+#: KL-divergence and KS tests, altair for their charts): a third of its import CPU. While GX imports
+#: they are stand-ins that import the real package on first use (`_Deferred`).
+GX_DEFERRED = frozenset({"scipy", "altair"})
+
+
+class _Deferred(types.ModuleType):
+    """Stand-in for a module GX binds at import but uses only inside expectations ours never run:
+    its first attribute use imports the real module and hands over the attribute."""
+
+    def __init__(self, name: str, finder: _Defer) -> None:
+        super().__init__(name)
+        self.__path__: list[str] = []  # a package: `import scipy.stats` finds its child stand-in
+        self._finder = finder
+
+    def __getattr__(self, attr: str) -> Any:  # called only for what the stand-in lacks
+        name = f"{self.__name__}.{attr}"
+        if self._finder.deferring(name):
+            if attr.startswith("__"):  # the import system probing a module: not a use
+                raise AttributeError(attr)
+            return self._finder.stand_in(name)  # `from scipy import stats` while GX imports
+        return getattr(self._finder.real(self.__name__), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # `from m import f` then f() while GX imports
+        return self._finder.real(self.__name__)(*args, **kwargs)
+
+
+class _Defer(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import finder giving the thread that made it a `_Deferred` for `names` (top-level packages)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names, self.thread, self.made = set(names), threading.get_ident(), {}
+        self.lock = threading.Lock()
+
+    def deferring(self, name: str) -> bool:
+        return name.partition(".")[0] in self.names and threading.get_ident() == self.thread
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        return importlib.machinery.ModuleSpec(name, self, is_package=True) if self.deferring(name) else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> _Deferred:
+        return self.stand_in(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing runs: the stand-in imports the real module when used."""
+
+    def stand_in(self, name: str) -> _Deferred:
+        with self.lock:
+            return self.made.setdefault(name, _Deferred(name, self))
+
+    def real(self, name: str) -> Any:
+        """The real module (or attribute) `name` stands for. Asked while GX still imports (a call at
+        import time, or another thread's use), it stops standing in for that package first."""
+        self.release(name.partition(".")[0])
+        parent, _, leaf = name.rpartition(".")
+        if not parent:
+            return importlib.import_module(name)
+        try:
+            return getattr(self.real(parent), leaf)
+        except AttributeError:
+            return importlib.import_module(name)
+
+    def release(self, top: str) -> None:
+        """Stand in for `top` no longer: its stand-ins leave sys.modules, so imports get the real one."""
+        with self.lock:
+            self.names.discard(top)
+            for name in [n for n, m in sys.modules.items() if isinstance(m, _Deferred) and m._finder is self
+                         and n.partition(".")[0] == top]:
+                del sys.modules[name]
+
+
+@contextmanager
+def _deferred(names: Iterable[str]) -> Iterator[None]:
+    """Packages not imported yet are stand-ins inside the block (to its thread); afterwards every
+    import gets the real package, and the stand-ins bound inside the block import it when used."""
+    finder = _Defer(n for n in names if n not in sys.modules)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for top in list(finder.names):
+            finder.release(top)
+
+
 def _import_gx() -> tuple[Any, Any]:
-    """Import GX (without the clients it never uses here) and make its ephemeral context."""
+    """Import GX (without the clients it never uses here, and scipy and altair only when used) and
+    make its ephemeral context."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    with _absent(GX_UNUSED_CLIENTS):
+    with _absent(GX_UNUSED_CLIENTS), _deferred(GX_DEFERRED):
         import great_expectations as gx
         import great_expectations.expectations  # noqa: F401 - the suites' classes, imported under the same hiding
     from great_expectations.data_context.types.base import ProgressBarsConfig
