@@ -225,6 +225,28 @@ def test_row_suite_checks_dictionary_columns_as_plain_ones(tmp_path: Path, valid
     }
 
 
+def test_no_frame_outlives_its_batch(tmp_path: Path, validator_cache: dict) -> None:
+    """GX's engine keeps the last frame it validated; check_rows drops it, so the row suite's memory
+    holds one batch's frame at a time, not the last one and the next."""
+    import gc
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    import pyarrow as pa
+
+    rt, _objects, v = stage(tmp_path, {"a.log.gz": combined_lines(DAY, 3, seed=7)}, validator_cache)
+    table = pa.table({
+        "event_id": ["a", "b"], "ts": pa.array([datetime(2026, 11, 21, 12, tzinfo=UTC)] * 2, pa.timestamp("us", "UTC")),
+        "site": [rt.cfg.sites[0].name] * 2, "method": ["GET"] * 2, "path": ["/a", "x"],
+        "status": pa.array([200, 200], pa.int32()), "url": ["https://x/a"] * 2, "user_agent": ["ua"] * 2,
+        "_key": ["k"] * 2,
+    })
+    failing = v.check_rows(DAY.isoformat(), table)  # a failure: GX runs twice
+    assert [(col, bad) for _etype, col, _sev, bad in failing if bad] == [("path", [("b", "k")])]
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and "ts_naive" in o.columns]
+
+
 def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path, validator_cache: dict) -> None:
     from agent_traffic.staging.validate import DICT_COLUMNS, _row_batches
 

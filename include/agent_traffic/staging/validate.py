@@ -26,7 +26,7 @@ import tempfile
 import threading
 import types
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -303,26 +303,35 @@ class Validator:
         """GX and its ephemeral context."""
         return _import_gx()
 
-    def _definition(self, name: str, expectations: list[Any]) -> Any:
+    @cached_property
+    def _definitions(self) -> dict[str, Any]:
+        """name -> GX validation definition, made in this Validator's context."""
+        return {}
+
+    def _definition(self, name: str, expectations: Callable[[], list[Any]]) -> Any:
+        """The validation definition `name`, made (and its expectations built) the first time only:
+        the row suite asks for it once per batch."""
+        if name in self._definitions:
+            return self._definitions[name]
         gx, ctx = self._gx
-        try:
-            return ctx.validation_definitions.get(name)
-        except Exception:  # noqa: BLE001 - GX raises its own not-found types
-            pass
         ds = ctx.data_sources.add_or_update_pandas(f"{name}_source")
         bd = ds.add_dataframe_asset(name).add_batch_definition_whole_dataframe("batch")
         suite = ctx.suites.add(gx.ExpectationSuite(name=name))
-        for e in expectations:
+        for e in expectations():
             suite.add_expectation(e)
-        return ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
+        made = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
+        return self._definitions.setdefault(name, made)
 
     def row_definition(self, day: str) -> Any:
+        return self._definition(f"events_rows_{day}", lambda: self._row_expectations(day))
+
+    def _row_expectations(self, day: str) -> list[Any]:
         gxe = self._gx[0].expectations
 
         start, end = ts_window(day, self.policy.allowed_lateness_hours)
         required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
                     for c in ("event_id", "ts", "site", "method", "path", "status", "url", "user_agent")]
-        return self._definition(f"events_rows_{day}", required + [
+        return required + [
             gxe.ExpectColumnValuesToBeBetween(column="status", min_value=100, max_value=599, meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToMatchRegex(column="path", regex=r"^/", meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToMatchRegex(column="method", regex=METHOD_TOKEN, meta={"severity": FAIL}),
@@ -333,27 +342,28 @@ class Validator:
             gxe.ExpectColumnValuesToBeBetween(column="ts_naive", min_value=start, max_value=end,
                                               meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeUnique(column="event_id", meta={"severity": FAIL}),
-        ])
+        ]
 
     def partition_definition(self) -> Any:
-        gxe = self._gx[0].expectations
-
-        return self._definition("partition", [
-            gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_event_ids",
-                                                meta={"severity": FAIL}),
+        return self._definition("partition", lambda: [
+            self._gx[0].expectations.ExpectColumnPairValuesToBeEqual(
+                column_A="rows", column_B="distinct_event_ids", meta={"severity": FAIL}),
         ])
 
     def run_definition(self) -> Any:
+        return self._definition("run_counts", self._run_expectations)
+
+    def _run_expectations(self) -> list[Any]:
         gxe = self._gx[0].expectations
 
         p = self.policy
-        return self._definition("run_counts", [
+        return [
             gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_fail,
                                               meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_warn,
                                               meta={"severity": WARN}),
             gxe.ExpectColumnValuesToBeBetween(column="rows_if_objects", min_value=1, meta={"severity": FAIL}),
-        ])
+        ]
 
     # -----------------------------------------------------------------------------------------
 
@@ -376,13 +386,16 @@ class Validator:
         definition = self.row_definition(day)
         # First only whether each expectation holds: naming the failing rows makes GX filter the
         # whole frame once per expectation, and nearly every batch passes. A batch with a failure is run again to name its rows.
-        res = definition.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
-        if not res.success:
-            res = definition.run(
-                batch_parameters={"dataframe": df},
-                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
-                               "return_unexpected_index_query": False},
-            )
+        try:
+            res = definition.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
+            if not res.success:
+                res = definition.run(
+                    batch_parameters={"dataframe": df},
+                    result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
+                                   "return_unexpected_index_query": False},
+                )
+        finally:
+            _forget_batch(definition)
         out = []
         for r in res.results:
             cfg = r.expectation_config
@@ -410,6 +423,14 @@ class Validator:
                 out.append(Finding(suite, cfg.type, cfg.kwargs.get("column") or cfg.kwargs.get("column_A"),
                                    not failed, cfg.meta["severity"], n if failed else 0, n, scope))
         return out
+
+
+def _forget_batch(definition: Any) -> None:
+    """GX's engine keeps the frame it validated last until its next run: dropped now, a batch's frame
+    is gone before the next batch is read (the row suite's peak holds one frame, not two)."""
+    batches = definition.data.data_asset.datasource.get_execution_engine().batch_manager
+    batches.batch_data_cache.clear()
+    batches.reset_batch_cache()
 
 
 def _rewrite_without(store: Store, key: str, bad: set[str]) -> pa.Table:
