@@ -247,6 +247,42 @@ def test_no_frame_outlives_its_batch(tmp_path: Path, validator_cache: dict) -> N
     assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and "ts_naive" in o.columns]
 
 
+def test_batches_are_read_ahead_by_another_thread_two_at_most() -> None:
+    """_read_ahead reads the next batch in a thread while the caller checks one (Arrow decodes
+    without the GIL), and a batch the caller is done with is freed: never more than two alive."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    from agent_traffic.staging.validate import _read_ahead
+
+    class Batch:
+        def __init__(self, n: int) -> None:
+            self.n, self.thread = n, threading.get_ident()
+
+    alive: list[weakref.ref] = []
+
+    def batches():
+        for n in range(6):
+            b = Batch(n)
+            alive.append(weakref.ref(b))
+            yield b
+
+    seen = []
+    for b in _read_ahead(batches()):
+        deadline = time.monotonic() + 10
+        while b.n < 5 and len(alive) < b.n + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.n == 5 or len(alive) == b.n + 2, "the next batch is read while this one is checked"
+        gc.collect()
+        assert sum(r() is not None for r in alive) <= 2
+        assert b.thread != threading.get_ident()
+        seen.append(b.n)
+        del b
+    assert seen == list(range(6))
+
+
 def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path, validator_cache: dict) -> None:
     from agent_traffic.staging.validate import DICT_COLUMNS, _row_batches
 
