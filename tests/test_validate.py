@@ -73,6 +73,11 @@ def test_rows_outside_the_date_are_quarantined_with_the_expectation(tmp_path: Pa
     left = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/staging/events/**/*.parquet') "
                       "WHERE url LIKE '%seq=stray%'").fetchall()[0][0]
     assert left == 0  # moved to quarantine, not dropped and not left in staging
+    # the verdicts are an enum, stored as the plain words
+    raw = (tmp_path / "staging" / f"_quality/date={DAY}/run-1.json").read_text()
+    assert '"example.com": "warn"' in raw and '"severity": "fail"' in raw
+    status = (tmp_path / "staging" / f"_quality/date={DAY}/site=example.com/status.json").read_text()
+    assert '"status": "warn"' in status
 
 
 def test_many_failing_rows_hold_their_source_not_the_partition(tmp_path: Path, validator_cache: dict) -> None:

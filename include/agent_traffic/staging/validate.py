@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,17 @@ from agent_traffic.ingest.storage import Store
 from agent_traffic.pages import offline_html
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
+
+class Quality(StrEnum):
+    """A partition's verdict, and a failed expectation's severity (WARN or FAIL); str-valued, so
+    stored records say "pass", "warn" or "fail"."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+PASS, WARN, FAIL = Quality.PASS, Quality.WARN, Quality.FAIL
 #: What the row suite reads: the columns its expectations check (event_id also names a failing row)
 ROW_COLUMNS = ["event_id", "ts", "site", "method", "path", "status", "url", "user_agent"]
 #: Rows per GX run: the stage's peak memory follows it (a 2M-row day, the next batch read ahead: +314 MB
@@ -217,7 +228,7 @@ class Finding:
     expectation: str
     column: str | None
     success: bool
-    severity: str  # FAIL or WARN when unsuccessful
+    severity: Quality  # FAIL or WARN when unsuccessful
     unexpected: int = 0
     checked: int = 0
     scope: str = ""  # site, source or file
@@ -277,7 +288,7 @@ class QualityResult:
     run_id: str
     findings: list[Finding] = field(default_factory=list)
     rows_quarantined: Counter[str] = field(default_factory=Counter)  # reason -> rows
-    statuses: dict[str, str] = field(default_factory=dict)  # site -> pass | warn | fail
+    statuses: dict[str, Quality] = field(default_factory=dict)  # site -> verdict
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> held objects and why
 
     def as_dict(self) -> dict[str, Any]:
@@ -368,7 +379,7 @@ class Validator:
 
     # -----------------------------------------------------------------------------------------
 
-    def check_rows(self, day: str, table: pa.Table) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+    def check_rows(self, day: str, table: pa.Table) -> list[tuple[str, str | None, Quality, list[tuple[str, str]]]]:
         """Row-level suite on one batch (with a `_key` column naming each row's file).
 
         Returns (expectation, column, severity, [(event_id, file key), ...] failing) per expectation.
@@ -401,7 +412,7 @@ class Validator:
         for r in res.results:
             cfg = r.expectation_config
             failing = [(str(i["event_id"]), str(i["_key"])) for i in r.result.get("unexpected_index_list") or []]
-            out.append((cfg.type, cfg.kwargs.get("column"), cfg.meta["severity"], failing))
+            out.append((cfg.type, cfg.kwargs.get("column"), Quality(cfg.meta["severity"]), failing))
         return out
 
     def check_frame(self, definition: Any, rows: list[dict[str, Any]], suite: str, scope_col: str) -> list[Finding]:
@@ -422,7 +433,7 @@ class Validator:
             for scope in scopes:
                 n = next((int(row.get("rows", 0)) for row in rows if str(row[scope_col]) == scope), 0)
                 out.append(Finding(suite, cfg.type, cfg.kwargs.get("column") or cfg.kwargs.get("column_A"),
-                                   not failed, cfg.meta["severity"], n if failed else 0, n, scope))
+                                   not failed, Quality(cfg.meta["severity"]), n if failed else 0, n, scope))
         return out
 
 
