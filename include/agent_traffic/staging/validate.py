@@ -170,6 +170,8 @@ class _Defer(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def release(self, top: str) -> None:
         """Stand in for `top` no longer: its stand-ins leave sys.modules, so imports get the real one."""
         with self.lock:
+            if top not in self.names:  # released already: every use after the block comes here
+                return
             self.names.discard(top)
             for name in [n for n, m in sys.modules.items() if isinstance(m, _Deferred) and m._finder is self
                          and n.partition(".")[0] == top]:
