@@ -82,7 +82,10 @@ def _codes(values: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 
 def _owned(table: pa.Table) -> pa.Table:
-    """A copy that shares no buffer with `table` but its dictionaries (the classifier's few answers)."""
+    """A copy that shares no buffer with `table` but its dictionaries (the classifier's few answers).
+    Chunks (tables put together) are concatenated, a copy already; one chunk is taken whole."""
+    if table.num_columns and table.column(0).num_chunks > 1:
+        return table.combine_chunks()
     return table.take(pa.array(np.arange(table.num_rows)))
 
 
