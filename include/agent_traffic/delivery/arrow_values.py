@@ -74,7 +74,7 @@ def distinct(*columns: pa.Array | pa.ChunkedArray) -> list[tuple[object, ...]]:
     return list(zip(*(arr.take(rows).to_pylist() for arr in arrays), strict=True))
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=256, typed=True)
 def scalar(value: str | bool | int | float | None, type_: pa.DataType = STRING) -> pa.Scalar:
     """`pa.scalar(value, type_)` for a string, a boolean, a number or None (kept: literals recur
     on every window of rows)."""
@@ -87,7 +87,7 @@ def scalar(value: str | bool | int | float | None, type_: pa.DataType = STRING) 
 def instant(when: datetime, type_: pa.DataType) -> pa.Scalar:
     """`pa.scalar(when, type_)` for an aware datetime and a timestamp type."""
     us = (when - _EPOCH) // timedelta(microseconds=1)
-    return from_numpy(np.array([us], np.int64)).cast(pa.timestamp("us", "UTC")).cast(type_)[0]
+    return from_numpy(np.array([us], np.int64)).cast(pa.timestamp("us", "UTC")).cast(type_, safe=False)[0]
 
 
 def args(*values: object) -> list[object]:
