@@ -73,6 +73,11 @@ def test_rows_outside_the_date_are_quarantined_with_the_expectation(tmp_path: Pa
     left = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/staging/events/**/*.parquet') "
                       "WHERE url LIKE '%seq=stray%'").fetchall()[0][0]
     assert left == 0  # moved to quarantine, not dropped and not left in staging
+    # the verdicts are an enum, stored as the plain words
+    raw = (tmp_path / "staging" / f"_quality/date={DAY}/run-1.json").read_text()
+    assert '"example.com": "warn"' in raw and '"severity": "fail"' in raw
+    status = (tmp_path / "staging" / f"_quality/date={DAY}/site=example.com/status.json").read_text()
+    assert '"status": "warn"' in status
 
 
 def test_many_failing_rows_hold_their_source_not_the_partition(tmp_path: Path, validator_cache: dict) -> None:
@@ -225,6 +230,65 @@ def test_row_suite_checks_dictionary_columns_as_plain_ones(tmp_path: Path, valid
     }
 
 
+def test_no_frame_outlives_its_batch(tmp_path: Path, validator_cache: dict) -> None:
+    """GX's engine keeps the last frame it validated; check_rows drops it, so the row suite's memory
+    holds one batch's frame at a time, not the last one and the next."""
+    import gc
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    import pyarrow as pa
+
+    rt, _objects, v = stage(tmp_path, {"a.log.gz": combined_lines(DAY, 3, seed=7)}, validator_cache)
+    table = pa.table({
+        "event_id": ["a", "b"], "ts": pa.array([datetime(2026, 11, 21, 12, tzinfo=UTC)] * 2, pa.timestamp("us", "UTC")),
+        "site": [rt.cfg.sites[0].name] * 2, "method": ["GET"] * 2, "path": ["/a", "x"],
+        "status": pa.array([200, 200], pa.int32()), "url": ["https://x/a"] * 2, "user_agent": ["ua"] * 2,
+        "_key": ["k"] * 2,
+    })
+    failing = v.check_rows(DAY.isoformat(), table)  # a failure: GX runs twice
+    assert [(col, bad) for _etype, col, _sev, bad in failing if bad] == [("path", [("b", "k")])]
+    gc.collect()
+    # type(), not isinstance(): the latter asks lazy proxies elsewhere in the process for __class__
+    assert not [o for o in gc.get_objects() if type(o) is pd.DataFrame and "ts_naive" in o.columns]
+
+
+def test_batches_are_read_ahead_by_another_thread_two_at_most() -> None:
+    """_read_ahead reads the next batch in a thread while the caller checks one (Arrow decodes
+    without the GIL), and a batch the caller is done with is freed: never more than two alive."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    from agent_traffic.staging.validate import _read_ahead
+
+    class Batch:
+        def __init__(self, n: int) -> None:
+            self.n, self.thread = n, threading.get_ident()
+
+    alive: list[weakref.ref] = []
+
+    def batches():
+        for n in range(6):
+            b = Batch(n)
+            alive.append(weakref.ref(b))
+            yield b
+
+    seen = []
+    for b in _read_ahead(batches()):
+        deadline = time.monotonic() + 10
+        while b.n < 5 and len(alive) < b.n + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.n == 5 or len(alive) == b.n + 2, "the next batch is read while this one is checked"
+        gc.collect()
+        assert sum(r() is not None for r in alive) <= 2
+        assert b.thread != threading.get_ident()
+        seen.append(b.n)
+        del b
+    assert seen == list(range(6))
+
+
 def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path, validator_cache: dict) -> None:
     from agent_traffic.staging.validate import DICT_COLUMNS, _row_batches
 
@@ -273,3 +337,61 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
+
+
+@pytest.mark.parametrize("use", GX_USES.values(), ids=GX_USES.keys())
+def test_gx_imports_scipy_and_altair_only_when_used(use: str) -> None:
+    """GX imports scipy and altair for expectations these suites never run (a third of its import
+    time): they are stand-ins while GX imports, nothing else ever sees one, and GX's own use of
+    them still gets the real package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent_traffic.staging.validate import GX_DEFERRED, Validator, _Defer, _Deferred\n"
+        "v = Validator.__new__(Validator)\n"
+        f"{use}\n"
+        "assert not {m.partition('.')[0] for m in sys.modules} & GX_DEFERRED, 'imported by GX'\n"
+        "assert not [n for n, m in sys.modules.items() if isinstance(m, _Deferred)], 'a stand-in left'\n"
+        "assert not [f for f in sys.meta_path if isinstance(f, _Defer)]\n"
+        "import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl\n"
+        "import numpy as np\n"
+        "assert abs(kl.stats.entropy([0.5, 0.5], [0.9, 0.1]) - 0.5108256) < 1e-6  # GX's use: the real scipy\n"
+        "import scipy.stats\n"
+        "assert not isinstance(scipy.stats, _Deferred) and kl.stats.entropy is scipy.stats.entropy\n"
+        "import altair\n"
+        "assert kl.alt.Chart is altair.Chart and not isinstance(altair, _Deferred)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_deferred_package_used_early_or_by_another_thread_is_the_real_one() -> None:
+    """A stand-in called while its block still runs, or used by another thread, imports the real
+    package then, and the block stops standing in for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys, threading\n"
+        "from agent_traffic.staging.validate import _deferred, _Deferred\n"
+        "assert 'colorsys' not in sys.modules and 'tomllib' not in sys.modules\n"
+        "other = []\n"
+        "with _deferred({'colorsys', 'tomllib'}):\n"
+        "    import colorsys, tomllib\n"
+        "    assert isinstance(colorsys, _Deferred) and isinstance(tomllib, _Deferred)\n"
+        "    t = threading.Thread(target=lambda: other.append(importlib.import_module('tomllib').loads('a = 1')))\n"
+        "    t.start(); t.join()\n"
+        "    assert other == [{'a': 1}]\n"
+        "    import tomllib as again\n"
+        "    assert not isinstance(again, _Deferred) and tomllib.loads is again.loads\n"
+        "    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # called inside the block\n"
+        "    import colorsys as again\n"
+        "    assert not isinstance(again, _Deferred)\n"
+        "assert not [n for n, m in sys.modules.items() if isinstance(m, _Deferred)]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
+from agent_traffic.delivery.arrow_values import BOOL, from_numpy, instant, scalar, to_numpy
 from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, chunk_parts, lease_unit
 from agent_traffic.delivery.vendors import vendor
 from agent_traffic.ingest.discover import STAGED, read_manifests
@@ -50,6 +51,8 @@ from agent_traffic.staging.validate import held_partitions
 PLAN_VERSION = 3  # 3: chunks in one pack per object
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
+
+NO = scalar(False, BOOL)  # a missing flag: not selected
 
 SELECT_REASONS = {
     "ai": "not an AI agent",
@@ -65,15 +68,15 @@ def select_mask(table: pa.Table, selection: str) -> pa.ChunkedArray | None:
     files: absent means no visit was referred.
     """
     if selection == "ai":
-        return pc.fill_null(table["is_ai"], False)
+        return pc.fill_null(table["is_ai"], NO)
     if selection == "ai_and_referred":
-        ai = pc.fill_null(table["is_ai"], False)
+        ai = pc.fill_null(table["is_ai"], NO)
         if "referred_by" not in table.column_names:
             return ai
-        referred = pc.fill_null(pc.not_equal(table["referred_by"], ""), False)
+        referred = pc.fill_null(pc.not_equal(table["referred_by"], scalar("")), NO)
         return pc.or_(ai, referred)
     if selection == "automated":
-        return pc.fill_null(table["is_bot"], False)
+        return pc.fill_null(table["is_bot"], NO)
     return None
 
 
@@ -208,8 +211,8 @@ def _cut_chunks(
         fits = sizes <= max_bytes
         rows = np.flatnonzero(fits)  # window rows that can be sent, in line order
         cum = np.concatenate(([0], np.cumsum(sizes[rows])))
-        line_numbers = window["line_number"].to_numpy()
-        ts_us = window["ts_us"].to_numpy()
+        line_numbers = to_numpy(window["line_number"])
+        ts_us = to_numpy(window["ts_us"])
         i, consumed = 0, window.num_rows
         while i < len(rows):
             j = min(int(np.searchsorted(cum, cum[i] + max_bytes, side="right")) - 1, i + max_events)
@@ -402,7 +405,7 @@ def _left_out(table: pa.Table, dest: Destination, cutoff: datetime | None, out: 
             out.not_eligible[item["values"]] += item["counts"]
         table = table.filter(pc.is_null(reasons))
     if cutoff is not None and table.num_rows:
-        old = pc.less(table["ts"], pa.scalar(cutoff, table.schema.field("ts").type))
+        old = pc.less(table["ts"], instant(cutoff, table.schema.field("ts").type))
         out.too_old = pc.sum(old).as_py() or 0
         table = table.filter(pc.invert(old))
     return table
@@ -442,8 +445,8 @@ def plan_object(
     metas, delivered = _delivered_before(ledger, existing, acked)
     _drop_superseded(ledger, existing, acked)
     carry = _carried_over(ledger, manifest.get("carried"), acked)
-    unsent = _Unsent(pa.array(carry) if len(carry) else None,
-                     pa.array(sorted(delivered), pa.int64()) if delivered else None, dest.select,
+    unsent = _Unsent(from_numpy(carry) if len(carry) else None,
+                     from_numpy(np.array(sorted(delivered), np.int64)) if delivered else None, dest.select,
                      plan_columns(dest.vendor))
     keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
     table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor, dest.select),

@@ -17,17 +17,21 @@ and GX's data docs to `_quality/date=<D>/docs/`.
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
 import threading
+import types
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -45,12 +49,23 @@ from agent_traffic.ingest.storage import Store
 from agent_traffic.pages import offline_html
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
+
+class Quality(StrEnum):
+    """A partition's verdict, and a failed expectation's severity (WARN or FAIL); str-valued, so
+    stored records say "pass", "warn" or "fail"."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+PASS, WARN, FAIL = Quality.PASS, Quality.WARN, Quality.FAIL
 #: What the row suite reads: the columns its expectations check (event_id also names a failing row)
 ROW_COLUMNS = ["event_id", "ts", "site", "method", "path", "status", "url", "user_agent"]
-#: Rows per GX run: the stage's peak memory follows it (a 2M-row day: +315 MB over the interpreter at
-#: 125k, GX import included; +395 MB at 250k), and each run costs ~0.08 s of GX's own CPU
-BATCH_ROWS = 125_000
+#: Rows per GX run: the stage's peak memory follows it (a 2M-row day, the next batch read ahead: +314 MB
+#: over the interpreter at 200k, GX import included; +348 MB at 250k), and each run costs ~0.08 s of
+#: GX's own CPU, and a page in the data docs
+BATCH_ROWS = 200_000
 #: Text columns checked only for null or set membership: read as Arrow dictionaries, they reach GX as
 #: pandas categoricals, and GX's copy of the frame per expectation copies their codes, not strings
 #: (not path or method: GX's regex check turns a categorical into Python strings first)
@@ -90,10 +105,98 @@ def _absent(names: Iterable[str]) -> Iterator[None]:
         sys.meta_path.remove(finder)
 
 
+#: Packages GX imports at import time only for expectations these suites never run (scipy for the
+#: KL-divergence and KS tests, altair for their charts): a third of its import CPU. While GX imports
+#: they are stand-ins that import the real package on first use (`_Deferred`).
+GX_DEFERRED = frozenset({"scipy", "altair"})
+
+
+class _Deferred(types.ModuleType):
+    """Stand-in for a module GX binds at import but uses only inside expectations ours never run:
+    its first attribute use imports the real module and hands over the attribute."""
+
+    def __init__(self, name: str, finder: _Defer) -> None:
+        super().__init__(name)
+        self.__path__: list[str] = []  # a package: `import scipy.stats` finds its child stand-in
+        self._finder = finder
+
+    def __getattr__(self, attr: str) -> Any:  # called only for what the stand-in lacks
+        name = f"{self.__name__}.{attr}"
+        if self._finder.deferring(name):
+            if attr.startswith("__"):  # the import system probing a module: not a use
+                raise AttributeError(attr)
+            return self._finder.stand_in(name)  # `from scipy import stats` while GX imports
+        return getattr(self._finder.real(self.__name__), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # `from m import f` then f() while GX imports
+        return self._finder.real(self.__name__)(*args, **kwargs)
+
+
+class _Defer(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import finder giving the thread that made it a `_Deferred` for `names` (top-level packages)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names, self.thread, self.made = set(names), threading.get_ident(), {}
+        self.lock = threading.Lock()
+
+    def deferring(self, name: str) -> bool:
+        return name.partition(".")[0] in self.names and threading.get_ident() == self.thread
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        return importlib.machinery.ModuleSpec(name, self, is_package=True) if self.deferring(name) else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> _Deferred:
+        return self.stand_in(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing runs: the stand-in imports the real module when used."""
+
+    def stand_in(self, name: str) -> _Deferred:
+        with self.lock:
+            return self.made.setdefault(name, _Deferred(name, self))
+
+    def real(self, name: str) -> Any:
+        """The real module (or attribute) `name` stands for. Asked while GX still imports (a call at
+        import time, or another thread's use), it stops standing in for that package first."""
+        self.release(name.partition(".")[0])
+        parent, _, leaf = name.rpartition(".")
+        if not parent:
+            return importlib.import_module(name)
+        try:
+            return getattr(self.real(parent), leaf)
+        except AttributeError:
+            return importlib.import_module(name)
+
+    def release(self, top: str) -> None:
+        """Stand in for `top` no longer: its stand-ins leave sys.modules, so imports get the real one."""
+        with self.lock:
+            if top not in self.names:  # released already: every use after the block comes here
+                return
+            self.names.discard(top)
+            for name in [n for n, m in sys.modules.items() if isinstance(m, _Deferred) and m._finder is self
+                         and n.partition(".")[0] == top]:
+                del sys.modules[name]
+
+
+@contextmanager
+def _deferred(names: Iterable[str]) -> Iterator[None]:
+    """Packages not imported yet are stand-ins inside the block (to its thread); afterwards every
+    import gets the real package, and the stand-ins bound inside the block import it when used."""
+    finder = _Defer(n for n in names if n not in sys.modules)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for top in list(finder.names):
+            finder.release(top)
+
+
 def _import_gx() -> tuple[Any, Any]:
-    """Import GX (without the clients it never uses here) and make its ephemeral context."""
+    """Import GX (without the clients it never uses here, and scipy and altair only when used) and
+    make its ephemeral context."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    with _absent(GX_UNUSED_CLIENTS):
+    with _absent(GX_UNUSED_CLIENTS), _deferred(GX_DEFERRED):
         import great_expectations as gx
         import great_expectations.expectations  # noqa: F401 - the suites' classes, imported under the same hiding
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -127,7 +230,7 @@ class Finding:
     expectation: str
     column: str | None
     success: bool
-    severity: str  # FAIL or WARN when unsuccessful
+    severity: Quality  # FAIL or WARN when unsuccessful
     unexpected: int = 0
     checked: int = 0
     scope: str = ""  # site, source or file
@@ -187,7 +290,7 @@ class QualityResult:
     run_id: str
     findings: list[Finding] = field(default_factory=list)
     rows_quarantined: Counter[str] = field(default_factory=Counter)  # reason -> rows
-    statuses: dict[str, str] = field(default_factory=dict)  # site -> pass | warn | fail
+    statuses: dict[str, Quality] = field(default_factory=dict)  # site -> verdict
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> held objects and why
 
     def as_dict(self) -> dict[str, Any]:
@@ -214,26 +317,35 @@ class Validator:
         """GX and its ephemeral context."""
         return _import_gx()
 
-    def _definition(self, name: str, expectations: list[Any]) -> Any:
+    @cached_property
+    def _definitions(self) -> dict[str, Any]:
+        """name -> GX validation definition, made in this Validator's context."""
+        return {}
+
+    def _definition(self, name: str, expectations: Callable[[], list[Any]]) -> Any:
+        """The validation definition `name`, made (and its expectations built) the first time only:
+        the row suite asks for it once per batch."""
+        if name in self._definitions:
+            return self._definitions[name]
         gx, ctx = self._gx
-        try:
-            return ctx.validation_definitions.get(name)
-        except Exception:  # noqa: BLE001 - GX raises its own not-found types
-            pass
         ds = ctx.data_sources.add_or_update_pandas(f"{name}_source")
         bd = ds.add_dataframe_asset(name).add_batch_definition_whole_dataframe("batch")
         suite = ctx.suites.add(gx.ExpectationSuite(name=name))
-        for e in expectations:
+        for e in expectations():
             suite.add_expectation(e)
-        return ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
+        made = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
+        return self._definitions.setdefault(name, made)
 
     def row_definition(self, day: str) -> Any:
+        return self._definition(f"events_rows_{day}", lambda: self._row_expectations(day))
+
+    def _row_expectations(self, day: str) -> list[Any]:
         gxe = self._gx[0].expectations
 
         start, end = ts_window(day, self.policy.allowed_lateness_hours)
         required = [gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"severity": FAIL})
                     for c in ("event_id", "ts", "site", "method", "path", "status", "url", "user_agent")]
-        return self._definition(f"events_rows_{day}", required + [
+        return required + [
             gxe.ExpectColumnValuesToBeBetween(column="status", min_value=100, max_value=599, meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToMatchRegex(column="path", regex=r"^/", meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToMatchRegex(column="method", regex=METHOD_TOKEN, meta={"severity": FAIL}),
@@ -244,31 +356,32 @@ class Validator:
             gxe.ExpectColumnValuesToBeBetween(column="ts_naive", min_value=start, max_value=end,
                                               meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeUnique(column="event_id", meta={"severity": FAIL}),
-        ])
+        ]
 
     def partition_definition(self) -> Any:
-        gxe = self._gx[0].expectations
-
-        return self._definition("partition", [
-            gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="distinct_event_ids",
-                                                meta={"severity": FAIL}),
+        return self._definition("partition", lambda: [
+            self._gx[0].expectations.ExpectColumnPairValuesToBeEqual(
+                column_A="rows", column_B="distinct_event_ids", meta={"severity": FAIL}),
         ])
 
     def run_definition(self) -> Any:
+        return self._definition("run_counts", self._run_expectations)
+
+    def _run_expectations(self) -> list[Any]:
         gxe = self._gx[0].expectations
 
         p = self.policy
-        return self._definition("run_counts", [
+        return [
             gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_fail,
                                               meta={"severity": FAIL}),
             gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", max_value=p.quarantine_ratio_warn,
                                               meta={"severity": WARN}),
             gxe.ExpectColumnValuesToBeBetween(column="rows_if_objects", min_value=1, meta={"severity": FAIL}),
-        ])
+        ]
 
     # -----------------------------------------------------------------------------------------
 
-    def check_rows(self, day: str, table: pa.Table) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+    def check_rows(self, day: str, table: pa.Table) -> list[tuple[str, str | None, Quality, list[tuple[str, str]]]]:
         """Row-level suite on one batch (with a `_key` column naming each row's file).
 
         Returns (expectation, column, severity, [(event_id, file key), ...] failing) per expectation.
@@ -287,18 +400,21 @@ class Validator:
         definition = self.row_definition(day)
         # First only whether each expectation holds: naming the failing rows makes GX filter the
         # whole frame once per expectation, and nearly every batch passes. A batch with a failure is run again to name its rows.
-        res = definition.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
-        if not res.success:
-            res = definition.run(
-                batch_parameters={"dataframe": df},
-                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
-                               "return_unexpected_index_query": False},
-            )
+        try:
+            res = definition.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
+            if not res.success:
+                res = definition.run(
+                    batch_parameters={"dataframe": df},
+                    result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id", "_key"],
+                                   "return_unexpected_index_query": False},
+                )
+        finally:
+            _forget_batch(definition)
         out = []
         for r in res.results:
             cfg = r.expectation_config
             failing = [(str(i["event_id"]), str(i["_key"])) for i in r.result.get("unexpected_index_list") or []]
-            out.append((cfg.type, cfg.kwargs.get("column"), cfg.meta["severity"], failing))
+            out.append((cfg.type, cfg.kwargs.get("column"), Quality(cfg.meta["severity"]), failing))
         return out
 
     def check_frame(self, definition: Any, rows: list[dict[str, Any]], suite: str, scope_col: str) -> list[Finding]:
@@ -319,8 +435,16 @@ class Validator:
             for scope in scopes:
                 n = next((int(row.get("rows", 0)) for row in rows if str(row[scope_col]) == scope), 0)
                 out.append(Finding(suite, cfg.type, cfg.kwargs.get("column") or cfg.kwargs.get("column_A"),
-                                   not failed, cfg.meta["severity"], n if failed else 0, n, scope))
+                                   not failed, Quality(cfg.meta["severity"]), n if failed else 0, n, scope))
         return out
+
+
+def _forget_batch(definition: Any) -> None:
+    """GX's engine keeps the frame it validated last until its next run: dropped now, a batch's frame
+    is gone before the next batch is read (the row suite's peak holds one frame, not two)."""
+    batches = definition.data.data_asset.datasource.get_execution_engine().batch_manager
+    batches.batch_data_cache.clear()
+    batches.reset_batch_cache()
 
 
 def _rewrite_without(store: Store, key: str, bad: set[str]) -> pa.Table:
@@ -412,7 +536,7 @@ def _check_rows(v: Validator, store: Store, day: str, keys: Sequence[str], row_t
                 per_site: dict[tuple[str, str, str | None], Finding], bad: dict[str, dict[str, str]]) -> None:
     """The row suite over the files' rows, batch by batch: findings per site and expectation into
     `per_site`, rows checked per site into `row_total`, failing rows with their reason into `bad`."""
-    for batch in _row_batches(store, keys):
+    for batch in _read_ahead(_row_batches(store, keys)):
         sites_in: Counter[str] = Counter()  # rows per site, from rows per file (not a row at a time)
         for r in pc.value_counts(batch["_key"]).to_pylist():
             sites_in[layout.event_site(r["values"])] += r["counts"]
@@ -430,6 +554,21 @@ def _check_rows(v: Validator, store: Store, day: str, keys: Sequence[str], row_t
         del batch
         # the pool (mimalloc) keeps freed pages for reuse: hand them back between batches
         pa.default_memory_pool().release_unused()
+
+
+def _read_ahead(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """The batches, each read by a thread while the one before it is checked: Arrow decodes Parquet
+    without the GIL, so reading overlaps GX's Python. Two batches are in memory, never more."""
+    def read() -> pa.Table | None:
+        # the pool (mimalloc) keeps a heap per thread: hand back what the batches freed since the last read
+        pa.default_memory_pool().release_unused()
+        return next(batches, None)
+
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(read)
+        while (box := [ahead.result()])[0] is not None:
+            ahead = reader.submit(read)  # drops the last future, which held this batch
+            yield box.pop()  # the caller's reference is the only one: its `del` frees the batch
 
 
 def _row_batches(store: Store, keys: Sequence[str]) -> Iterator[pa.Table]:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_traffic.config import Destination, Site
+from agent_traffic.delivery.arrow_values import scalar
 from agent_traffic.delivery.vendors import json_columns
 from agent_traffic.delivery.vendors.json_columns import Field
 from agent_traffic.secrets import Secret
@@ -95,8 +96,8 @@ class Vendor(ABC):
 def path_with_query(table: pa.Table) -> pa.Array:
     """The request target as logged: path, plus `?query` when there was one."""
     query = json_columns.column(table, "query")
-    suffix = pc.if_else(json_columns.present(query), pc.binary_join_element_wise("?", query, ""), "")
-    return pc.binary_join_element_wise(json_columns.column(table, "path"), suffix, "")
+    suffix = pc.if_else(json_columns.present(query), json_columns.join("?", query), scalar(""))
+    return json_columns.join(json_columns.column(table, "path"), suffix)
 
 
 def ip_values(table: pa.Table, policy: str) -> pa.Array:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_traffic.config import Destination, Site
+from agent_traffic.delivery.arrow_values import distinct, scalar, strings
 from agent_traffic.delivery.vendors import json_columns as jc
 from agent_traffic.delivery.vendors.base import Vendor, path_with_query
 from agent_traffic.delivery.vendors.json_columns import Field
@@ -36,7 +37,7 @@ HITKEEP_AI_TOKENS: tuple[str, ...] = (
 def _positive_int(values: pa.Array) -> pa.Array:
     """HitKeep stores response_ms and bytes_served only when > 0: omit anything else."""
     rounded = pc.round(values, 0, round_mode="half_to_even")
-    return jc.integer(jc.only_where(pc.greater(rounded, 0), rounded))
+    return jc.integer(jc.only_where(pc.greater(rounded, scalar(0, rounded.type)), rounded))
 
 
 def accepts(user_agent: str, tokens: Sequence[str] = HITKEEP_AI_TOKENS) -> bool:
@@ -82,12 +83,9 @@ class HitKeep(Vendor):
     def ineligible(self, table: pa.Table, dest: Destination) -> pa.Array:
         """`not eligible for HitKeep (<agent>)` for agents its classifier would refuse with a 400."""
         tokens = tuple(t.lower() for t in (dest.eligible_user_agents or HITKEEP_AI_TOKENS))
-        pairs = table.select(["user_agent", "agent"]).group_by(["user_agent", "agent"]).aggregate([])
         refused = {ua: f"not eligible for HitKeep ({agent or 'unknown agent'})"
-                   for ua, agent in zip(pairs["user_agent"].to_pylist(), pairs["agent"].to_pylist(), strict=True)
-                   if not accepts(ua or "", tokens)}
+                   for ua, agent in distinct(table["user_agent"], table["agent"]) if not accepts(ua or "", tokens)}
         if not refused:
             return pa.nulls(table.num_rows, pa.string())
-        keys = pa.array(list(refused), pa.string())
-        idx = pc.index_in(table["user_agent"], value_set=keys)
-        return pc.take(pa.array(list(refused.values()), pa.string()), idx)
+        idx = pc.index_in(table["user_agent"], value_set=strings(list(refused)))
+        return pc.take(strings(list(refused.values())), idx)

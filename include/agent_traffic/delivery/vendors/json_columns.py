@@ -20,6 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.delivery.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
+
 Value = pa.Array | pa.ChunkedArray
 
 
@@ -33,8 +35,8 @@ class Text:
 
     def fragments(self) -> pa.Array:
         """The same values as JSON fragments, quotes included."""
-        quoted = pc.binary_join_element_wise('"', self.escaped, '"', "")
-        return pc.fill_null(quoted, "null") if self.required else quoted
+        quoted = join('"', self.escaped, '"')
+        return pc.fill_null(quoted, scalar("null")) if self.required else quoted
 
 
 Field = tuple[str, Value | Text | None]  # (key, JSON fragments); None: the key is never present
@@ -59,12 +61,18 @@ def column(table: pa.Table, name: str, type_: pa.DataType = STRING) -> pa.Array:
 
 def present(values: Value) -> pa.Array:
     """True where a string is neither null nor empty (Python's truthiness of the old rows)."""
-    return pc.fill_null(pc.not_equal(values, ""), False)
+    return pc.fill_null(pc.not_equal(values, scalar("")), scalar(False, BOOL))
 
 
 def only_where(mask: Value, values: Value) -> pa.Array:
     """`values` where `mask`, else null (the key left out)."""
-    return pc.if_else(mask, values, pa.scalar(None, values.type))
+    return pc.if_else(mask, values, scalar(None, values.type))
+
+
+def join(*pieces: Value | str, **options: str) -> pa.Array:
+    """Row by row, the pieces (arrays, or literal strings) concatenated: `binary_join_element_wise`
+    with an empty separator (the literals as scalars: `arrow_values`)."""
+    return pc.binary_join_element_wise(*args(*pieces, ""), **options)
 
 
 def string(values: Value) -> pa.Array:
@@ -97,7 +105,7 @@ def _needs_escape(values: pa.Array) -> pa.Array | None:
     size, fresh memory the kernel zeroes on every window, which cost as much as the scan.
     """
     if values.type != STRING:
-        mask = pc.fill_null(pc.match_substring_regex(values, _NEEDS_ESCAPE), False)
+        mask = pc.fill_null(pc.match_substring_regex(values, _NEEDS_ESCAPE), scalar(False, BOOL))
         return mask if pc.any(mask).as_py() else None
     offsets_buf, data_buf = values.buffers()[1], values.buffers()[2]
     if data_buf is None or len(values) == 0:
@@ -116,7 +124,7 @@ def _needs_escape(values: pa.Array) -> pa.Array | None:
     hits = np.concatenate(found)
     mask = np.zeros(len(values), dtype=bool)
     mask[np.searchsorted(offsets, hits + lo, side="right") - 1] = True
-    return pa.array(mask)
+    return from_numpy(mask)
 
 
 def integer(values: Value) -> pa.Array:
@@ -128,14 +136,14 @@ def integer(values: Value) -> pa.Array:
 
 def constant(value: object, n: int) -> pa.Array:
     """The same JSON value on every row."""
-    return pa.repeat(pa.scalar(orjson.dumps(value).decode()), n)
+    return pa.repeat(scalar(orjson.dumps(value).decode()), n)
 
 
 def required(values: Value | Text) -> pa.Array | Text:
     """A key always present: null becomes JSON null, as a dict holding None would."""
     if isinstance(values, Text):
         return Text(values.escaped, required=True)
-    return pc.fill_null(values, "null")
+    return pc.fill_null(values, scalar("null"))
 
 
 def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
@@ -148,11 +156,11 @@ def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
     """
     present = [(orjson.dumps(key).decode() + ":", values) for key, values in fields if values is not None]
     if not present:
-        return pa.repeat(pa.scalar("{}" + end), n)
+        return pa.repeat(scalar("{}" + end), n)
     if _may_be_missing(present[0][1]):  # the first key may be missing: commas decided row by row
-        parts = [pc.binary_join_element_wise(prefix, _fragments(values), "") for prefix, values in present]
-        inner = pc.binary_join_element_wise(*parts, ",", null_handling="skip") if len(parts) > 1 else parts[0]
-        return pc.binary_join_element_wise("{", pc.fill_null(inner, ""), "}" + end, "")
+        parts = [join(prefix, _fragments(values)) for prefix, values in present]
+        inner = pc.binary_join_element_wise(*parts, scalar(","), null_handling="skip") if len(parts) > 1 else parts[0]
+        return join("{", pc.fill_null(inner, scalar("")), "}" + end)
     pieces: list[Value | str] = ["{"]
     for i, (prefix, values) in enumerate(present):
         prefix = prefix if i == 0 else "," + prefix
@@ -161,11 +169,11 @@ def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
             continue
         values = _fragments(values)
         if values.null_count:
-            pieces.append(pc.binary_join_element_wise(prefix, values, ""))
+            pieces.append(join(prefix, values))
         else:
             pieces += [prefix, values]
     pieces.append("}" + end)
-    return pc.binary_join_element_wise(*_merge_literals(pieces), "", null_handling="replace", null_replacement="")
+    return join(*_merge_literals(pieces), null_handling="replace", null_replacement="")
 
 
 def _may_be_missing(values: Value | Text) -> bool:
@@ -192,32 +200,32 @@ def _merge_literals(pieces: list[Value | str]) -> list[Value | str]:
 def per_unique(values: Value, fn: Callable[[str], str | None]) -> pa.Array:
     """Apply a Python function once per distinct value (IP truncation: few distinct, many rows)."""
     uniq = pc.unique(values)
-    mapped = pa.array([fn(v) for v in uniq.to_pylist()], pa.string())
+    mapped = strings([fn(v) for v in uniq.to_pylist()])
     return pc.take(mapped, pc.index_in(values, value_set=uniq))
 
 
-_FRACTIONS = pa.array([""] + [f".{k:03d}".rstrip("0") for k in range(1, 1000)], pa.string())
+_FRACTIONS = strings([""] + [f".{k:03d}".rstrip("0") for k in range(1, 1000)])
 
 
-def epoch_seconds(ts_us: Value, scalar: Callable[[int], int | float]) -> pa.Array:
+def epoch_seconds(ts_us: Value, exact_value: Callable[[int], int | float]) -> pa.Array:
     """Unix seconds as JSON: an integer for a whole second, else a float rounded to milliseconds.
 
-    Same text as `orjson.dumps(scalar(ts_us))` with `scalar` the per-value definition: the common
-    cases are computed in integers; the rows where the float's rounding decides (exactly half a
-    millisecond) or a negative time are handed to `scalar`.
+    Same text as `orjson.dumps(exact_value(ts_us))` with `exact_value` the per-value definition: the
+    common cases are computed in integers; the rows where the float's rounding decides (exactly half
+    a millisecond) or a negative time are handed to `exact_value`.
     """
-    us = np.asarray(pc.fill_null(ts_us, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    us = to_numpy(pc.cast(pc.fill_null(ts_us, scalar(0, ts_us.type)), pa.int64()))
     ms, rest = np.divmod(us, 1000)
     ms = ms + (rest > 500)
     whole_second = (us % 1_000_000) == 0
     secs, frac = np.divmod(ms, 1000)
-    suffix = pc.take(_FRACTIONS, pa.array(frac))
-    suffix = pc.if_else(pa.array(~whole_second & (frac == 0)), ".0", suffix)
-    out = pc.binary_join_element_wise(pc.cast(pa.array(secs), pa.string()), suffix, "")
+    suffix = pc.take(_FRACTIONS, from_numpy(frac))
+    suffix = pc.if_else(from_numpy(~whole_second & (frac == 0)), scalar(".0"), suffix)
+    out = join(pc.cast(from_numpy(secs), pa.string()), suffix)
     odd = np.flatnonzero(~whole_second & ((rest == 500) | (us < 0)))
     if len(odd):
         mask = np.zeros(len(us), dtype=bool)
         mask[odd] = True
-        exact = pa.array([orjson.dumps(scalar(int(u))).decode() for u in us[odd]], pa.string())
-        out = pc.replace_with_mask(out, pa.array(mask), exact)
+        exact = strings([orjson.dumps(exact_value(int(u))).decode() for u in us[odd]])
+        out = pc.replace_with_mask(out, from_numpy(mask), exact)
     return only_where(pc.is_valid(ts_us), out)

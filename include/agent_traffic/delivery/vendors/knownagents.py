@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_traffic.config import Destination, Site
+from agent_traffic.delivery.arrow_values import strings
 from agent_traffic.delivery.vendors import json_columns as jc
 from agent_traffic.delivery.vendors.base import Vendor, ip_values, path_with_query
 from agent_traffic.delivery.vendors.json_columns import Field
@@ -55,9 +56,9 @@ class KnownAgents(Vendor):
         if dest.send_sdk_fields:
             content = jc.obj([("content-type", jc.text(ctype))], n)
             created = pc.strftime(pc.cast(col("ts_us", pa.timestamp("us", "UTC")), pa.timestamp("ms", "UTC"), safe=False),
-                                  format="%Y-%m-%dT%H:%M:%S") if n else pa.array([], pa.string())
+                                  format="%Y-%m-%dT%H:%M:%S") if n else strings([])
             out += [("response_headers", jc.only_where(jc.present(ctype), content)),
-                    ("created", jc.text(pc.binary_join_element_wise(created, "Z", "")))]
+                    ("created", jc.text(jc.join(created, "Z")))]
         return out
 
     def body(self, joined: bytes, events: int) -> tuple[bytes, str]:

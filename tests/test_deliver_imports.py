@@ -1,0 +1,53 @@
+"""A delivery-only process never imports pandas.
+
+Delivery builds its JSON with Arrow kernels and needs no pandas, but pyarrow imports pandas the
+first time it is handed a Python value it must convert (`pa.scalar("x")`, `pa.array([...])`, a
+string literal passed to a compute function): about 0.35 s of CPU and 40 MB per delivery process,
+which was a quarter of the sender's own CPU for 400,000 events (`benchmarks/bench_deliver.py`).
+Planning and sending every vendor's events, in a fresh interpreter, must leave it unimported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agent_traffic.devtools.sandbox import Sandbox
+from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from tests.conftest import REPO
+from tests.vendor_fixtures import DAY, FRESH, fast_hitkeep, keys, three_vendor_config
+
+SENDER = """
+import json, sys
+from datetime import datetime
+from agent_traffic.delivery.deliver import deliver_group
+from agent_traffic.delivery.plan import plan_deliveries
+from agent_traffic.run.steps import Runtime
+from agent_traffic.secrets import Secret
+config, day, now, keys = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3]), json.loads(sys.argv[4])
+rt = Runtime.load(config, "lean")
+plan = plan_deliveries(rt.cfg, rt.store, [day], now=now)  # receive-time vendors: an age cutoff too
+delivered = {g.destination: deliver_group(rt.cfg, rt.store, g, Secret(keys[g.destination]), run_id="lean",
+                                          now=now).delivered_events for g in plan.groups}
+print(json.dumps({"delivered": delivered, "pandas": "pandas" in sys.modules}))
+"""
+
+
+def test_planning_and_sending_every_vendor_leaves_pandas_unimported(tmp_path: Path) -> None:
+    dest_keys = keys()
+    with Sandbox(api_keys=dest_keys.values(), seed=3) as sb:
+        fast_hitkeep(sb)
+        cfg = three_vendor_config(tmp_path / "c.yaml", tmp_path, sb.url, select="all",
+                                  delivery={"concurrency": 2}, scrunch={"ip_policy": "truncate"})
+        rt = Runtime.load(str(cfg), "stage")
+        for ref in discover_objects(rt, [DAY]).objects:
+            process_object(rt, ref)
+        out = subprocess.run([sys.executable, "-c", SENDER, str(cfg), DAY.isoformat(), FRESH.isoformat(),
+                              json.dumps(dest_keys)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        assert set(res["delivered"]) == set(dest_keys) and all(res["delivered"].values())
+        assert res["pandas"] is False, "a delivery-only process imported pandas (pyarrow's Python-value probe)"
