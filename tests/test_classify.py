@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from agent_traffic.annotate.catalog import Agent, Catalog, Provider, load_catalo
 from agent_traffic.annotate.classify import (
     COLUMNS,
     HUMAN,
+    MAX_UA_CHARS,
     UNKNOWN,
     Classification,
     Classifier,
@@ -271,10 +271,10 @@ def test_classification_is_frozen() -> None:
 
 
 def test_huge_user_agents_are_bounded(clf: Classifier) -> None:
-    ua = "GPTBot/1.1 " + "a" * 1_000_000
-    start = time.perf_counter()
-    assert clf.classify(ua).agent == "GPTBot"
-    assert time.perf_counter() - start < 1.0
+    """Only the first MAX_UA_CHARS characters are matched: a megabyte user agent costs no more."""
+    assert clf.classify("GPTBot/1.1 " + "a" * 1_000_000).agent == "GPTBot"
+    assert clf.classify("a" * (MAX_UA_CHARS - 4) + " GPTBot/1.1").agent != "GPTBot"
+    assert clf.classify("a" * (MAX_UA_CHARS - 12) + " GPTBot/1.1").agent == "GPTBot"
 
 
 # -- batch API, cache and speed -----------------------------------------------------------------
@@ -296,14 +296,13 @@ def _distinct_uas(n: int) -> list[str]:
     return [f"{rows[i % len(rows)]} build/{i}" for i in range(n)]
 
 
-def test_5000_distinct_user_agents_in_well_under_a_second() -> None:
+def test_5000_distinct_user_agents_each_classified_once() -> None:
+    """Speed is `make bench`'s (bench_classify); here, 5,000 distinct strings cost 5,000 lookups."""
     clf = Classifier(load_catalog())
     uas = _distinct_uas(5000)
-    start = time.perf_counter()
-    out = clf.classify_many(uas)
-    elapsed = time.perf_counter() - start
-    assert len(out) == 5000
-    assert elapsed < 1.0, f"{elapsed:.3f}s"
+    out = clf.classify_many(uas + uas)
+    assert len(out) == 5000 and clf.cache_info().misses == 5000
+    assert out[uas[0]] == clf.classify(uas[0])
 
 
 def test_to_arrow_table() -> None:
