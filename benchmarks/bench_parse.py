@@ -194,7 +194,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     for size in (small, large):
         path = _generate("combined", size)
         stage = _child("stage", "combined", path, 1, block)
-        rows.append({"format": f"combined (memory at {size:,} lines, {(block or 8 << 20) >> 20} MiB blocks)",
+        rows.append({"format": f"combined (memory at {size:,} lines, {(block or 6 << 20) >> 20} MiB blocks)",
                      "lines": stage["stats"]["lines_read"],
                      "gzip MB": round(path.stat().st_size / 1e6, 1),
                      "parse+stage s": round(stage["seconds"], 3),
@@ -203,7 +203,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     return {
         "title": "Parse and stage: lines per second beside gzip -dc",
         "setup": (f"{n:,} generated lines per format (tests/data/formats/samples.py), gzip level 6; "
-                  "parse block 8 MiB, DuckDB 2 threads, reading and decompressing in a background thread. "
+                  "parse block 6 MiB, DuckDB 2 threads, reading and decompressing in a background thread. "
                   "Seconds are the work inside a fresh process (imports excluded); ratio = seconds / gzip -dc seconds."),
         "rows": rows,
         "notes": [

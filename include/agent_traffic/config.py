@@ -274,7 +274,7 @@ class DeliveryPolicy(_Model):
 
 class ParsePolicy(_Model):
     max_line_bytes: int = Field(65536, ge=256, le=64 << 20)
-    block_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=512 << 20)
+    block_bytes: int = Field(6 * 1024 * 1024, ge=1024, le=512 << 20)
     block_lines: int = Field(262_144, ge=1024, le=16_777_216, description="lines per parse block at most: "
                              "memory is bounded by lines too, so blank-line and short-line floods parse in little")
 
