@@ -302,6 +302,15 @@ def test_row_batches_read_the_dictionary_columns_as_dictionaries(tmp_path: Path,
         assert b.schema.field("path").type == "string" and b.schema.field("event_id").type == "string"
 
 
+def _prints_ok(code: str, timeout: float) -> None:
+    """Run `code` in a fresh interpreter (imports are what it checks) and expect it to print ok."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 GX_USES = {
     "import": "v._gx",
     # a suite built before anything else asked for GX: its expectation classes import under the hiding too
@@ -313,8 +322,6 @@ GX_USES = {
 def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
     """GX imports every cloud and database client that is installed; the Validator hides those not
     imported yet while GX imports (a quarter of its memory), and they import normally afterwards."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -334,8 +341,7 @@ def test_gx_imports_without_the_cloud_clients_it_does_not_use(use: str) -> None:
         "    assert isinstance(aws.boto3, not_imported.NotImported)  # GX saw it absent, the user's import works\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    _prints_ok(code, timeout=120)
 
 
 
@@ -344,8 +350,6 @@ def test_gx_imports_scipy_and_altair_only_when_used(use: str) -> None:
     """GX imports scipy and altair for expectations these suites never run (a third of its import
     time): they are stand-ins while GX imports, nothing else ever sees one, and GX's own use of
     them still gets the real package."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -364,15 +368,12 @@ def test_gx_imports_scipy_and_altair_only_when_used(use: str) -> None:
         "assert kl.alt.Chart is altair.Chart and not isinstance(altair, _Deferred)\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    _prints_ok(code, timeout=120)
 
 
 def test_a_deferred_package_used_early_or_by_another_thread_is_the_real_one() -> None:
     """A stand-in called while its block still runs, or used by another thread, imports the real
     package then, and the block stops standing in for it."""
-    import subprocess
-    import sys
 
     code = (
         "import importlib, sys, threading\n"
@@ -393,5 +394,4 @@ def test_a_deferred_package_used_early_or_by_another_thread_is_the_real_one() ->
         "assert not [n for n, m in sys.modules.items() if isinstance(m, _Deferred)]\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    _prints_ok(code, timeout=60)
