@@ -255,7 +255,7 @@ def _steps(cfg: Path, path: Path) -> dict[str, float]:
 
 
 def run(repeat: int, quick: bool) -> dict[str, Any]:
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else max(3, repeat)
     reps = 5 if quick else 200
     day, lines = _day(reps)
     quarter, quarter_lines = _day(reps // 4 or 1)
@@ -306,6 +306,12 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
     task_q = next(r for r in rows if r["command"] == "one parse-and-stage task (a quarter of the day)")
     four = next(r for r in rows if r["command"].startswith("four"))
     whole = gz_m.median("agent-traffic run --dry-run (whole run)")
+    # ratios within each round (the commands ran minutes apart at most), then their median: steadier
+    # than a ratio of medians when the machine's load drifts between rounds
+    ga_runs = [r[0] for r in gz_m.by.get("GoAccess (gzip -dc | goaccess, JSON report)", [])]
+    vs_ga = sorted(g / r[0] for g, r in zip(ga_runs, gz_m.by["agent-traffic run --dry-run (whole run)"], strict=False))
+    vs_gz = sorted(r[0] / g[0] for g, r in zip(gz_m.by["gzip -dc"], gz_m.by["one parse-and-stage task (the day)"],
+                                               strict=True))
     source = (f"the shared reference log ({REFERENCE.name}) x{reps}" if REFERENCE.exists()
               else "agent_traffic.devtools.samples lines (the shared reference log was not found)")
     return {
@@ -322,6 +328,11 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
             f"quarter of it (aim <= 500 and flat); four at once {four['peak RSS MB']} MB (aim < 2,500); "
             + (f"the run at {ga / whole:.2f}x GoAccess's speed (aim >= 2); " if ga else "")
             + f"one task {task_day['x gzip -dc']}x gzip -dc in wall time, imports included (aim <= 3).",
+            *([f"per round: the run at {statistics.median(vs_ga):.2f}x GoAccess's speed (median; rounds "
+               f"{', '.join(f'{x:.2f}' for x in vs_ga)}), GoAccess itself {min(ga_runs):.1f}-{max(ga_runs):.1f} s"]
+              if vs_ga else []),
+            f"per round: one task at {statistics.median(vs_gz):.2f}x gzip -dc (median; rounds "
+            f"{', '.join(f'{x:.2f}' for x in vs_gz)}).",
             "run stages: RSS sampled every 0.1 s and cut where the run's progress lines end each stage; the "
             "validate stage runs Great Expectations over the day's rows (validate.py).",
             "parse path: the same object parsed in fresh processes cut after each step (decompress; + cut into "
