@@ -881,7 +881,8 @@ class BlockParser:
         return self._run(table, sql)
 
     def _run(self, table: pa.Table, sql: str) -> pa.Table:
-        # several record batches, so DuckDB scans them on all its threads (one batch = one thread)
+        # several record batches, so DuckDB spreads a registered table over its threads (one batch
+        # = one thread); a prepared query's stand-in stream is scanned on one (docs/performance.md)
         lines = pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_ROWS), table.schema)
         key = (sql, table.schema)
         query = self._prepared.get(key)
