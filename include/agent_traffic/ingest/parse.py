@@ -391,21 +391,6 @@ def canon_slots(ctx: ParseContext, slots: tuple[str, ...]) -> tuple[int, int, in
     return tuple(slots.index(n) if n in slots else -1 for n in ("time", "status", "bytes", "client_ip"))  # type: ignore[return-value]
 
 
-def _canon_select(ctx: ParseContext) -> str:
-    """The event columns of canonical lines (k_canon), as the C read them: build_sql's columns for
-    the lines it would compute the same for, with no expression left but NULLIFs and the url."""
-    have = set(ctx.fmt.fields)
-
-    def raw(name: str) -> str:
-        return _null_if_empty(f'"c_{name}"', name) if name in have else "NULL::VARCHAR"
-
-    prefix = _q(f"{ctx.scheme}://{ctx.default_host}")
-    return (f"SELECT k_event_id, k_ts, {_q(ctx.default_site or '')}, {_q(ctx.default_host or '')}, c_method, k_path, "
-            f"k_query, {prefix} || CASE WHEN k_query IS NULL THEN k_path ELSE c_target END, k_status, k_bytes, "
-            f"NULL::DOUBLE, {raw('client_ip')}, coalesce({raw('user_agent')}, ''), {raw('referer')}, NULL::VARCHAR, "
-            f"{_q(ctx.source_object)}, line_number, NULL::VARCHAR FROM lines_in WHERE k_canon")
-
-
 def _raw_select(fmt: LogFormat, layout: tuple[str, ...] | None, presplit: bool = False) -> str:
     """SELECT line_number, line, matched and one VARCHAR column f_<name> per raw field (regex
     formats also `fast`: the line was read by cutting it at its quotes, or by the compiled fast
@@ -643,11 +628,9 @@ ABS_URL = "^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)"
 WHITESPACE = "' ' || chr(9) || chr(11) || chr(12) || chr(13)"
 
 
-def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False,
-              canon: bool = False) -> str:
+def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit: bool = False) -> str:
     """One query: raw fields -> canonical event columns + `reason` (NULL for a good event);
-    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>); `canon`:
-    and k_canon lines come with their event columns (canon_slots), which they keep as they are."""
+    `presplit`: the lines come with the compiled fast path's columns (c_fast, c_<field>)."""
     fmt = ctx.fmt
     have = set(fmt.fields)
 
@@ -674,7 +657,7 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
     event_id = ("k_event_id" if presplit  # computed in C over the same bytes (shape.event_ids)
                 else f"md5({_q(ctx.source_object)} || ':' || line_number::VARCHAR || ':' || line)")
     return f"""
-    WITH l AS (SELECT * FROM lines_in{" WHERE NOT k_canon" if canon else ""}),  -- l: the block's lines (line_number, line)
+    WITH l AS (SELECT * FROM lines_in),  -- l: the block's lines (line_number, line)
     fields AS ({_raw_select(fmt, layout, presplit)}),
     request_split AS (
       SELECT *, {req_parts} AS rp FROM (SELECT *, {t_raw} AS t_raw FROM fields)
@@ -749,7 +732,6 @@ def build_sql(ctx: ParseContext, layout: tuple[str, ...] | None = None, presplit
         WHEN site IS NULL THEN {_q(other)}
       END AS reason
     FROM located
-    {"UNION ALL " + _canon_select(ctx) if canon else ""}
     """
 
 
@@ -811,6 +793,25 @@ _SUBMIT = getattr(getattr(duckdb, "_seam", None), "submit", None)
 ARROW_BATCH = 131_072  # rows per Arrow batch, as to_arrow_table() makes them
 
 
+def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """table.take(rows), string views included (Arrow has no take for them): their 16-byte views
+    gathered in numpy, pointing into the same data buffers."""
+    cols = []
+    for col in table.columns:
+        a = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        if a.type != pa.string_view():
+            cols.append(a.take(pa.array(rows, pa.int64())))
+            continue
+        bufs = a.buffers()
+        views = np.frombuffer(bufs[1], np.dtype("V16"), len(a), a.offset * 16)[rows]
+        bits = None
+        if a.null_count:
+            valid = a.is_valid().to_numpy(zero_copy_only=False)[rows]
+            bits = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        cols.append(pa.Array.from_buffers(pa.string_view(), len(rows), [bits, pa.py_buffer(views), *bufs[2:]]))
+    return pa.Table.from_arrays(cols, schema=table.schema)
+
+
 class _Lines:
     """What a prepared query reads as `lines_in`: the table it holds when the query runs (DuckDB
     asks for its Arrow stream at each execution, and reads the schema once, when preparing)."""
@@ -856,7 +857,7 @@ class BlockParser:
     def __init__(self, ctx: ParseContext) -> None:
         self.ctx = ctx
         self.layout: tuple[str, ...] | None = ctx.fmt.default_fields or None
-        self._sql: dict[tuple[tuple[str, ...] | None, bool, bool], str] = {}
+        self._sql: dict[tuple[tuple[str, ...] | None, bool], str] = {}
         self.con = duck_connection()
         self._ran: set[tuple[str, pa.Schema]] = set()
         self._prepared: dict[tuple[str, pa.Schema], Prepared] = {}
@@ -874,11 +875,43 @@ class BlockParser:
         self._prepared.clear()
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
-        presplit, canon = "c_fast" in table.column_names, "k_canon" in table.column_names
-        sql = self._sql.get((layout, presplit, canon))
+        if "k_canon" in table.column_names:  # canonical lines skip the query: their columns are built here
+            canon = table["k_canon"].combine_chunks().to_numpy(zero_copy_only=False)
+            out = self._query(_rows(table, np.flatnonzero(~canon)).drop_columns(["k_canon"]), layout)
+            return pa.concat_tables([out, self._canon_rows(_rows(table, np.flatnonzero(canon)), out.schema)])
+        presplit = "c_fast" in table.column_names
+        sql = self._sql.get((layout, presplit))
         if sql is None:
-            sql = self._sql[layout, presplit, canon] = build_sql(self.ctx, layout, presplit, canon)
+            sql = self._sql[layout, presplit] = build_sql(self.ctx, layout, presplit)
         return self._run(table, sql)
+
+    def _canon_rows(self, c: pa.Table, schema: pa.Schema) -> pa.Table:
+        """The event columns (`schema`: the query's) of canonical lines, as the C read them: what the
+        query gives those lines, with no expression left but the NULLs of empty or `-` fields and
+        the url. Built in Arrow, they skip DuckDB's scan and its copy of every string into Arrow
+        (a tenth of a task's CPU, and most of its page faults)."""
+        n, ctx, have = c.num_rows, self.ctx, set(self.ctx.fmt.fields)
+        text = pa.string()
+
+        def const(v: str | None) -> pa.Array:
+            return pa.nulls(n, text) if v is None else pa.repeat(pa.scalar(v, text), n)
+
+        def raw(name: str) -> pa.Array:  # NULLIF(NULLIF(x, ''), '-')
+            if name not in have:
+                return pa.nulls(n, text)
+            x = c[f"c_{name}"].cast(text)
+            return pc.if_else(pc.is_in(x, pa.array(["", "-"], text)), pa.scalar(None, text), x)
+
+        path, query = c["k_path"].cast(text), c["k_query"].cast(text)
+        target = pc.if_else(pc.is_null(query), path, c["c_target"].cast(text))
+        ua = raw("user_agent")
+        cols = [c["k_event_id"], c["k_ts"], const(ctx.default_site or ""), const(ctx.default_host or ""),
+                c["c_method"].cast(text), path, query,
+                pc.binary_join_element_wise(pa.scalar(f"{ctx.scheme}://{ctx.default_host}", text), target, ""),
+                c["k_status"], c["k_bytes"], pa.nulls(n, pa.float64()), raw("client_ip"),
+                pc.fill_null(ua, ""), raw("referer"), const(None), const(ctx.source_object), c["line_number"],
+                const(None)]
+        return pa.Table.from_arrays([col.cast(f.type) for col, f in zip(cols, schema, strict=True)], schema=schema)
 
     def _run(self, table: pa.Table, sql: str) -> pa.Table:
         # several record batches, so DuckDB spreads a registered table over its threads (one batch
@@ -1025,7 +1058,7 @@ class BlockParser:
         out = with_invalid_hosts(out)
         reason = out["reason"]
         ln = out["line_number"].to_numpy()
-        # a query's rows come in line order, but for the canonical lines' UNION ALL (the others first)
+        # a query's rows come in line order, but for canonical lines (after the query's rows)
         order = None if len(ln) < 2 or bool(np.all(ln[1:] > ln[:-1])) else np.argsort(ln, kind="stable")
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])
