@@ -796,11 +796,11 @@ ARROW_BATCH = 131_072  # rows per Arrow batch, as to_arrow_table() makes them
 def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """table.take(rows), string views included (Arrow has no take for them): their 16-byte views
     gathered in numpy, pointing into the same data buffers."""
-    cols = []
+    cols, indices = [], pa.array(rows, pa.int64())
     for col in table.columns:
         a = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         if a.type != pa.string_view():
-            cols.append(a.take(pa.array(rows, pa.int64())))
+            cols.append(a.take(indices))
             continue
         bufs = a.buffers()
         views = np.frombuffer(bufs[1], np.dtype("V16"), len(a), a.offset * 16)[rows]
@@ -889,7 +889,7 @@ class BlockParser:
         """The event columns (`schema`: the query's) of canonical lines, as the C read them: what the
         query gives those lines, with no expression left but the NULLs of empty or `-` fields and
         the url. Built in Arrow, they skip DuckDB's scan and its copy of every string into Arrow
-        (a tenth of a task's CPU, and most of its page faults)."""
+        (about a tenth of a task's CPU, a third of its system time: docs/performance.md)."""
         n, ctx, have = c.num_rows, self.ctx, set(self.ctx.fmt.fields)
         text = pa.string()
 
