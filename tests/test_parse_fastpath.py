@@ -273,7 +273,10 @@ def canonical_corpus() -> list[bytes]:
                                                 "/" + "y" * 11, "/" + "y" * 12, "/" + "y" * 13 + "?q", "/a#f?x",
                                                 "/?" + "z" * 20, "*", "http://h/p")]
     lines += [ok.replace("GET", m) for m in ("get", "Get", "PROPFIND", "VERSION-CONTROL", "M-SEARCH", "G_T")]
-    lines += [ok.replace("203.0.113.9", ip) for ip in ("-", "::1", "[::1]:80", "1.2.3.4:5", "host.example", "")]
+    lines += [ok.replace("203.0.113.9", ip) for ip in ("-", "::1", "[::1]:80", "1.2.3.4:5", "host.example", "",
+                                                                "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%eth0", "::", ":",
+                                                                "12:34", "1.2.3.4:", ":80", "[2001:db8::1]", "1:2:3",
+                                                                "2001:DB8::A")]
     lines += [ok.replace('"https://r.example/"', '"-"').replace(UA, "-"), ok.replace(UA, ""), ok + " tail",
               ok.replace(" HTTP/1.1", ""), ok.replace("GET /a?b=1 HTTP/1.1", "GET")]
     return [s.encode() for s in lines]
@@ -294,6 +297,20 @@ def test_canonical_lines_equal_the_query_at_the_edges(crlf: bool, monkeypatch: p
     canon = parser._fast_fields(block, None, pa.array(np.arange(1, len(block.starts) + 1)))["k_canon"]
     assert 40 < pc.sum(canon).as_py() < len(canon) - 40  # both kinds are there
     both(data, c, monkeypatch)
+
+
+@built
+def test_bare_ipv6_clients_are_canonical_and_addresses_with_ports_are_the_querys() -> None:
+    """The query keeps a client address as it is unless it is bracketed or has one colon (v4:port),
+    so bare IPv6 lines skip it like IPv4 ones; the others are normalised by the query."""
+    ok = f'203.0.113.9 - - [{TS}] "GET /a?b=1 HTTP/1.1" 200 512 "-" "{UA}"'
+    kept = ("203.0.113.9", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%eth0", "::", "-")
+    left = ("[::1]:80", "[2001:db8::1]", "1.2.3.4:5", "12:34", ":", ":80")
+    data = b"\n".join(ok.replace("203.0.113.9", ip).encode() for ip in kept + left) + b"\n"
+    parser = BlockParser(ctx("combined", multi=False))
+    block = frame(data, 1)
+    canon = parser._fast_fields(block, None, pa.array(np.arange(1, len(block.starts) + 1)))["k_canon"]
+    assert canon.to_pylist() == [True] * len(kept) + [False] * len(left)
 
 
 @built

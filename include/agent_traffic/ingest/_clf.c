@@ -415,8 +415,16 @@ static int canonical(const uint8_t *line, const Py_ssize_t *cs, const Py_ssize_t
             return 0;
         *valid_bytes = 1;
     }
-    s = slot[CANON_IP]; /* an address with a port or brackets is the query's to normalise */
-    if (s >= 0 && cs[s] >= 0 && ce[s] >= cs[s] && memchr(line + cs[s], ':', (size_t)(ce[s] - cs[s]))) return 0;
+    s = slot[CANON_IP];
+    if (s >= 0 && cs[s] >= 0 && ce[s] > cs[s]) {
+        /* The query keeps an address as it is unless it has a ':' and is bracketed ([v6]:port) or
+         * has exactly one (v4:port): a bare IPv6 address (two colons or more) is kept as well. */
+        const uint8_t *ip = line + cs[s];
+        Py_ssize_t n = ce[s] - cs[s], colons = 0;
+        for (const uint8_t *c = memchr(ip, ':', (size_t)n); c && colons < 2; c = memchr(c + 1, ':', (size_t)(ip + n - c - 1)))
+            colons++;
+        if (colons == 1 || (colons && ip[0] == '[')) return 0;
+    }
     return 1;
 }
 
