@@ -159,8 +159,8 @@ class Annotator:
             firsts = np.flatnonzero(np.r_[True, sorted_agents[1:] != sorted_agents[:-1]]).tolist()
             for lo, hi in pairwise([*firsts, len(order)]):
                 pick = order[lo:hi]
-                texts = ip_texts.take(pa.array(pick)).to_pylist() if (ip4[pick] < 0).any() else []
-                found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], texts, day_numbers[pick])
+                found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], ip_texts.take(pa.array(pick)),
+                                                          day_numbers[pick])
             found[found < 0] = 2  # an answer of "no claim" for a catalog agent: unverifiable
             codes[rows] = found[where]
         return _spread(pa.array(VERDICTS), pa.array(codes.astype(np.int32), mask=codes < 0))

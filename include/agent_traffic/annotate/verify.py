@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
+import pyarrow as pa
 
 from agent_traffic.annotate.catalog import Catalog
 from agent_traffic.annotate.classify import APP_CLIENT, HUMAN, UNKNOWN
 from agent_traffic.annotate.ranges import Snapshot
+from agent_traffic.ingest.shape import ipv6_packed
 
 __all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verdict", "Verifier", "parse_ip"]
 
@@ -54,7 +56,7 @@ def _ipv6_bytes(text: str) -> bytes | None:
     """The 16 bytes of IPv6 text (brackets and spaces allowed), or None when it is not IPv6."""
     try:
         return socket.inet_pton(socket.AF_INET6, text.strip().strip("[]"))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL, which a log's field can hold
         return None
 
 
@@ -104,13 +106,13 @@ class Verifier:
             return VERIFIED
         return SPOOFED if self._conclusive(agent, loaded, day) else UNVERIFIABLE
 
-    def verdict_codes(self, agent: str, ip4: np.ndarray, texts: Sequence[str | None],
-                      days: np.ndarray) -> np.ndarray:
+    def verdict_codes(self, agent: str, ip4: np.ndarray, texts: pa.Array, days: np.ndarray) -> np.ndarray:
         """Verdicts for many claims of one agent, as indexes into VERDICTS (-1: no claim).
 
         `ip4`: each claim's IPv4 address as an integer, or -1 when its text is not plain dotted
-        IPv4; those are read from `texts` (IPv6 by the C parser, then binary searches in numpy;
-        anything odder, such as a zone id, through `verify`).
+        IPv4; those are read from `texts` (each claim's IP text): IPv6 by inet_pton in C for all of
+        them at once (`shape.ipv6_packed`), then binary searches in numpy; anything odder, such as
+        a zone id, through `verify`.
         `days`: each claim's day as days since 1970-01-01 (lists are judged fresh per day).
         """
         n = len(ip4)
@@ -121,22 +123,28 @@ class Verifier:
         loaded = self._loaded(agent)
         inside = np.zeros(n, dtype=bool)
         ip4 = ip4.copy()  # ::ffff:a.b.c.d claims join the IPv4 ones
+        rest = ip4 < 0
+        packed = np.zeros(n, "S16")
+        is6 = np.zeros(n, dtype=bool)
+        if rest.any() and (fast := ipv6_packed(texts)) is not None:
+            packed, is6 = fast[0], fast[1] & rest
         odd: dict[int, str | None] = {}  # claims `verify` decides
-        v6_rows, v6 = [], []
-        for i in np.flatnonzero(ip4 < 0).tolist():
-            packed = _ipv6_bytes(texts[i] or "")
-            if packed is None:
-                odd[i] = self.verify(agent, texts[i], _EPOCH + timedelta(days=int(days[i])))
-            elif packed[:12] == _MAPPED:
-                ip4[i] = int.from_bytes(packed[12:], "big")
+        slow = np.flatnonzero(rest & ~is6)
+        for i, text in zip(slow.tolist(), texts.take(pa.array(slow, pa.int64())).to_pylist(), strict=True):
+            one = _ipv6_bytes(text or "")
+            if one is None:
+                odd[i] = self.verify(agent, text, _EPOCH + timedelta(days=int(days[i])))
             else:
-                v6_rows.append(i)
-                v6.append(packed)
+                packed[i], is6[i] = one, True
+        octets = packed.view(np.uint8).reshape(n, 16)
+        mapped = is6 & np.all(octets[:, :12] == np.frombuffer(_MAPPED, np.uint8), axis=1)
+        ip4[mapped] = octets[mapped, 12:].astype(np.int64) @ np.array([16777216, 65536, 256, 1], dtype=np.int64)
+        v6_rows = np.flatnonzero(is6 & ~mapped)
+        packed6 = packed[v6_rows]
         v4 = ip4 >= 0
-        packed6 = np.array(v6, dtype="S16")
         for snap in loaded:
             inside[v4] |= snap.ranges.contains_v4(ip4[v4])
-            if v6_rows:
+            if len(v6_rows):
                 inside[v6_rows] |= snap.ranges.contains_v6(packed6)
         uniq, where = np.unique(days, return_inverse=True)
         outside = np.array([_CODE[SPOOFED] if self._conclusive(agent, loaded, _EPOCH + timedelta(days=int(d)))
