@@ -348,3 +348,42 @@ def test_groups_never_split_a_lease_run_so_side_by_side_tasks_all_send(tmp_path:
     assert sum(r.delivered_events for r in results) == sum(g.events for g in groups)
     got = Counter(v["request_path"] for v in sandbox.accepted("known_agents"))
     assert sum(got.values()) == sum(g.events for g in groups)
+
+
+@pytest.mark.parametrize("where", ["parse", "classify", "stage"])
+def test_a_failure_in_any_thread_of_an_object_fails_it_and_stops_its_threads(
+        tmp_path: Path, sandbox, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing, classifying and writing run in threads of their own: whichever raises, the object
+    fails with that reason, nothing of it is committed, and every thread it started has stopped."""
+    import threading
+
+    from agent_traffic.ingest import parse
+    from agent_traffic.staging import stage
+
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=20_000, files=1, tag="t")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url)
+    rt = Runtime.load(str(cfg), "threads")
+    rt.annotator  # noqa: B018 - built before counting threads
+    calls = {"n": 0}
+
+    def broken(real):
+        def call(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second block: the first is under way in the next thread
+                raise RuntimeError(f"a bug in {where}")
+            return real(*args, **kwargs)
+        return call
+
+    target = {"parse": (parse.BlockParser, "parse"), "classify": (rt.annotator, "annotate"),
+              "stage": (stage.ObjectStager, "add")}[where]
+    monkeypatch.setattr(*target, broken(getattr(*target)))
+    monkeypatch.setattr(rt, "cfg", rt.cfg.model_copy(update={"parse": rt.cfg.parse.model_copy(
+        update={"block_bytes": 1 << 16})}))  # several blocks
+    before = threading.active_count()
+    (ref,) = discover_objects(rt, [DAY]).objects
+    res = process_object(rt, ref)
+    assert res.status == "failed" and res.reason == f"RuntimeError: a bug in {where}"
+    assert threading.active_count() == before
+    assert not list((tmp_path / "staging").rglob("*.parquet"))

@@ -20,7 +20,7 @@ import queue
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -312,7 +312,7 @@ def _repaired(buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray, 
     return Lines(first_line, buf, starts, lengths, pa.array(texts, pa.string_view()), bad)
 
 
-def in_background(it: Iterator[T], depth: int = 1) -> Iterator[T]:
+def in_background(it: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
     """Run an iterator in a thread, `depth` items ahead: reads, zlib/bz2/zstd, DuckDB and Arrow drop
     the GIL, so the stage after it works on block n while this one makes block n+1."""
     q: queue.Queue[tuple[BaseException | None, Any]] = queue.Queue(maxsize=depth)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -41,6 +41,7 @@ from agent_traffic.ingest.discover import (
 from agent_traffic.ingest.parse import (
     BLANK,
     ParseContext,
+    ParsedBlock,
     ParseStats,
     blank_lines,
     in_background,
@@ -242,12 +243,20 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
                        cfg.parse.max_line_bytes, src.trusted_proxies,
                        other_hosts="skip" if other == "skip" else "quarantine",
                        other_site=other.site if isinstance(other, OtherHostSite) else None)
-    # parsing block n+1 (a thread) overlaps classifying and writing block n (this one)
-    for block in in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines)):
+
+    def classified(parsed: Generator[ParsedBlock, None, None]) -> Iterator[tuple[ParsedBlock, pa.Table]]:
+        try:
+            for block in parsed:
+                yield block, (classify_table(rt.annotator, block.events) if block.events.num_rows else block.events)
+        finally:
+            parsed.close()  # stops the parsing thread when this one stops
+
+    # A thread each: reading, parsing block n+2, classifying block n+1, and writing block n (this
+    # one). Writing was the longest of three threads, and classifying had to wait for it.
+    parsed = in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines))
+    for block, events in in_background(classified(parsed)):
         stats.add(block.stats)
-        events = block.events
         if events.num_rows:
-            events = classify_table(rt.annotator, events)
             for p, n in _count_ai(events).items():
                 ai[p] = ai.get(p, 0) + n
         stager.add(events, block.quarantine)  # quarantine rows even when no event parsed
