@@ -20,8 +20,9 @@ import queue
 import re
 import threading
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import duckdb
@@ -129,11 +130,31 @@ class ParseContext:
         return bool(self.trusted_proxies) and "forwarded_for" in self.fmt.fields
 
 
-@dataclass
 class ParsedBlock:
-    events: pa.Table
-    quarantine: pa.Table
-    stats: ParseStats
+    """A block's events and quarantine rows, and its counts: cut from the block's query rows
+    where they are first read, which in the pipeline is the classifying thread, so the parsing
+    thread goes on to the next block meanwhile (`steps._stage_blocks`)."""
+
+    def __init__(self, split: Callable[[], tuple[pa.Table, pa.Table, ParseStats]]) -> None:
+        self._split: Callable[[], tuple[pa.Table, pa.Table, ParseStats]] | None = split
+
+    @cached_property
+    def _parts(self) -> tuple[pa.Table, pa.Table, ParseStats]:
+        assert self._split is not None
+        parts, self._split = self._split(), None  # the block's query rows are freed with it
+        return parts
+
+    @property
+    def events(self) -> pa.Table:
+        return self._parts[0]
+
+    @property
+    def quarantine(self) -> pa.Table:
+        return self._parts[1]
+
+    @property
+    def stats(self) -> ParseStats:
+        return self._parts[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -962,7 +983,10 @@ class BlockParser:
         out = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         if self.ctx.forwarded:
             out = with_forwarded_clients(out, self._proxies)
-        return self._split(out, block, stats, pre)
+        out = with_invalid_hosts(out)
+        # the block's bytes are only read again for quarantine rows: without any, they are freed now
+        lines = block if pre is not None or out["reason"].null_count < out.num_rows else None
+        return ParsedBlock(lambda: self._split(out, lines, stats, pre))
 
     def _fast_fields(self, block: Lines, keep: np.ndarray | None, nums: pa.Array) -> dict[str, pa.Array]:
         """c_fast, k_event_id and c_<field> for the lines in `keep` (None: all): the compiled fast
@@ -1054,8 +1078,8 @@ class BlockParser:
             outs.append(self._query(pa.table({"line_number": nums[:0], "line": block.text[:0]}), self.layout))
         return outs
 
-    def _split(self, out: pa.Table, block: Lines, stats: ParseStats, pre: pa.Table | None = None) -> ParsedBlock:
-        out = with_invalid_hosts(out)
+    def _split(self, out: pa.Table, block: Lines | None, stats: ParseStats,
+               pre: pa.Table | None = None) -> tuple[pa.Table, pa.Table, ParseStats]:
         reason = out["reason"]
         ln = out["line_number"].to_numpy()
         # a query's rows come in line order, but for canonical lines (after the query's rows)
@@ -1087,11 +1111,12 @@ class BlockParser:
                 stats.reasons[r["values"]] += r["counts"]
         stats.parsed = events.num_rows
         stats.quarantined = bad.num_rows
-        return ParsedBlock(events, self._quarantine_rows(bad, block), stats)
+        return events, self._quarantine_rows(bad, block), stats
 
-    def _quarantine_rows(self, bad: pa.Table, block: Lines) -> pa.Table:
+    def _quarantine_rows(self, bad: pa.Table, block: Lines | None) -> pa.Table:
+        """`bad` as quarantine rows, each with its line's exact bytes (`block`: None when `bad` is empty)."""
         nums = bad["line_number"]
-        raw = block.raw_many(nums.to_numpy() - block.first_line)
+        raw = block.raw_many(nums.to_numpy() - block.first_line) if block is not None else pa.array([], pa.binary())
         k = len(raw)
         return pa.table(
             {
