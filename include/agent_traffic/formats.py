@@ -77,7 +77,7 @@ class LogFormat:
     def fields(self) -> tuple[str, ...]:
         """Raw field names this format yields, in order (regex group order for regex formats)."""
         if self.kind == "regex":
-            return tuple(group_names(self.regex or ""))
+            return _regex_fields(self.regex or "")
         return tuple(dict.fromkeys(self.columns.values()))
 
     @property
@@ -162,6 +162,12 @@ def _scan_groups(regex: str) -> Iterable[tuple[int, int, str | None]]:
 
 def group_names(regex: str) -> list[str]:
     return [name for _, _, name in _scan_groups(regex) if name]
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex_fields(regex: str) -> tuple[str, ...]:
+    """A regex format's fields, scanned once per pattern (parsing asks for them per block)."""
+    return tuple(group_names(regex))
 
 
 def regex_batches(regex: str) -> list[tuple[str, list[str]]]:

@@ -917,20 +917,38 @@ class BlockParser:
         def const(v: str | None) -> pa.Array:
             return pa.nulls(n, text) if v is None else pa.repeat(pa.scalar(v, text), n)
 
-        def raw(name: str) -> pa.Array:  # NULLIF(NULLIF(x, ''), '-')
+        def raw(name: str, empty: bool = False) -> pa.Array:
+            """NULLIF(NULLIF(x, ''), '-') (`empty`: coalesce(that, '')), decided on the 16-byte views
+            (length, then the first byte) before the one copy of the strings."""
             if name not in have:
-                return pa.nulls(n, text)
-            x = c[f"c_{name}"].cast(text)
-            return pc.if_else(pc.is_in(x, pa.array(["", "-"], text)), pa.scalar(None, text), x)
+                return const("" if empty else None)
+            a = c[f"c_{name}"].combine_chunks()
+            views = np.frombuffer(a.buffers()[1], np.int32, 4 * len(a), 16 * a.offset).reshape(-1, 4)
+            gone = (views[:, 0] == 0) | ((views[:, 0] == 1) & ((views[:, 1] & 0xFF) == ord("-")))
+            if a.null_count:
+                gone |= ~a.is_valid().to_numpy(zero_copy_only=False)
+            if empty:  # an empty string: a zero view
+                views = views.copy()
+                views[gone] = 0
+                return pa.Array.from_buffers(a.type, len(a), [None, pa.py_buffer(views), *a.buffers()[2:]]).cast(text)
+            bits = pa.py_buffer(np.packbits(~gone, bitorder="little"))
+            return pa.Array.from_buffers(a.type, len(a), [bits, pa.py_buffer(views), *a.buffers()[2:]]).cast(text)
+
+        def target() -> pa.Array:
+            """The target, or the path where the query is empty (`/a?`): picked among the views,
+            which all point into the block (canonical lines are fast lines)."""
+            path, full = c["k_path"].combine_chunks(), c["c_target"].combine_chunks()
+            pv = np.frombuffer(path.buffers()[1], np.dtype("V16"), len(path), 16 * path.offset)
+            tv = np.frombuffer(full.buffers()[1], np.dtype("V16"), len(full), 16 * full.offset)
+            views = np.where(pc.is_null(c["k_query"]).to_numpy(zero_copy_only=False), pv, tv)
+            return pa.Array.from_buffers(full.type, len(full), [None, pa.py_buffer(views), *full.buffers()[2:]]).cast(text)
 
         path, query = c["k_path"].cast(text), c["k_query"].cast(text)
-        target = pc.if_else(pc.is_null(query), path, c["c_target"].cast(text))
-        ua = raw("user_agent")
         cols = [c["k_event_id"], c["k_ts"], const(ctx.default_site or ""), const(ctx.default_host or ""),
                 c["c_method"].cast(text), path, query,
-                pc.binary_join_element_wise(pa.scalar(f"{ctx.scheme}://{ctx.default_host}", text), target, ""),
+                pc.binary_join_element_wise(pa.scalar(f"{ctx.scheme}://{ctx.default_host}", text), target(), ""),
                 c["k_status"], c["k_bytes"], pa.nulls(n, pa.float64()), raw("client_ip"),
-                pc.fill_null(ua, ""), raw("referer"), const(None), const(ctx.source_object), c["line_number"],
+                raw("user_agent", empty=True), raw("referer"), const(None), const(ctx.source_object), c["line_number"],
                 const(None)]
         return pa.Table.from_arrays([col.cast(f.type) for col, f in zip(cols, schema, strict=True)], schema=schema)
 
