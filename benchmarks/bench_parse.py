@@ -214,7 +214,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
             "events discarded.",
             "parse+stage = steps.process_object: parse, classify/verify/enrich (annotator.py), Parquet staging "
             "(stage.py) and commit; the difference between the two columns is those stages' cost, less what "
-            "overlaps: reading/decompressing/framing, the DuckDB parse, and annotating/writing run in three "
+            "overlaps: reading/decompressing/framing, the DuckDB parse, classifying and writing run in four "
             "threads on the 2 cores.",
             "CPU s: the work's CPU time in all its threads (`time.process_time`); `CPU / 2 cores ratio` is that "
             "over two cores, over gzip -dc's time: the ratio the run could reach if both cores were busy all "
