@@ -252,7 +252,7 @@ def _stage_blocks(rt: Runtime, src: Source, ref: ObjectRef, fmt: LogFormat, bloc
             parsed.close()  # stops the parsing thread when this one stops
 
     # A thread each: reading, parsing block n+2, classifying block n+1, and writing block n (this
-    # one). Writing was the longest of three threads, and classifying had to wait for it.
+    # one), so classifying never waits on writing (docs/performance.md).
     parsed = in_background(parse_blocks(blocks, ctx, cfg.parse.block_bytes, cfg.parse.block_lines))
     for block, events in in_background(classified(parsed)):
         stats.add(block.stats)
