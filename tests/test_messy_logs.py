@@ -311,3 +311,45 @@ def test_numbers_are_finite_and_within_sane_bounds(tmp_path: Path, sandbox, sect
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=rf"{section}\.{key}: .*{said}"):
         load_config(p)
+
+
+@pytest.mark.parametrize("where", ["parse", "classify", "stage"])
+def test_a_failure_in_any_thread_of_an_object_fails_it_and_stops_its_threads(
+        tmp_path: Path, sandbox, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing, classifying and writing run in threads of their own: whichever raises, the object
+    fails with that reason, nothing of it is committed, and every thread it started has stopped."""
+    import threading
+
+    from agent_traffic.devtools.samples import write_day
+    from agent_traffic.ingest import parse
+    from agent_traffic.run.steps import discover_objects, process_object
+    from agent_traffic.staging import stage
+    from tests.conftest import write_config
+
+    logs = tmp_path / "logs"
+    write_day(logs, DAY, lines=20_000, files=1, tag="t")
+    cfg = write_config(tmp_path / "cfg.yaml", staging=str(tmp_path / "staging"),
+                       source_url=str(logs) + "/{date:%Y/%m/%d}/*.log.gz", base_url=sandbox.url)
+    rt = Runtime.load(str(cfg), "threads")
+    rt.annotator  # noqa: B018 - built before counting threads
+    calls = {"n": 0}
+
+    def broken(real):
+        def call(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second block: the first is under way in the next thread
+                raise RuntimeError(f"a bug in {where}")
+            return real(*args, **kwargs)
+        return call
+
+    target = {"parse": (parse.BlockParser, "parse"), "classify": (rt.annotator, "annotate"),
+              "stage": (stage.ObjectStager, "add")}[where]
+    monkeypatch.setattr(*target, broken(getattr(*target)))
+    monkeypatch.setattr(rt, "cfg", rt.cfg.model_copy(update={"parse": rt.cfg.parse.model_copy(
+        update={"block_bytes": 1 << 16})}))  # several blocks
+    before = threading.active_count()
+    (ref,) = discover_objects(rt, [DAY]).objects
+    res = process_object(rt, ref)
+    assert res.status == "failed" and res.reason == f"RuntimeError: a bug in {where}"
+    assert threading.active_count() == before
+    assert not list((tmp_path / "staging").rglob("*.parquet"))

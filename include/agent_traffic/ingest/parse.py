@@ -814,6 +814,16 @@ _SUBMIT = getattr(getattr(duckdb, "_seam", None), "submit", None)
 ARROW_BATCH = 131_072  # rows per Arrow batch, as to_arrow_table() makes them
 
 
+def _view_array(a: pa.Array) -> np.ndarray:
+    """The 16-byte views of a string_view array (V16), without a copy."""
+    return np.frombuffer(a.buffers()[1], np.dtype("V16"), len(a), 16 * a.offset)
+
+
+def _with_views(a: pa.Array, views: np.ndarray, bits: pa.Buffer | None = None) -> pa.Array:
+    """A string_view array of `views` (one per row) over the data buffers of `a`, which they point into."""
+    return pa.Array.from_buffers(pa.string_view(), len(views), [bits, pa.py_buffer(views), *a.buffers()[2:]])
+
+
 def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """table.take(rows), string views included (Arrow has no take for them): their 16-byte views
     gathered in numpy, pointing into the same data buffers."""
@@ -823,13 +833,11 @@ def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
         if a.type != pa.string_view():
             cols.append(a.take(indices))
             continue
-        bufs = a.buffers()
-        views = np.frombuffer(bufs[1], np.dtype("V16"), len(a), a.offset * 16)[rows]
         bits = None
         if a.null_count:
             valid = a.is_valid().to_numpy(zero_copy_only=False)[rows]
             bits = pa.py_buffer(np.packbits(valid, bitorder="little"))
-        cols.append(pa.Array.from_buffers(pa.string_view(), len(rows), [bits, pa.py_buffer(views), *bufs[2:]]))
+        cols.append(_with_views(a, _view_array(a)[rows], bits))
     return pa.Table.from_arrays(cols, schema=table.schema)
 
 
@@ -923,25 +931,22 @@ class BlockParser:
             if name not in have:
                 return const("" if empty else None)
             a = c[f"c_{name}"].combine_chunks()
-            views = np.frombuffer(a.buffers()[1], np.int32, 4 * len(a), 16 * a.offset).reshape(-1, 4)
-            gone = (views[:, 0] == 0) | ((views[:, 0] == 1) & ((views[:, 1] & 0xFF) == ord("-")))
+            words = _view_array(a).view(np.int32).reshape(-1, 4)  # length, then the first bytes
+            gone = (words[:, 0] == 0) | ((words[:, 0] == 1) & ((words[:, 1] & 0xFF) == ord("-")))
             if a.null_count:
                 gone |= ~a.is_valid().to_numpy(zero_copy_only=False)
             if empty:  # an empty string: a zero view
-                views = views.copy()
-                views[gone] = 0
-                return pa.Array.from_buffers(a.type, len(a), [None, pa.py_buffer(views), *a.buffers()[2:]]).cast(text)
-            bits = pa.py_buffer(np.packbits(~gone, bitorder="little"))
-            return pa.Array.from_buffers(a.type, len(a), [bits, pa.py_buffer(views), *a.buffers()[2:]]).cast(text)
+                words = words.copy()
+                words[gone] = 0
+                return _with_views(a, words).cast(text)
+            return _with_views(a, words, pa.py_buffer(np.packbits(~gone, bitorder="little"))).cast(text)
 
         def target() -> pa.Array:
             """The target, or the path where the query is empty (`/a?`): picked among the views,
             which all point into the block (canonical lines are fast lines)."""
             path, full = c["k_path"].combine_chunks(), c["c_target"].combine_chunks()
-            pv = np.frombuffer(path.buffers()[1], np.dtype("V16"), len(path), 16 * path.offset)
-            tv = np.frombuffer(full.buffers()[1], np.dtype("V16"), len(full), 16 * full.offset)
-            views = np.where(pc.is_null(c["k_query"]).to_numpy(zero_copy_only=False), pv, tv)
-            return pa.Array.from_buffers(full.type, len(full), [None, pa.py_buffer(views), *full.buffers()[2:]]).cast(text)
+            no_query = pc.is_null(c["k_query"]).to_numpy(zero_copy_only=False)
+            return _with_views(full, np.where(no_query, _view_array(path), _view_array(full))).cast(text)
 
         path, query = c["k_path"].cast(text), c["k_query"].cast(text)
         cols = [c["k_event_id"], c["k_ts"], const(ctx.default_site or ""), const(ctx.default_host or ""),
@@ -1003,8 +1008,8 @@ class BlockParser:
             out = with_forwarded_clients(out, self._proxies)
         out = with_invalid_hosts(out)
         # the block's bytes are only read again for quarantine rows: without any, they are freed now
-        lines = block if pre is not None or out["reason"].null_count < out.num_rows else None
-        return ParsedBlock(lambda: self._split(out, lines, stats, pre))
+        source = block if pre is not None or out["reason"].null_count < out.num_rows else None
+        return ParsedBlock(lambda: self._split(out, source, stats, pre))
 
     def _fast_fields(self, block: Lines, keep: np.ndarray | None, nums: pa.Array) -> dict[str, pa.Array]:
         """c_fast, k_event_id and c_<field> for the lines in `keep` (None: all): the compiled fast
