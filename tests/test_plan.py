@@ -214,6 +214,10 @@ def test_row_groups_a_destination_selects_nothing_of_are_counted_not_read(tmp_pa
     t = read_object_events(store, [key], selection="ai", skipped=skipped.append)
     assert skipped == [n] and t.num_rows == n  # the human row group was not read
     assert read_object_events(store, [key], selection="all", skipped=skipped.append).num_rows == 2 * n
+    wanted = ["line_number", "is_ai", "user_agent"]  # only these decoded, statistics read or not
+    for selection in ("ai", "all", None):
+        assert read_object_events(store, [key], columns=wanted, selection=selection,
+                                  skipped=skipped.append).column_names == wanted
     manifest = {"date": "2026-11-21", "object_id": "obj1", "url": "s3://logs/a.gz", "files": {key: 2 * n}}
     plan = plan_object(store, SITE, dest(select="ai"), manifest)
     assert plan.events_total == 2 * n and plan.selected == n // 3 and plan.balanced

@@ -147,8 +147,8 @@ def read_object_events(store: Store, keys: Sequence[str],
             present = set(pf.schema_arrow.names)
             groups = list(range(pf.num_row_groups))
             if selection is not None and skipped is not None:
-                columns = {pf.metadata.schema.column(i).path: i for i in range(pf.metadata.num_columns)}
-                none = [i for i in groups if _none_selected(pf.metadata.row_group(i), columns, selection)]
+                paths = {pf.metadata.schema.column(i).path: i for i in range(pf.metadata.num_columns)}
+                none = [i for i in groups if _none_selected(pf.metadata.row_group(i), paths, selection)]
                 if none:
                     skipped(sum(pf.metadata.row_group(i).num_rows for i in none))
                     groups = sorted(set(groups) - set(none))
