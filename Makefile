@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test cluster cluster-test lint bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py include/agent_traffic/ingest/_clf.c
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py include/agent_traffic/ingest/_clf.c include/agent_traffic/delivery/vendors/_jsonobj.c
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt

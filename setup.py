@@ -1,7 +1,9 @@
-"""The one compiled piece: the NCSA-shaped parse fast path (include/agent_traffic/ingest/_clf.c).
+"""The compiled pieces: the NCSA-shaped parse fast path (include/agent_traffic/ingest/_clf.c) and
+the JSON object writer of delivery planning (include/agent_traffic/delivery/vendors/_jsonobj.c).
 
-`optional=True`: where no C compiler is, the install goes on without it and parsing runs the
-DuckDB regex path for every line (the same results; see docs/parsing.md).
+`optional=True`: where no C compiler is, the install goes on without them; parsing then runs the
+DuckDB regex path for every line and planning serializes with Arrow kernels (the same results;
+see docs/parsing.md and docs/performance.md).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,12 @@ setup(
             sources=["include/agent_traffic/ingest/_clf.c"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "agent_traffic.delivery.vendors._jsonobj",
+            sources=["include/agent_traffic/delivery/vendors/_jsonobj.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -28,6 +28,19 @@ from agent_traffic.staging.identity import line_runs
 SITE = Site(name="example.com")
 
 
+@pytest.fixture(autouse=True, params=["compiled", "arrow"])
+def serializer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both ways `obj` serializes: the extension (`_jsonobj.c`) and Arrow kernels."""
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    if request.param == "arrow":
+        monkeypatch.setattr(jc, "_jsonobj", None)
+    elif jc._jsonobj is None:
+        pytest.skip("the C extension agent_traffic.delivery.vendors._jsonobj is not built (no C compiler at "
+                    "`pip install -e .`): only the Arrow path exists here")
+    return request.param
+
+
 # --------------------------------------------------------------------------- the per-row oracle
 
 
@@ -200,6 +213,25 @@ def test_windows_do_not_move_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
         assert [c.chunk_id for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())] == whole
 
 
+@pytest.mark.parametrize(("name", "kw"), [("scrunch", {"max_batch_bytes": 3_000}), ("knownagents", {"ip_policy": "truncate"}),
+                                         ("hitkeep", {})])
+def test_an_object_read_part_by_part_is_sent_in_line_order(name: str, kw: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner reads an object's per-provider parts one after another, each in line order; the
+    chunks are those of the same events sorted, whatever the window size."""
+    import agent_traffic.delivery.plan as plan
+
+    rows = awkward_rows(300, seed=11)
+    parts = [rows[k::3] for k in (2, 0, 1)]  # three interleaved parts, each ascending
+    d = dest(name, **kw)
+    want = [(c.chunk_id, c.body, c.lines) for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())]
+    for size in (5, 64, 8_192):
+        monkeypatch.setattr(plan, "ROWS_PER_BATCH", size)
+        shuffled = pa.concat_tables([as_table(p) for p in parts])
+        got = [(c.chunk_id, c.body, c.lines) for c in build_chunks(shuffled, SITE, d, "obj", Counter())]
+        assert got == want
+
+
 def test_vendor_event_is_the_reference_object() -> None:
     for row in awkward_rows(15, seed=9):
         for name, kw in CASES:
@@ -247,3 +279,52 @@ def test_escapes_are_found_in_every_scanned_block(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(jc, "_SCAN_BLOCK", block)
         assert jc.string(pa.array(values, pa.string())).to_pylist() == want
         assert jc.string(pa.array(values, pa.string()).slice(7)).to_pylist() == want[7:]
+
+
+def test_every_byte_value_is_escaped_as_orjson_escapes_it() -> None:
+    """Each of the 128 ASCII characters, alone and amid multi-byte UTF-8, in a sliced array."""
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    values = [chr(b) for b in range(128)] + [f"é{chr(b)}🤖{chr(b)}" for b in range(128)] + [None, ""]
+    arr = pa.array(["skipped"] + values, pa.string()).slice(1)
+    fields = [("k", jc.required(jc.text(arr))), ("raw", pa.array(["1"] * len(values)))]
+    want = [orjson.dumps({"k": v, "raw": 1}).decode() + "\n" for v in values]
+    assert jc.obj(fields, len(values), end="\n").to_pylist() == want
+
+
+def test_the_compiled_writer_refuses_buffers_that_do_not_hold_their_rows(serializer: str) -> None:
+    """Offsets past the data, out of order, or too few for the rows: a ValueError, no read outside."""
+    import numpy as np
+
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    if serializer == "arrow":
+        pytest.skip("about the extension's own checks")
+
+    good = np.array([0, 1, 2], np.int32).tobytes()
+
+    def write(n: int, field: tuple, out_bytes: int = 64) -> tuple[int, bytearray, list[int]]:
+        out, starts = bytearray(out_bytes), bytearray(4 * (n + 1))
+        used = jc._jsonobj.objects(None, n, [field], b",", jc._ESCAPES, out, starts)
+        return used, out, np.frombuffer(bytes(starts), np.int32).tolist()
+
+    for offsets, data, n in ((np.array([0, 5, 9], np.int32).tobytes(), b"ab", 2),
+                             (np.array([0, 2, 1], np.int32).tobytes(), b"ab", 2),
+                             (np.array([-1, 1, 2], np.int32).tobytes(), b"ab", 2),
+                             (good, b"ab", 3)):
+        with pytest.raises(ValueError):
+            write(n, (b'"k":', 1, 0, None, offsets, data, 0))
+    with pytest.raises(ValueError):  # a validity bitmap shorter than the rows
+        write(9, (b'"k":', 1, 0, b"\xff", np.zeros(10, np.int32).tobytes(), b"", 0))
+    used, out, starts = write(2, (b'"k":', 1, 0, None, good, b"a\"", 0))
+    assert (bytes(out[:used]), starts) == (b'{"k":"a"},{"k":"\\""},', [0, 10, 21])
+    assert write(2, (b'"k":', 1, 0, None, good, b"a\"", 0), out_bytes=20)[0] == -21  # too small: what it needs
+    out, starts = bytearray(64), bytearray(12)
+    for rows in ([1, 0], [2], [-1]):  # rows picked: in any order, never past the fields' rows
+        picked = np.array(rows, np.int64)
+        if max(rows) < 2 and min(rows) >= 0:
+            used = jc._jsonobj.objects(picked, 2, [(b'"k":', 1, 0, None, good, b"a\"", 0)], b",", jc._ESCAPES, out, starts)
+            assert bytes(out[:used]) == b'{"k":"\\""},{"k":"a"},'
+        else:
+            with pytest.raises(ValueError):
+                jc._jsonobj.objects(picked, 2, [(b'"k":', 1, 0, None, good, b"a\"", 0)], b",", jc._ESCAPES, out, starts)

@@ -39,7 +39,7 @@ from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.delivery.arrow_values import BOOL, from_numpy, instant, scalar, to_numpy
 from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, chunk_parts, lease_unit
-from agent_traffic.delivery.vendors import vendor
+from agent_traffic.delivery.vendors import json_columns, vendor
 from agent_traffic.ingest.discover import STAGED, read_manifests
 from agent_traffic.ingest.parse import lean_memory_pool
 from agent_traffic.ingest.storage import Store
@@ -50,7 +50,7 @@ from agent_traffic.staging.validate import held_partitions
 
 PLAN_VERSION = 3  # 3: chunks in one pack per object
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
-ROWS_PER_BATCH = 65_536  # rows serialized at a time: bounds the memory of a large object's JSON
+ROWS_PER_BATCH = 8_192  # rows serialized at a time: a window's JSON stays in cache and in reused pages
 
 NO = scalar(False, BOOL)  # a missing flag: not selected
 
@@ -133,8 +133,8 @@ def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: 
 def read_object_events(store: Store, keys: Sequence[str],
                        keep: Callable[[pa.Table], pa.Table] | None = None, *, columns: Sequence[str] | None = None,
                        selection: str | None = None, skipped: Callable[[int], None] | None = None) -> pa.Table | None:
-    """One object's staged events for a site, in line order (the files are its per-provider parts):
-    `columns` of them (those the files have), or every column.
+    """One object's staged events for a site, file by file (the files are its per-provider parts,
+    each in line order): `columns` of them (those the files have), or every column.
 
     `keep` filters each file as it is read, so only the rows a destination takes are held (for
     AI agents, a sixth of a typical object): planning two large objects at once had needed
@@ -159,8 +159,7 @@ def read_object_events(store: Store, keys: Sequence[str],
         tables.append(keep(t) if keep is not None else t)
     if not tables:
         return None
-    t = pa.concat_tables(tables, promote_options="default")
-    return t.sort_by("line_number")
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def build_chunks(
@@ -182,28 +181,29 @@ def _cut_chunks(
     An event that alone exceeds the vendor's request size cannot be sent at all: it is counted in
     `not_eligible` with the limit, never dropped silently and never a crash.
 
-    The events are serialized a window of rows at a time by the vendor's column expressions (no
-    Python object per event), each followed by the vendor's one-byte separator, so a chunk's
-    events are one contiguous slice of the window's bytes. Cuts are greedy, as if events were
-    added one by one: a chunk closes when the next event would pass the byte limit or the event
-    limit. The last chunk of a window is held back and rebuilt with the next window, so the cuts
-    do not depend on the window size. A chunk's body is a view of the window's bytes, not a copy:
-    it is hashed and written to the pack from there (it was copied three times, each copy a
-    megabyte of fresh pages the kernel zeroes).
+    The vendor's column expressions (no Python object per event) run once over the table, its
+    rows as they come (an object's per-provider parts, one after another); the events are then
+    serialized a window at a time in line order (rows picked as they are written, not a sort of
+    every column), each followed by the vendor's one-byte separator, so a chunk's events are one
+    contiguous slice of the window's bytes. Cuts are greedy, as if events were added one by one:
+    a chunk closes when the next event would pass the byte or the event limit. The last chunk of a
+    window is held back and rebuilt with the next window, so the cuts do not depend on the window
+    size. A chunk's body is a view of the window's bytes: hashed and packed from there.
     """
     v = vendor(dest.vendor)
     max_bytes, max_events = v.limits(dest)
     too_big = f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"
     sep = v.separator.decode()
-    index = start_index
+    index, n = start_index, table.num_rows
     ts = table["ts"]
     table = table.select([c for c in dict.fromkeys((*v.columns, "line_number")) if c in table.column_names])
     table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
-    pos, n, size = 0, table.num_rows, ROWS_PER_BATCH
+    all_lines, all_ts, fields = to_numpy(table["line_number"]), to_numpy(table["ts_us"]), v.fields(table, site, dest)
+    order, pos, size = np.argsort(all_lines, kind="stable"), 0, ROWS_PER_BATCH
     while pos < n:
-        window = table.slice(pos, size)
-        last_window = pos + window.num_rows >= n
-        lines = v.lines(window, site, dest, end=sep)
+        window = order[pos : pos + size]  # the table's rows, in line order
+        last_window = pos + len(window) >= n
+        lines = json_columns.obj(fields, n, sep, rows=window)
         ends = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
         ends = ends.astype(np.int64)
         data = lines.buffers()[2]
@@ -211,9 +211,8 @@ def _cut_chunks(
         fits = sizes <= max_bytes
         rows = np.flatnonzero(fits)  # window rows that can be sent, in line order
         cum = np.concatenate(([0], np.cumsum(sizes[rows])))
-        line_numbers = to_numpy(window["line_number"])
-        ts_us = to_numpy(window["ts_us"])
-        i, consumed = 0, window.num_rows
+        line_numbers, ts_us = all_lines[window], all_ts[window]
+        i, consumed = 0, len(window)
         while i < len(rows):
             j = min(int(np.searchsorted(cum, cum[i] + max_bytes, side="right")) - 1, i + max_events)
             if j == len(rows) and not last_window:  # may grow with the next window's rows

@@ -7,7 +7,10 @@ object (compact, UTF-8 unescaped, the same control-character escapes, keys in de
 `tests/test_json_columns.py` checks that against a per-row reference on awkward data.
 
 A value is a string array of JSON fragments; null means "leave the key out". Strings may also be
-handed to `obj` as `Text` (escaped, not yet quoted), which adds their quotes with the key.
+handed to `obj` as `Text` (not yet escaped nor quoted), which `obj` escapes and quotes.
+
+`obj` runs compiled (`_jsonobj.c`: each row written once, a third of the sender's planning CPU
+before it) where the extension is built, else with Arrow kernels; the two give the same bytes.
 """
 
 from __future__ import annotations
@@ -22,20 +25,32 @@ import pyarrow.compute as pc
 
 from agent_traffic.delivery.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
 
+ABI = 3  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
+try:
+    from agent_traffic.delivery.vendors import _jsonobj
+except ImportError:  # built by `pip install -e .` where a C compiler is; else Arrow kernels serialize
+    _jsonobj = None
+if getattr(_jsonobj, "ABI", None) != ABI:
+    _jsonobj = None
+
 Value = pa.Array | pa.ChunkedArray
 
 
 @dataclass(frozen=True)
 class Text:
-    """JSON strings not yet quoted: `obj` writes the quotes into its literal pieces (`,"key":"`),
-    instead of copying every value once more to put them around it (a tenth of planning's CPU)."""
+    """JSON strings not yet escaped nor quoted: `obj` escapes them and writes the quotes into its
+    literal pieces (`,"key":"`), instead of copying every value once more to put them around it."""
 
-    escaped: pa.Array  # the values with JSON's escapes applied; null: no value
+    values: pa.Array  # the strings as they are; null: no value
     required: bool = False  # a null is JSON null (else its key is left out)
+
+    def escaped(self) -> pa.Array:
+        """The values with JSON's escapes applied (only the rows that need one are rewritten)."""
+        return _escape(self.values)
 
     def fragments(self) -> pa.Array:
         """The same values as JSON fragments, quotes included."""
-        quoted = join('"', self.escaped, '"')
+        quoted = join('"', self.escaped(), '"')
         return pc.fill_null(quoted, scalar("null")) if self.required else quoted
 
 
@@ -43,6 +58,11 @@ Field = tuple[str, Value | Text | None]  # (key, JSON fragments); None: the key 
 
 #: orjson's escapes for the control characters (the only characters besides `"` and `\` it escapes)
 _CONTROL = {chr(i): orjson.dumps(chr(i)).decode()[1:-1] for i in range(0x20)}
+#: the same escapes as the extension's table: per byte, [length, replacement] in 8 bytes (0: as is)
+_ESCAPES = b"".join(
+    bytes([len(e)]) + e.ljust(7, b"\0") if e != bytes([b]) else bytes(8)
+    for b, e in ((b, orjson.dumps(chr(b))[1:-1] if b < 0x80 else bytes([b])) for b in range(256))
+)
 _HAS_CONTROL = "[\\x00-\\x1f]"
 _NEEDS_ESCAPE = '["\\\\\\x00-\\x1f]'
 _SCAN_BLOCK = 1 << 18  # bytes `_needs_escape` scans at a time: its temporaries stay in cache
@@ -81,9 +101,11 @@ def string(values: Value) -> pa.Array:
 
 
 def text(values: Value) -> Text:
-    """JSON strings for `obj`, quoted there. Only the rows that need escapes are rewritten."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    """JSON strings for `obj`, escaped and quoted there."""
+    return Text(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+
+
+def _escape(values: pa.Array) -> pa.Array:
     needs = _needs_escape(values)
     if needs is not None:
         sub = pc.filter(values, needs)
@@ -93,7 +115,7 @@ def text(values: Value) -> Text:
             for ch, esc in _CONTROL.items():
                 sub = pc.replace_substring(sub, ch, esc)
         values = pc.replace_with_mask(values, needs, sub)
-    return Text(values)
+    return values
 
 
 def _needs_escape(values: pa.Array) -> pa.Array | None:
@@ -142,19 +164,28 @@ def constant(value: object, n: int) -> pa.Array:
 def required(values: Value | Text) -> pa.Array | Text:
     """A key always present: null becomes JSON null, as a dict holding None would."""
     if isinstance(values, Text):
-        return Text(values.escaped, required=True)
+        return Text(values.values, required=True)
     return pc.fill_null(values, scalar("null"))
 
 
-def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
+def obj(fields: Sequence[Field], n: int, end: str = "", *, rows: np.ndarray | None = None) -> pa.Array:
     """JSON objects from (key, fragments) in key order; null fragments leave their key out.
     `end` follows every object (the planner's separator: written here, it costs no extra pass
     over the rows, where joining it on afterwards copied every event's bytes once more).
+    `n` is the fields' length; `rows` (int64) picks which of them, in that order (default: all):
+    the planner writes an object's events in line order from columns in file order.
 
-    Built in one join of the literal key prefixes and the fragments (a field with nulls joined
+    Arrow's way: one join of the literal key prefixes and the fragments (a field with nulls joined
     to its prefix first, so a null drops the key): two passes over the rows, not three per field.
     """
     present = [(orjson.dumps(key).decode() + ":", values) for key, values in fields if values is not None]
+    if _jsonobj is not None and present and n:
+        return _compiled(present, n, end, rows)
+    if rows is not None:
+        picked = from_numpy(rows)
+        present = [(p, Text(v.values.take(picked), v.required) if isinstance(v, Text) else v.take(picked))
+                   for p, v in present]
+        n = len(rows)
     if not present:
         return pa.repeat(scalar("{}" + end), n)
     if _may_be_missing(present[0][1]):  # the first key may be missing: commas decided row by row
@@ -164,8 +195,8 @@ def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
     pieces: list[Value | str] = ["{"]
     for i, (prefix, values) in enumerate(present):
         prefix = prefix if i == 0 else "," + prefix
-        if isinstance(values, Text) and not values.escaped.null_count:
-            pieces += [prefix + '"', values.escaped, '"']  # the quotes go in with the key
+        if isinstance(values, Text) and not values.values.null_count:
+            pieces += [prefix + '"', values.escaped(), '"']  # the quotes go in with the key
             continue
         values = _fragments(values)
         if values.null_count:
@@ -176,9 +207,35 @@ def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
     return join(*_merge_literals(pieces), null_handling="replace", null_replacement="")
 
 
+def _compiled(present: list[tuple[str, Value | Text]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
+    """`obj` by the extension: the fields' buffers as they are, each row written once, into
+    memory from Arrow's pool (sized for no escapes: when escapes need more, written again)."""
+    out_rows = n if rows is None else len(rows)
+    fields, size = [], out_rows * (2 + len(end.encode()))
+    for prefix, values in present:
+        arr = values.values if isinstance(values, Text) else values
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        arr = arr if arr.type == STRING else pc.cast(arr, STRING)
+        validity, offsets, data = arr.buffers()
+        key = prefix.encode()
+        fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required),
+                       validity if arr.null_count else None, offsets, data if data is not None else b"", arr.offset))
+        ends = np.frombuffer(offsets, np.int32, n + 1, 4 * arr.offset)
+        value_bytes = int(ends[-1] - ends[0])
+        size += out_rows * (len(key) + 7) + (value_bytes if rows is None else value_bytes * out_rows // n + 64 * 1024)
+    starts = pa.allocate_buffer(4 * (out_rows + 1))
+    picked = None if rows is None else np.ascontiguousarray(rows, np.int64)
+    while True:
+        out = pa.allocate_buffer(size)
+        used = _jsonobj.objects(picked, n, fields, end.encode(), _ESCAPES, out, starts)
+        if used >= 0:
+            return pa.Array.from_buffers(STRING, out_rows, [None, starts, out.slice(0, used)], null_count=0)
+        size = -used
+
+
 def _may_be_missing(values: Value | Text) -> bool:
     if isinstance(values, Text):
-        return not values.required and values.escaped.null_count > 0
+        return not values.required and values.values.null_count > 0
     return values.null_count > 0
 
 
