@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
+import xxhash
 
 from agent_traffic.config import Destination, SecretRef, Site
 from agent_traffic.delivery.plan import build_chunks
@@ -106,7 +107,7 @@ def reference_chunks(rows: list[dict[str, Any]], dest: Destination, skipped: Cou
         joined = b"".join(x + v.separator for x in cur)
         body, ctype = v.body(joined, len(cur))
         lines = [r["line_number"] for r in cur_rows]
-        key = f"{dest.name}|{SITE.name}|obj|{lines[0]}|{lines[-1]}|{len(cur)}|{hashlib.sha256(body).hexdigest()}"
+        key = f"{dest.name}|{SITE.name}|obj|{lines[0]}|{lines[-1]}|{len(cur)}|{xxhash.xxh3_128_hexdigest(body)}"
         oldest = min(r["ts_us"] for r in cur_rows) / 1e6
         out.append((hashlib.sha256(key.encode()).hexdigest()[:24], body, ctype, line_runs(lines), oldest))
 

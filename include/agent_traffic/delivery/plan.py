@@ -34,6 +34,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from agent_traffic import layout
 from agent_traffic.config import Config, Destination, Site
@@ -48,7 +49,7 @@ from agent_traffic.staging.holds import held_objects
 from agent_traffic.staging.identity import line_runs, lines_in
 from agent_traffic.staging.validate import held_partitions
 
-PLAN_VERSION = 3  # 3: chunks in one pack per object
+PLAN_VERSION = 4  # 3: chunks in one pack per object; 4: bodies hashed by XXH3-128
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 8_192  # rows serialized at a time: a window's JSON stays in cache and in reused pages
 
@@ -252,7 +253,9 @@ def _chunk(dest: Destination, site: Site, object_id: str, index: int, body: byte
 
 
 def chunk_id(dest: str, site: str, object_id: str, first: int, last: int, count: int, body: bytes | memoryview) -> str:
-    digest = hashlib.sha256(body).hexdigest()
+    """The body by XXH3-128 (a torn or damaged pack changes it; SHA-256 cost 0.6 ms a megabyte, a
+    tenth of planning, and again in every delivery task reading a pack another process wrote)."""
+    digest = xxhash.xxh3_128_hexdigest(body)
     key = f"{dest}|{site}|{object_id}|{first}|{last}|{count}|{digest}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
