@@ -294,38 +294,37 @@ def test_every_byte_value_is_escaped_as_orjson_escapes_it() -> None:
 
 
 def test_the_compiled_writer_refuses_buffers_that_do_not_hold_their_rows(serializer: str) -> None:
-    """Offsets past the data, out of order, or too few for the rows: a ValueError, no read outside."""
+    """Offsets past the data, out of order, too few for the rows, parts that do not add up to the
+    rows, rows picked past them: a ValueError, no read outside. A field in two parts is read in place."""
     import numpy as np
 
     from agent_traffic.delivery.vendors import json_columns as jc
 
     if serializer == "arrow":
         pytest.skip("about the extension's own checks")
-
     good = np.array([0, 1, 2], np.int32).tobytes()
+    text = (None, good, b"a\"", 0, 2)  # a part: validity, offsets, data, offset, rows
 
-    def write(n: int, field: tuple, out_bytes: int = 64) -> tuple[int, bytearray, list[int]]:
-        out, starts = bytearray(out_bytes), bytearray(4 * (n + 1))
-        used = jc._jsonobj.objects(None, n, [field], b",", jc._ESCAPES, out, starts)
-        return used, out, np.frombuffer(bytes(starts), np.int32).tolist()
+    def write(n: int, *parts: tuple, rows: list[int] | None = None, out_bytes: int = 64) -> tuple[int, bytes]:
+        picked = None if rows is None else np.array(rows, np.int64)
+        out, starts = bytearray(out_bytes), bytearray(4 * ((n if rows is None else len(rows)) + 1))
+        used = jc._jsonobj.objects(picked, n, [(b'"k":', 1, 0, list(parts))], b",", jc._ESCAPES, out, starts)
+        return used, bytes(out[: max(used, 0)])
 
-    for offsets, data, n in ((np.array([0, 5, 9], np.int32).tobytes(), b"ab", 2),
-                             (np.array([0, 2, 1], np.int32).tobytes(), b"ab", 2),
-                             (np.array([-1, 1, 2], np.int32).tobytes(), b"ab", 2),
-                             (good, b"ab", 3)):
+    for bad in ((None, np.array([0, 5, 9], np.int32).tobytes(), b"ab", 0, 2),
+                (None, np.array([0, 2, 1], np.int32).tobytes(), b"ab", 0, 2),
+                (None, np.array([-1, 1, 2], np.int32).tobytes(), b"ab", 0, 2),
+                (None, good, b"ab", 0, 3),  # more rows than offsets
+                (b"\xff", np.zeros(10, np.int32).tobytes(), b"", 0, 9)):  # a bitmap shorter than the rows
         with pytest.raises(ValueError):
-            write(n, (b'"k":', 1, 0, None, offsets, data, 0))
-    with pytest.raises(ValueError):  # a validity bitmap shorter than the rows
-        write(9, (b'"k":', 1, 0, b"\xff", np.zeros(10, np.int32).tobytes(), b"", 0))
-    used, out, starts = write(2, (b'"k":', 1, 0, None, good, b"a\"", 0))
-    assert (bytes(out[:used]), starts) == (b'{"k":"a"},{"k":"\\""},', [0, 10, 21])
-    assert write(2, (b'"k":', 1, 0, None, good, b"a\"", 0), out_bytes=20)[0] == -21  # too small: what it needs
-    out, starts = bytearray(64), bytearray(12)
-    for rows in ([1, 0], [2], [-1]):  # rows picked: in any order, never past the fields' rows
-        picked = np.array(rows, np.int64)
-        if max(rows) < 2 and min(rows) >= 0:
-            used = jc._jsonobj.objects(picked, 2, [(b'"k":', 1, 0, None, good, b"a\"", 0)], b",", jc._ESCAPES, out, starts)
-            assert bytes(out[:used]) == b'{"k":"\\""},{"k":"a"},'
-        else:
-            with pytest.raises(ValueError):
-                jc._jsonobj.objects(picked, 2, [(b'"k":', 1, 0, None, good, b"a\"", 0)], b",", jc._ESCAPES, out, starts)
+            write(bad[4], bad)
+    with pytest.raises(ValueError):
+        write(3, text)  # the parts hold 2 rows, not 3
+    for rows in ([2], [-1]):
+        with pytest.raises(ValueError):
+            write(2, text, rows=rows)
+    assert write(2, text) == (21, b'{"k":"a"},{"k":"\\""},')
+    assert write(2, text, out_bytes=20)[0] == -21  # too small: what it needs
+    assert write(2, text, rows=[1, 0]) == (21, b'{"k":"\\""},{"k":"a"},')
+    second = (b"\x02", np.array([0, 1, 3], np.int32).tobytes(), b"xyz", 1, 1)  # offset 1, its bit set
+    assert write(3, text, second, rows=[2, 0]) == (21, b'{"k":"yz"},{"k":"a"},')

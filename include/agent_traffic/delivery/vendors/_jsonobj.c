@@ -11,8 +11,10 @@
  * pages of the window before (fresh memory from malloc cost as many page faults as the writing
  * took). When they are too small (escapes make values longer), it counts what is needed instead.
  *
- * Every offset is checked against its buffer before a byte is read, so a malformed array makes a
- * ValueError, never a read outside its buffers. The loop runs without the GIL: the planner runs
+ * A field may come in parts (an Arrow chunked array: an object's per-provider files one after
+ * another), read where they are instead of copied into one array first. Every offset is checked
+ * against its buffer before a byte is read, so a malformed array makes a ValueError, never a read
+ * outside its buffers. The loop runs without the GIL: the planner runs
  * two objects side by side.
  */
 #define PY_SSIZE_T_CLEAN
@@ -20,15 +22,22 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ABI 3 /* objects()' arguments; json_columns.py uses a build of this ABI only */
+#define ABI 4 /* objects()' arguments; json_columns.py uses a build of this ABI only */
 #define ESCAPE_WIDTH 8 /* the escape table: 256 entries of [length, up to 7 bytes] */
 
 enum { KIND_RAW, KIND_TEXT };
 
 typedef struct {
-    Py_buffer key, valid, offsets, data;
-    int kind, required, has_valid;
-    Py_ssize_t offset;
+    Py_buffer valid, offsets, data;
+    int has_valid;
+    Py_ssize_t offset, length, first_row; /* first_row: the field's row number of its first value */
+} Part;
+
+typedef struct {
+    Py_buffer key;
+    int kind, required;
+    Py_ssize_t nparts;
+    Part *parts;
 } Field;
 
 typedef struct {
@@ -47,23 +56,21 @@ static inline void put_byte(Out *o, uint8_t b) {
     o->used++;
 }
 
-static void release(Field *f, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyBuffer_Release(&f[i].key);
-        if (f[i].has_valid) PyBuffer_Release(&f[i].valid);
-        PyBuffer_Release(&f[i].offsets);
-        PyBuffer_Release(&f[i].data);
-    }
+static void release_part(Part *p) {
+    if (p->has_valid) PyBuffer_Release(&p->valid);
+    PyBuffer_Release(&p->offsets);
+    PyBuffer_Release(&p->data);
 }
 
-/* The buffers hold the field's `total` rows from `offset`; each row's offsets are checked as it is written. */
-static int check_field(const Field *f, Py_ssize_t total) {
-    if (f->offset < 0 || f->offsets.len / 4 < f->offset + total + 1 ||
-        (f->has_valid && f->valid.len * 8 < f->offset + total)) {
-        PyErr_SetString(PyExc_ValueError, "objects: a field's buffers are shorter than its rows");
-        return -1;
+/* The part holding row `at` of a field (binary search over the parts' first rows). */
+static inline const Part *part_of(const Field *f, Py_ssize_t at) {
+    Py_ssize_t lo = 0, hi = f->nparts - 1;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi + 1) / 2;
+        if (f->parts[mid].first_row <= at) lo = mid;
+        else hi = mid - 1;
     }
-    return 0;
+    return &f->parts[lo];
 }
 
 #define ONES UINT64_C(0x0101010101010101)
@@ -98,15 +105,16 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
         put_byte(o, '{');
         for (Py_ssize_t k = 0; k < nf; k++) {
             const Field *f = &fields[k];
-            Py_ssize_t row = f->offset + at;
-            int is_null = f->has_valid && !((((const uint8_t *)f->valid.buf)[row >> 3] >> (row & 7)) & 1);
+            const Part *p = f->nparts == 1 ? f->parts : part_of(f, at);
+            Py_ssize_t row = p->offset + (at - p->first_row);
+            int is_null = p->has_valid && !((((const uint8_t *)p->valid.buf)[row >> 3] >> (row & 7)) & 1);
             if (is_null && !(f->kind == KIND_TEXT && f->required)) continue;
-            const int32_t *off = (const int32_t *)f->offsets.buf;
-            if (off[row] < 0 || off[row + 1] < off[row] || off[row + 1] > f->data.len) return -1;
+            const int32_t *off = (const int32_t *)p->offsets.buf;
+            if (off[row] < 0 || off[row + 1] < off[row] || off[row + 1] > p->data.len) return -1;
             if (!first) put_byte(o, ',');
             first = 0;
             put(o, f->key.buf, f->key.len);
-            const uint8_t *v = (const uint8_t *)f->data.buf + off[row];
+            const uint8_t *v = (const uint8_t *)p->data.buf + off[row];
             Py_ssize_t len = off[row + 1] - off[row];
             if (f->kind == KIND_RAW) {
                 put(o, v, len);
@@ -132,15 +140,73 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
     return 0;
 }
 
+/* One part: (validity or None, int32 offsets, data, array offset, length), its buffers holding
+ * its rows. -1 with an exception set (nothing held) on failure. */
+static int parse_part(PyObject *item, Part *p) {
+    PyObject *valid;
+    if (!PyArg_ParseTuple(item, "Oy*y*nn", &valid, &p->offsets, &p->data, &p->offset, &p->length)) return -1;
+    p->has_valid = valid != Py_None;
+    if (p->has_valid && PyObject_GetBuffer(valid, &p->valid, PyBUF_SIMPLE) < 0) {
+        p->has_valid = 0;
+        release_part(p);
+        return -1;
+    }
+    if (p->offset < 0 || p->length < 0 || p->offsets.len / 4 < p->offset + p->length + 1 ||
+        (p->has_valid && p->valid.len * 8 < p->offset + p->length)) {
+        PyErr_SetString(PyExc_ValueError, "objects: a part's buffers are shorter than its rows");
+        release_part(p);
+        return -1;
+    }
+    return 0;
+}
+
+/* One field: (key literal, kind, required, [parts]) whose parts hold `total` rows in all. */
+static int parse_field(PyObject *item, Field *f, Py_ssize_t total) {
+    PyObject *parts;
+    if (!PyArg_ParseTuple(item, "y*iiO!", &f->key, &f->kind, &f->required, &PyList_Type, &parts)) return -1;
+    f->nparts = 0;
+    Py_ssize_t want = PyList_GET_SIZE(parts), rows = 0;
+    f->parts = PyMem_Calloc((size_t)(want ? want : 1), sizeof(Part));
+    if (!f->parts) {
+        PyBuffer_Release(&f->key);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (; f->nparts < want; f->nparts++) {
+        Part *p = &f->parts[f->nparts];
+        if (parse_part(PyList_GET_ITEM(parts, f->nparts), p) < 0) return -1;
+        p->first_row = rows;
+        rows += p->length;
+    }
+    if (f->kind != KIND_RAW && f->kind != KIND_TEXT) {
+        PyErr_SetString(PyExc_ValueError, "objects: unknown field kind");
+        return -1;
+    }
+    if (rows != total || !want) {
+        PyErr_SetString(PyExc_ValueError, "objects: a field's parts do not hold its rows");
+        return -1;
+    }
+    return 0;
+}
+
+static void release_fields(Field *fields, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyBuffer_Release(&fields[i].key);
+        for (Py_ssize_t k = 0; k < fields[i].nparts; k++) release_part(&fields[i].parts[k]);
+        PyMem_Free(fields[i].parts);
+    }
+}
+
 PyDoc_STRVAR(objects_doc,
              "objects(rows, total, fields, end, escapes, data, offsets) -> int\n\n"
              "JSON objects of the fields' rows `rows` (int64 row numbers below `total`, or None: all\n"
              "`total` in order), each followed by `end`, written into `data` (writable), their starts\n"
-             "(one more than the rows, int32) into `offsets`. fields: (key literal, kind 0 raw / 1 text,\n"
-             "required, validity buffer or None, int32 offsets, data, array offset) in key order, each of\n"
-             "`total` rows. escapes: 256 entries of 8 bytes, [length, replacement...]; length 0 copies\n"
-             "the byte. Returns the bytes written, or minus the bytes needed when `data` is too small\n"
-             "(then nothing in it is to be used).");
+             "(one more than the rows, int32) into `offsets`. fields, in key order: (key literal, kind\n"
+             "0 raw / 1 text, required, [parts]), a part (validity buffer or None, int32 offsets, data,\n"
+             "array offset, length), the parts of each field holding its `total` rows one after another.\n"
+             "escapes: 256 entries of 8 bytes, [length, replacement...]; length 0 copies the byte.\n"
+             "Returns the bytes written, or minus the bytes needed when `data` is too small (then nothing\n"
+             "in it is to be used).");
 
 static PyObject *objects(PyObject *self, PyObject *args) {
     (void)self;
@@ -150,47 +216,26 @@ static PyObject *objects(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OnO!y*y*w*w*", &rows_obj, &total, &PyList_Type, &list, &end, &esc, &data_out,
                           &offsets_out))
         return NULL;
-    int has_rows = rows_obj != Py_None;
-    if (has_rows && PyObject_GetBuffer(rows_obj, &rows, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&end);
-        PyBuffer_Release(&esc);
-        PyBuffer_Release(&data_out);
-        PyBuffer_Release(&offsets_out);
-        return NULL;
-    }
-    Py_ssize_t n = has_rows ? rows.len / 8 : total;
     PyObject *result = NULL;
+    int has_rows = rows_obj != Py_None;
     Py_ssize_t nf = PyList_GET_SIZE(list), parsed = 0;
     Field *fields = PyMem_Calloc((size_t)(nf ? nf : 1), sizeof(Field));
     if (!fields) {
         PyErr_NoMemory();
         goto done;
     }
+    if (has_rows && PyObject_GetBuffer(rows_obj, &rows, PyBUF_SIMPLE) < 0) {
+        has_rows = 0;
+        goto done;
+    }
+    Py_ssize_t n = has_rows ? rows.len / 8 : total;
     if (total < 0 || (has_rows && rows.len % 8) || esc.len != 256 * ESCAPE_WIDTH || offsets_out.len < 4 * (n + 1)) {
         PyErr_SetString(PyExc_ValueError, "objects: bad row count, escape table or offsets buffer");
         goto done;
     }
     for (; parsed < nf; parsed++) {
-        Field *f = &fields[parsed];
-        PyObject *valid;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, parsed), "y*iiOy*y*n", &f->key, &f->kind, &f->required, &valid,
-                              &f->offsets, &f->data, &f->offset))
-            goto done;
-        f->has_valid = valid != Py_None;
-        if (f->has_valid && PyObject_GetBuffer(valid, &f->valid, PyBUF_SIMPLE) < 0) {
-            f->has_valid = 0;
-            PyBuffer_Release(&f->key);
-            PyBuffer_Release(&f->offsets);
-            PyBuffer_Release(&f->data);
-            goto done;
-        }
-        if (f->kind != KIND_RAW && f->kind != KIND_TEXT) {
-            PyErr_SetString(PyExc_ValueError, "objects: unknown field kind");
-            parsed++;
-            goto done;
-        }
-        if (check_field(f, total) < 0) {
-            parsed++;
+        if (parse_field(PyList_GET_ITEM(list, parsed), &fields[parsed], total) < 0) {
+            if (fields[parsed].parts) parsed++; /* its key and parts so far are released below */
             goto done;
         }
     }
@@ -211,7 +256,7 @@ static PyObject *objects(PyObject *self, PyObject *args) {
     result = PyLong_FromSsize_t(o.used <= o.cap ? o.used : -o.used);
 done:
     if (fields) {
-        release(fields, parsed);
+        release_fields(fields, parsed);
         PyMem_Free(fields);
     }
     PyBuffer_Release(&end);

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from agent_traffic.delivery.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
 
-ABI = 3  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
+ABI = 4  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:
     from agent_traffic.delivery.vendors import _jsonobj
 except ImportError:  # built by `pip install -e .` where a C compiler is; else Arrow kernels serialize
@@ -41,12 +41,13 @@ class Text:
     """JSON strings not yet escaped nor quoted: `obj` escapes them and writes the quotes into its
     literal pieces (`,"key":"`), instead of copying every value once more to put them around it."""
 
-    values: pa.Array  # the strings as they are; null: no value
+    values: Value  # the strings as they are; null: no value
     required: bool = False  # a null is JSON null (else its key is left out)
 
     def escaped(self) -> pa.Array:
         """The values with JSON's escapes applied (only the rows that need one are rewritten)."""
-        return _escape(self.values)
+        values = self.values
+        return _escape(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
 
     def fragments(self) -> pa.Array:
         """The same values as JSON fragments, quotes included."""
@@ -71,11 +72,12 @@ _SCAN_BLOCK = 1 << 18  # bytes `_needs_escape` scans at a time: its temporaries 
 STRING = pa.string()
 
 
-def column(table: pa.Table, name: str, type_: pa.DataType = STRING) -> pa.Array:
-    """A column as one array of `type_`; all null when the table does not have it."""
+def column(table: pa.Table, name: str, type_: pa.DataType = STRING) -> Value:
+    """A column of `type_`, in the table's chunks (the compiled `obj` reads them where they are);
+    all null when the table does not have it."""
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type_)
-    col = table[name].combine_chunks() if isinstance(table[name], pa.ChunkedArray) else table[name]
+    col = table[name]
     return col if col.type == type_ else pc.cast(col, type_)
 
 
@@ -102,7 +104,7 @@ def string(values: Value) -> pa.Array:
 
 def text(values: Value) -> Text:
     """JSON strings for `obj`, escaped and quoted there."""
-    return Text(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    return Text(values)
 
 
 def _escape(values: pa.Array) -> pa.Array:
@@ -191,7 +193,7 @@ def obj(fields: Sequence[Field], n: int, end: str = "", *, rows: np.ndarray | No
     if _may_be_missing(present[0][1]):  # the first key may be missing: commas decided row by row
         parts = [join(prefix, _fragments(values)) for prefix, values in present]
         inner = pc.binary_join_element_wise(*parts, scalar(","), null_handling="skip") if len(parts) > 1 else parts[0]
-        return join("{", pc.fill_null(inner, scalar("")), "}" + end)
+        return _one(join("{", pc.fill_null(inner, scalar("")), "}" + end))
     pieces: list[Value | str] = ["{"]
     for i, (prefix, values) in enumerate(present):
         prefix = prefix if i == 0 else "," + prefix
@@ -204,24 +206,31 @@ def obj(fields: Sequence[Field], n: int, end: str = "", *, rows: np.ndarray | No
         else:
             pieces += [prefix, values]
     pieces.append("}" + end)
-    return join(*_merge_literals(pieces), null_handling="replace", null_replacement="")
+    return _one(join(*_merge_literals(pieces), null_handling="replace", null_replacement=""))
+
+
+def _one(values: Value) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _compiled(present: list[tuple[str, Value | Text]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
-    """`obj` by the extension: the fields' buffers as they are, each row written once, into
-    memory from Arrow's pool (sized for no escapes: when escapes need more, written again)."""
+    """`obj` by the extension: the fields' buffers where they are (a chunked array's chunks as
+    its parts, not copied into one), each row written once, into memory from Arrow's pool (sized
+    for no escapes: when escapes need more, written again)."""
     out_rows = n if rows is None else len(rows)
     fields, size = [], out_rows * (2 + len(end.encode()))
     for prefix, values in present:
-        arr = values.values if isinstance(values, Text) else values
-        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-        arr = arr if arr.type == STRING else pc.cast(arr, STRING)
-        validity, offsets, data = arr.buffers()
+        col = values.values if isinstance(values, Text) else values
+        parts, value_bytes = [], 0
+        for arr in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+            arr = arr if arr.type == STRING else pc.cast(arr, STRING)
+            validity, offsets, data = arr.buffers()
+            parts.append((validity if arr.null_count else None, offsets, data if data is not None else b"",
+                          arr.offset, len(arr)))
+            ends = np.frombuffer(offsets, np.int32, len(arr) + 1, 4 * arr.offset)
+            value_bytes += int(ends[-1] - ends[0])
         key = prefix.encode()
-        fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required),
-                       validity if arr.null_count else None, offsets, data if data is not None else b"", arr.offset))
-        ends = np.frombuffer(offsets, np.int32, n + 1, 4 * arr.offset)
-        value_bytes = int(ends[-1] - ends[0])
+        fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required), parts))
         size += out_rows * (len(key) + 7) + (value_bytes if rows is None else value_bytes * out_rows // n + 64 * 1024)
     starts = pa.allocate_buffer(4 * (out_rows + 1))
     picked = None if rows is None else np.ascontiguousarray(rows, np.int64)
