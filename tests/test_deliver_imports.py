@@ -10,6 +10,7 @@ Planning and sending every vendor's events, in a fresh interpreter, must leave i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,18 @@ def test_planning_and_sending_every_vendor_leaves_pandas_unimported(tmp_path: Pa
         res = json.loads(out.stdout.strip().splitlines()[-1])
         assert set(res["delivered"]) == set(dest_keys) and all(res["delivered"].values())
         assert res["pandas"] is False, "a delivery-only process imported pandas (pyarrow's Python-value probe)"
+
+
+def test_numpy_imported_after_the_package_starts_no_blas_threads() -> None:
+    """OpenBLAS's thread pool spins at numpy's import (0.09 s of CPU a process); the package gives
+    it one thread, unless the user chose a number."""
+    probe = ("import agent_traffic, numpy, os, pathlib; print(os.environ['OPENBLAS_NUM_THREADS'], "
+             "[l for l in pathlib.Path('/proc/self/status').read_text().splitlines() if l.startswith('Threads:')][0])")
+    for env, want in (({}, "1"), ({"OPENBLAS_NUM_THREADS": "2"}, "2")):
+        clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                             check=True, env={**clean, **env})
+        setting, threads = out.stdout.split(maxsplit=1)
+        assert setting == want
+        if not env:
+            assert threads.split()[-1] == "1", threads
