@@ -201,10 +201,11 @@ def _cut_chunks(
     table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
     all_lines, all_ts, fields = to_numpy(table["line_number"]), to_numpy(table["ts_us"]), v.fields(table, site, dest)
     order, pos, size = np.argsort(all_lines, kind="stable"), 0, ROWS_PER_BATCH
+    write = json_columns.writer(fields, n, sep)
     while pos < n:
         window = order[pos : pos + size]  # the table's rows, in line order
         last_window = pos + len(window) >= n
-        lines = json_columns.obj(fields, n, sep, rows=window)
+        lines = write(window)
         ends = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
         ends = ends.astype(np.int64)
         data = lines.buffers()[2]

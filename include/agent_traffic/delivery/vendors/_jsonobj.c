@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
     Py_buffer key;
     int kind, required;
-    Py_ssize_t nparts;
+    Py_ssize_t nparts, same_as; /* same_as: an earlier field cut into the same parts (-1: none) */
     Part *parts;
 } Field;
 
@@ -96,7 +96,7 @@ static inline Py_ssize_t next_escape(const uint8_t *v, Py_ssize_t j, Py_ssize_t 
 
 /* 0, or -1 when a row number or a value's offsets lie outside their buffers (nothing read there). */
 static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize_t total, const int64_t *rows,
-                      const Py_buffer *end, const uint8_t *table, Out *o, int32_t *starts) {
+                      const Py_buffer *end, const uint8_t *table, Out *o, int32_t *starts, Py_ssize_t *found) {
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t at = rows ? (Py_ssize_t)rows[i] : i;
         if (at < 0 || at >= total) return -1;
@@ -105,7 +105,8 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
         put_byte(o, '{');
         for (Py_ssize_t k = 0; k < nf; k++) {
             const Field *f = &fields[k];
-            const Part *p = f->nparts == 1 ? f->parts : part_of(f, at);
+            found[k] = f->nparts == 1 ? 0 : f->same_as >= 0 ? found[f->same_as] : part_of(f, at) - f->parts;
+            const Part *p = &f->parts[found[k]];
             Py_ssize_t row = p->offset + (at - p->first_row);
             int is_null = p->has_valid && !((((const uint8_t *)p->valid.buf)[row >> 3] >> (row & 7)) & 1);
             if (is_null && !(f->kind == KIND_TEXT && f->required)) continue;
@@ -217,6 +218,7 @@ static PyObject *objects(PyObject *self, PyObject *args) {
                           &offsets_out))
         return NULL;
     PyObject *result = NULL;
+    Py_ssize_t *found = NULL; /* per field, the part of the row being written */
     int has_rows = rows_obj != Py_None;
     Py_ssize_t nf = PyList_GET_SIZE(list), parsed = 0;
     Field *fields = PyMem_Calloc((size_t)(nf ? nf : 1), sizeof(Field));
@@ -234,16 +236,28 @@ static PyObject *objects(PyObject *self, PyObject *args) {
         goto done;
     }
     for (; parsed < nf; parsed++) {
-        if (parse_field(PyList_GET_ITEM(list, parsed), &fields[parsed], total) < 0) {
-            if (fields[parsed].parts) parsed++; /* its key and parts so far are released below */
+        Field *f = &fields[parsed];
+        if (parse_field(PyList_GET_ITEM(list, parsed), f, total) < 0) {
+            if (f->parts) parsed++; /* its key and parts so far are released below */
             goto done;
         }
+        f->same_as = -1; /* the table's columns share their chunks: one lookup a row for all of them */
+        for (Py_ssize_t k = 0; k < parsed && f->same_as < 0 && f->nparts > 1; k++) {
+            int same = fields[k].nparts == f->nparts && fields[k].same_as < 0;
+            for (Py_ssize_t q = 0; same && q < f->nparts; q++) same = fields[k].parts[q].first_row == f->parts[q].first_row;
+            if (same) f->same_as = k;
+        }
+    }
+    found = PyMem_Calloc((size_t)(nf ? nf : 1), sizeof(Py_ssize_t));
+    if (!found) {
+        PyErr_NoMemory();
+        goto done;
     }
     Out o = {(uint8_t *)data_out.buf, 0, data_out.len};
     int bad;
     Py_BEGIN_ALLOW_THREADS
     bad = write_rows(fields, nf, n, total, has_rows ? (const int64_t *)rows.buf : NULL, &end, (const uint8_t *)esc.buf,
-                     &o, (int32_t *)offsets_out.buf);
+                     &o, (int32_t *)offsets_out.buf, found);
     Py_END_ALLOW_THREADS
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "objects: a row or a value lies outside its buffers");
@@ -255,6 +269,7 @@ static PyObject *objects(PyObject *self, PyObject *args) {
     }
     result = PyLong_FromSsize_t(o.used <= o.cap ? o.used : -o.used);
 done:
+    PyMem_Free(found);
     if (fields) {
         release_fields(fields, parsed);
         PyMem_Free(fields);

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import orjson
@@ -174,15 +175,23 @@ def obj(fields: Sequence[Field], n: int, end: str = "", *, rows: np.ndarray | No
     """JSON objects from (key, fragments) in key order; null fragments leave their key out.
     `end` follows every object (the planner's separator: written here, it costs no extra pass
     over the rows, where joining it on afterwards copied every event's bytes once more).
-    `n` is the fields' length; `rows` (int64) picks which of them, in that order (default: all):
-    the planner writes an object's events in line order from columns in file order.
+    `n` is the fields' length; `rows` (int64) picks which of them, in that order (default: all)."""
+    return writer(fields, n, end)(rows)
 
-    Arrow's way: one join of the literal key prefixes and the fragments (a field with nulls joined
-    to its prefix first, so a null drops the key): two passes over the rows, not three per field.
-    """
+
+def writer(fields: Sequence[Field], n: int, end: str = "") -> Callable[[np.ndarray | None], pa.Array]:
+    """`obj` for many windows of the same fields, called with each window's rows: the planner
+    writes an object's events in line order from columns in file order. What the windows share
+    (the fields' buffers, for the extension) is gathered once."""
     present = [(orjson.dumps(key).decode() + ":", values) for key, values in fields if values is not None]
     if _jsonobj is not None and present and n:
-        return _compiled(present, n, end, rows)
+        return _Compiled(present, n, end)
+    return partial(_arrow_obj, present, n, end)
+
+
+def _arrow_obj(present: list[tuple[str, Value | Text]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
+    """Arrow's way: one join of the literal key prefixes and the fragments (a field with nulls
+    joined to its prefix first, so a null drops the key): two passes over the rows, not three per field."""
     if rows is not None:
         picked = from_numpy(rows)
         present = [(p, Text(v.values.take(picked), v.required) if isinstance(v, Text) else v.take(picked))
@@ -213,33 +222,42 @@ def _one(values: Value) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
-def _compiled(present: list[tuple[str, Value | Text]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
+class _Compiled:
     """`obj` by the extension: the fields' buffers where they are (a chunked array's chunks as
     its parts, not copied into one), each row written once, into memory from Arrow's pool (sized
     for no escapes: when escapes need more, written again)."""
-    out_rows = n if rows is None else len(rows)
-    fields, size = [], out_rows * (2 + len(end.encode()))
-    for prefix, values in present:
-        col = values.values if isinstance(values, Text) else values
-        parts, value_bytes = [], 0
-        for arr in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
-            arr = arr if arr.type == STRING else pc.cast(arr, STRING)
-            validity, offsets, data = arr.buffers()
-            parts.append((validity if arr.null_count else None, offsets, data if data is not None else b"",
-                          arr.offset, len(arr)))
-            ends = np.frombuffer(offsets, np.int32, len(arr) + 1, 4 * arr.offset)
-            value_bytes += int(ends[-1] - ends[0])
-        key = prefix.encode()
-        fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required), parts))
-        size += out_rows * (len(key) + 7) + (value_bytes if rows is None else value_bytes * out_rows // n + 64 * 1024)
-    starts = pa.allocate_buffer(4 * (out_rows + 1))
-    picked = None if rows is None else np.ascontiguousarray(rows, np.int64)
-    while True:
-        out = pa.allocate_buffer(size)
-        used = _jsonobj.objects(picked, n, fields, end.encode(), _ESCAPES, out, starts)
-        if used >= 0:
-            return pa.Array.from_buffers(STRING, out_rows, [None, starts, out.slice(0, used)], null_count=0)
-        size = -used
+
+    def __init__(self, present: list[tuple[str, Value | Text]], n: int, end: str) -> None:
+        self.n, self.end = n, end.encode()
+        self.fields: list[tuple[bytes, int, int, list[tuple]]] = []
+        self.value_bytes = 0  # of every row, keys and values
+        for prefix, values in present:
+            col = values.values if isinstance(values, Text) else values
+            parts = []
+            for arr in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+                arr = arr if arr.type == STRING else pc.cast(arr, STRING)
+                validity, offsets, data = arr.buffers()
+                parts.append((validity if arr.null_count else None, offsets, data if data is not None else b"",
+                              arr.offset, len(arr)))
+                ends = np.frombuffer(offsets, np.int32, len(arr) + 1, 4 * arr.offset)
+                self.value_bytes += int(ends[-1] - ends[0])
+            key = prefix.encode()
+            self.value_bytes += n * (len(key) + 7)
+            self.fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required),
+                                parts))
+
+    def __call__(self, rows: np.ndarray | None) -> pa.Array:
+        out_rows = self.n if rows is None else len(rows)
+        size = out_rows * (2 + len(self.end)) + self.value_bytes * out_rows // self.n
+        size += 0 if rows is None else 64 * 1024  # a window's rows may be longer than the average
+        starts = pa.allocate_buffer(4 * (out_rows + 1))
+        picked = None if rows is None else np.ascontiguousarray(rows, np.int64)
+        while True:
+            out = pa.allocate_buffer(size)
+            used = _jsonobj.objects(picked, self.n, self.fields, self.end, _ESCAPES, out, starts)
+            if used >= 0:
+                return pa.Array.from_buffers(STRING, out_rows, [None, starts, out.slice(0, used)], null_count=0)
+            size = -used
 
 
 def _may_be_missing(values: Value | Text) -> bool:
