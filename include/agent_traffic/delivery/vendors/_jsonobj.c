@@ -14,8 +14,7 @@
  * A field may come in parts (an Arrow chunked array: an object's per-provider files one after
  * another), read where they are instead of copied into one array first. Every offset is checked
  * against its buffer before a byte is read, so a malformed array makes a ValueError, never a read
- * outside its buffers. The loop runs without the GIL: the planner runs
- * two objects side by side.
+ * outside its buffers. The loop runs without the GIL: the planner runs two objects side by side.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
