@@ -219,18 +219,21 @@ def test_windows_do_not_move_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_object_read_part_by_part_is_sent_in_line_order(name: str, kw: dict[str, Any],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner reads an object's per-provider parts one after another, each in line order; the
-    chunks are those of the same events sorted, whatever the window size."""
+    chunks are those of the same events sorted, whatever the window size, and for a large object
+    (its fields computed a segment at a time) whatever the segment size."""
     import agent_traffic.delivery.plan as plan
 
     rows = awkward_rows(300, seed=11)
     parts = [rows[k::3] for k in (2, 0, 1)]  # three interleaved parts, each ascending
     d = dest(name, **kw)
     want = [(c.chunk_id, c.body, c.lines) for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())]
-    for size in (5, 64, 8_192):
+    shuffled = pa.concat_tables([as_table(p) for p in parts])
+    for size, segment in ((5, 10**9), (64, 10**9), (8_192, 10**9), (5, 37), (64, 37), (8, 8)):
         monkeypatch.setattr(plan, "ROWS_PER_BATCH", size)
-        shuffled = pa.concat_tables([as_table(p) for p in parts])
-        got = [(c.chunk_id, c.body, c.lines) for c in build_chunks(shuffled, SITE, d, "obj", Counter())]
-        assert got == want
+        monkeypatch.setattr(plan, "SEGMENT_ROWS", segment)  # a large object: fields a segment at a time
+        for table in (shuffled, as_table(rows)):
+            got = [(c.chunk_id, c.body, c.lines) for c in build_chunks(table, SITE, d, "obj", Counter())]
+            assert got == want, (size, segment)
 
 
 def test_vendor_event_is_the_reference_object() -> None:

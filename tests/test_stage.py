@@ -85,10 +85,11 @@ def test_rows_held_for_a_rare_partition_do_not_keep_their_blocks_alive(tmp_path)
                     "events/site=example.com/provider=rare/date=2026-11-21/part-obj.parquet": 8 * 4}
 
 
-def test_staged_files_read_back_as_the_events_with_the_statistics_readers_prune_on(tmp_path) -> None:
+def test_staged_files_read_back_as_the_events_with_the_statistics_readers_prune_on(tmp_path, monkeypatch) -> None:
     """Statistics stay where readers prune (the planner skips row groups of no AI agent unread);
     free text carries none. Readers see the events as they were, in plain types, each file in line
-    order (the planner puts the parts in line order as it writes them)."""
+    order (the planner puts the parts in line order as it writes them), or all in line order when
+    the object is large (the planner takes it a segment at a time)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -119,6 +120,10 @@ def test_staged_files_read_back_as_the_events_with_the_statistics_readers_prune_
     for t in (pq.read_table(tmp_path / "st" / k) for k in files):
         assert pc.all(pc.greater(t["line_number"][1:], t["line_number"][:-1])).as_py()
     assert got.sort_by("line_number").equals(pa.concat_tables(blocks).cast(got.schema))
+    import agent_traffic.delivery.plan as plan
+
+    monkeypatch.setattr(plan, "SEGMENT_ROWS", 1_000)
+    assert read_object_events(store, list(files)).equals(pa.concat_tables(blocks).cast(got.schema))
 
 
 def test_rows_held_from_blocks_mostly_written_are_copied_out_of_them(tmp_path) -> None:

@@ -52,6 +52,7 @@ from agent_traffic.staging.validate import held_partitions
 PLAN_VERSION = 4  # 3: chunks in one pack per object; 4: bodies hashed by XXH3-128
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory
 ROWS_PER_BATCH = 8_192  # rows serialized at a time: a window's JSON stays in cache and in reused pages
+SEGMENT_ROWS = 131_072  # events whose fields are computed at once (`_Segment`)
 
 NO = scalar(False, BOOL)  # a missing flag: not selected
 
@@ -134,8 +135,10 @@ def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: 
 def read_object_events(store: Store, keys: Sequence[str],
                        keep: Callable[[pa.Table], pa.Table] | None = None, *, columns: Sequence[str] | None = None,
                        selection: str | None = None, skipped: Callable[[int], None] | None = None) -> pa.Table | None:
-    """One object's staged events for a site, file by file (the files are its per-provider parts,
-    each in line order): `columns` of them (those the files have), or every column.
+    """One object's staged events for a site: `columns` of them (those the files have), or every
+    column. Up to `SEGMENT_ROWS` events come file by file (the files are its per-provider parts,
+    each in line order: the planner picks the rows in line order as it writes them); more come
+    in line order, sorted once, so the planner can work on them a segment at a time.
 
     `keep` filters each file as it is read, so only the rows a destination takes are held (for
     AI agents, a sixth of a typical object): planning two large objects at once had needed
@@ -160,7 +163,8 @@ def read_object_events(store: Store, keys: Sequence[str],
         tables.append(keep(t) if keep is not None else t)
     if not tables:
         return None
-    return pa.concat_tables(tables, promote_options="default")
+    t = pa.concat_tables(tables, promote_options="default")
+    return t if t.num_rows <= SEGMENT_ROWS else t.sort_by("line_number")
 
 
 def build_chunks(
@@ -182,11 +186,10 @@ def _cut_chunks(
     An event that alone exceeds the vendor's request size cannot be sent at all: it is counted in
     `not_eligible` with the limit, never dropped silently and never a crash.
 
-    The vendor's column expressions (no Python object per event) run once over the table, its
-    rows as they come (an object's per-provider parts, one after another); the events are then
-    serialized a window at a time in line order (rows picked as they are written, not a sort of
-    every column), each followed by the vendor's one-byte separator, so a chunk's events are one
-    contiguous slice of the window's bytes. Cuts are greedy, as if events were added one by one:
+    The vendor's column expressions (no Python object per event) run over a segment of rows
+    (`_Segment`); the events are serialized a window at a time in line order, each followed by
+    the vendor's one-byte separator, so a chunk's events are one contiguous slice of the window's
+    bytes. Cuts are greedy, as if events were added one by one:
     a chunk closes when the next event would pass the byte or the event limit. The last chunk of a
     window is held back and rebuilt with the next window, so the cuts do not depend on the window
     size. A chunk's body is a view of the window's bytes: hashed and packed from there.
@@ -196,16 +199,15 @@ def _cut_chunks(
     too_big = f"larger than {v.title}'s {max_bytes - 1:,}-byte request limit"
     sep = v.separator.decode()
     index, n = start_index, table.num_rows
-    ts = table["ts"]
-    table = table.select([c for c in dict.fromkeys((*v.columns, "line_number")) if c in table.column_names])
-    table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
-    all_lines, all_ts, fields = to_numpy(table["line_number"]), to_numpy(table["ts_us"]), v.fields(table, site, dest)
-    order, pos, size = np.argsort(all_lines, kind="stable"), 0, ROWS_PER_BATCH
-    write = json_columns.writer(fields, n, sep)
+    table, order = _vendor_rows(table, v.columns)
+    pos, size = 0, ROWS_PER_BATCH
+    seg = _Segment.of(table, order, 0, size, (v, site, dest, sep))
     while pos < n:
-        window = order[pos : pos + size]  # the table's rows, in line order
+        if pos + size > seg.stop and seg.stop < n:  # the window runs past the segment: the next starts here
+            seg = _Segment.of(table, order, pos, size, (v, site, dest, sep))
+        window = seg.rows[pos - seg.start : pos + size - seg.start]  # rows of the segment's table, in line order
         last_window = pos + len(window) >= n
-        lines = write(window)
+        lines = seg.write(window)
         ends = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
         ends = ends.astype(np.int64)
         data = lines.buffers()[2]
@@ -213,7 +215,7 @@ def _cut_chunks(
         fits = sizes <= max_bytes
         rows = np.flatnonzero(fits)  # window rows that can be sent, in line order
         cum = np.concatenate(([0], np.cumsum(sizes[rows])))
-        line_numbers, ts_us = all_lines[window], all_ts[window]
+        line_numbers, ts_us = seg.lines[window], seg.ts_us[window]
         i, consumed = 0, len(window)
         while i < len(rows):
             j = min(int(np.searchsorted(cum, cum[i] + max_bytes, side="right")) - 1, i + max_events)
@@ -232,6 +234,48 @@ def _cut_chunks(
         if too_many:
             not_eligible[too_big] += too_many
         pos, size = pos + consumed, ROWS_PER_BATCH
+
+
+def _vendor_rows(table: pa.Table, columns: Sequence[str]) -> tuple[pa.Table, np.ndarray | None]:
+    """The vendor's columns, line numbers and `ts_us`, and the rows in line order; None for a large
+    object, which comes in line order (sorted here if it does not: `read_object_events` sorts it)."""
+    ts = table["ts"]
+    table = table.select([c for c in dict.fromkeys((*columns, "line_number")) if c in table.column_names])
+    table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
+    lines = to_numpy(table["line_number"])
+    order = np.argsort(lines, kind="stable")
+    if table.num_rows <= SEGMENT_ROWS:
+        return table, order
+    return (table if (lines[1:] >= lines[:-1]).all() else table.take(from_numpy(order))), None
+
+
+@dataclass
+class _Segment:
+    """Positions [start, stop) of an object's events in line order, with the vendor's fields
+    computed over them. An object of up to `SEGMENT_ROWS` events is one segment over its table as
+    read, its rows picked in line order as they are written (no sort and gather of every column);
+    a larger one is put in line order once and taken a slice at a time, so the fields' arrays (a
+    nested object per event for Known Agents) take memory for a segment, not the whole object."""
+
+    start: int
+    stop: int
+    rows: np.ndarray  # per position from `start`, its row in the segment's table
+    write: Callable[[np.ndarray | None], pa.Array]
+    lines: np.ndarray  # line numbers of the segment's table
+    ts_us: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table, order: np.ndarray | None, start: int, window: int,
+           how: tuple[Any, Site, Destination, str]) -> _Segment:
+        """From position `start`; `order`: the table's rows in line order (None: it is in line order)."""
+        v, site, dest, sep = how
+        if order is not None:
+            part, rows, stop = table, order, table.num_rows
+        else:
+            stop = min(table.num_rows, start + max(SEGMENT_ROWS, window))
+            part, rows = table.slice(start, stop - start), np.arange(stop - start)
+        write = json_columns.writer(v.fields(part, site, dest), part.num_rows, sep)
+        return cls(start, stop, rows, write, to_numpy(part["line_number"]), to_numpy(part["ts_us"]))
 
 
 def _runs(data: pa.Buffer, ends: np.ndarray, rows: np.ndarray) -> bytes | memoryview:
