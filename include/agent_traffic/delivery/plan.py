@@ -189,10 +189,10 @@ def _cut_chunks(
     The vendor's column expressions (no Python object per event) run over a segment of rows
     (`_Segment`); the events are serialized a window at a time in line order, each followed by
     the vendor's one-byte separator, so a chunk's events are one contiguous slice of the window's
-    bytes. Cuts are greedy, as if events were added one by one:
-    a chunk closes when the next event would pass the byte or the event limit. The last chunk of a
-    window is held back and rebuilt with the next window, so the cuts do not depend on the window
-    size. A chunk's body is a view of the window's bytes: hashed and packed from there.
+    bytes. Cuts are greedy, as if events were added one by one: a chunk closes when the next
+    event would pass the byte or the event limit. The last chunk of a window is held back and
+    rebuilt with the next window, so the cuts do not depend on the window size. A chunk's body is
+    a view of the window's bytes: hashed and packed from there.
     """
     v = vendor(dest.vendor)
     max_bytes, max_events = v.limits(dest)
@@ -243,10 +243,11 @@ def _vendor_rows(table: pa.Table, columns: Sequence[str]) -> tuple[pa.Table, np.
     table = table.select([c for c in dict.fromkeys((*columns, "line_number")) if c in table.column_names])
     table = table.append_column("ts_us", pc.cast(ts, pa.int64()))
     lines = to_numpy(table["line_number"])
-    order = np.argsort(lines, kind="stable")
     if table.num_rows <= SEGMENT_ROWS:
-        return table, order
-    return (table if (lines[1:] >= lines[:-1]).all() else table.take(from_numpy(order))), None
+        return table, np.argsort(lines, kind="stable")
+    if (lines[1:] >= lines[:-1]).all():
+        return table, None
+    return table.take(from_numpy(np.argsort(lines, kind="stable"))), None
 
 
 @dataclass
