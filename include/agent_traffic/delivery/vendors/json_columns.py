@@ -9,8 +9,8 @@ object (compact, UTF-8 unescaped, the same control-character escapes, keys in de
 A value is a string array of JSON fragments; null means "leave the key out". Strings may also be
 handed to `obj` as `Text` (not yet escaped nor quoted), which `obj` escapes and quotes.
 
-`obj` runs compiled (`_jsonobj.c`: each row written once, a third of the sender's planning CPU
-before it) where the extension is built, else with Arrow kernels; the two give the same bytes.
+`obj` runs compiled (`_jsonobj.c`: each row written once, from the columns' buffers) where the
+extension is built, else with Arrow kernels; the two give the same bytes.
 """
 
 from __future__ import annotations
