@@ -171,18 +171,18 @@ def required(values: Value | Text) -> pa.Array | Text:
     return pc.fill_null(values, scalar("null"))
 
 
-def obj(fields: Sequence[Field], n: int, end: str = "", *, rows: np.ndarray | None = None) -> pa.Array:
-    """JSON objects from (key, fragments) in key order; null fragments leave their key out.
-    `end` follows every object (the planner's separator: written here, it costs no extra pass
-    over the rows, where joining it on afterwards copied every event's bytes once more).
-    `n` is the fields' length; `rows` (int64) picks which of them, in that order (default: all)."""
-    return writer(fields, n, end)(rows)
+def obj(fields: Sequence[Field], n: int, end: str = "") -> pa.Array:
+    """JSON objects from (key, fragments) in key order, for all `n` rows; null fragments leave
+    their key out. `end` follows every object (the planner's separator: written here, it costs no
+    extra pass over the rows, where joining it on afterwards copied every event's bytes once more)."""
+    return writer(fields, n, end)(None)
 
 
 def writer(fields: Sequence[Field], n: int, end: str = "") -> Callable[[np.ndarray | None], pa.Array]:
-    """`obj` for many windows of the same fields, called with each window's rows: the planner
-    writes an object's events in line order from columns in file order. What the windows share
-    (the fields' buffers, for the extension) is gathered once."""
+    """`obj` for many windows of the same `n`-row fields, called with each window's rows (int64,
+    in the order written; None: all): the planner writes an object's events in line order from
+    columns in file order. What the windows share (the fields' buffers, for the extension) is
+    gathered once."""
     present = [(orjson.dumps(key).decode() + ":", values) for key, values in fields if values is not None]
     if _jsonobj is not None and present and n:
         return _Compiled(present, n, end)
