@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from agent_traffic.annotate.catalog import (
     load_catalog,
 )
 from agent_traffic.annotate.classify import Classifier
+from tests.conftest import REPO
 
 # Optional real-world reference data, next to the repository (never required by the tests).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -64,6 +67,22 @@ def test_packaged_catalog_validates_against_the_schema() -> None:
     )
     for agent in doc["agents"]:
         complete.validate(agent)
+
+
+def test_packaged_catalog_passes_either_validator(validator: str) -> None:
+    """A task loads the packaged file without checking it (importing jsonschema costs 0.05 s):
+    this is its check, with both backends."""
+    schema = _schema()
+    assert catalog_module._validator(schema, schema)(_packaged()) == []
+    broken = _packaged()
+    broken["agents"][0]["purpose"] = "mining"
+    assert catalog_module._validator(schema, schema)(broken)
+
+
+def test_packaged_catalog_loads_without_importing_jsonschema() -> None:
+    code = ("import sys; from agent_traffic.annotate.catalog import load_catalog; load_catalog(); "
+            "assert 'jsonschema' not in sys.modules, 'jsonschema imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
 def test_packaged_catalog_loads_with_either_validator(validator: str) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -180,7 +180,7 @@ def wrap_pattern(pattern: str) -> str:
 def load_catalog(extra_paths: Sequence[str | os.PathLike[str]] = ()) -> Catalog:
     """Load the packaged catalog, then apply each user file in order (add, override, disable)."""
     builder = _Builder(_schema())
-    builder.add_doc(_PACKAGED_LABEL, _packaged_doc(_FORCE_BUILTIN_VALIDATOR))
+    builder.add_doc(_PACKAGED_LABEL, _packaged_doc())
     for path in extra_paths:
         label = os.fspath(path)
         try:
@@ -191,11 +191,13 @@ def load_catalog(extra_paths: Sequence[str | os.PathLike[str]] = ()) -> Catalog:
     return builder.finish()
 
 
-@lru_cache(maxsize=2)
-def _packaged_doc(_builtin: bool) -> dict[str, Any]:
-    """The packaged file, parsed and validated once per process (per validator backend)."""
+@lru_cache(maxsize=1)
+def _packaged_doc() -> dict[str, Any]:
+    """The packaged file, parsed once per process. It is not schema-checked here, in every task:
+    the tests check it against the schema with both validators (`tests/test_catalog.py`); user
+    files are checked as they load."""
     text = resources.files("agent_traffic").joinpath("data/agents.yaml").read_text("utf-8")
-    return _Builder(_schema()).parse(_PACKAGED_LABEL, text)
+    return _read_yaml(_PACKAGED_LABEL, text)
 
 
 @lru_cache(maxsize=1)
@@ -385,11 +387,21 @@ class _Entry:
     seq: int  # order of the last change: a token clash is blamed on the newer entry
 
 
+def _read_yaml(label: str, text: str) -> dict[str, Any]:
+    try:
+        doc = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"{label}: invalid YAML: {exc}"]) from exc
+    if not isinstance(doc, dict):
+        raise CatalogError([f"{label}: the top level must be a mapping with `version: 1`"])
+    return doc
+
+
 class _Builder:
     """Accumulates files in order; `finish` checks the merged result as a whole."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        self.validate_file = _validator(schema, schema)
+        self.schema = schema
         # Every field was checked when its file was read; a merged agent can only lack fields.
         self.required: tuple[str, ...] = tuple(schema["$defs"]["agent"]["required"])
         self.providers: dict[str, Provider] = {}
@@ -401,14 +413,14 @@ class _Builder:
         self.sources: list[str] = []
         self.seq = 0
 
+    @cached_property
+    def validate_file(self) -> Callable[[Any], list[_Issue]]:
+        """Built on the first user file (importing jsonschema costs a task 0.05 s)."""
+        return _validator(self.schema, self.schema)
+
     def parse(self, label: str, text: str) -> dict[str, Any]:
         """Parse one file and check it against the schema."""
-        try:
-            doc = yaml.load(text, Loader=_YAML_LOADER)
-        except yaml.YAMLError as exc:
-            raise CatalogError([f"{label}: invalid YAML: {exc}"]) from exc
-        if not isinstance(doc, dict):
-            raise CatalogError([f"{label}: the top level must be a mapping with `version: 1`"])
+        doc = _read_yaml(label, text)
         issues = self.validate_file(doc)
         if issues:
             raise CatalogError([f"{label}: {_where(doc, i.path)}: {i.message}" for i in issues])

@@ -24,7 +24,6 @@ from agent_traffic import layout
 from agent_traffic.annotate.annotator import Annotator
 from agent_traffic.annotate.ranges import range_store
 from agent_traffic.config import Config, OtherHostSite, Source, load_config
-from agent_traffic.delivery.plan import PlanResult, plan_deliveries
 from agent_traffic.errors import AgentTrafficError, ConfigError
 from agent_traffic.formats import LogFormat, detect_format, load_formats
 from agent_traffic.ingest.decompress import SNIFF_BYTES, decompressed_blocks, peek
@@ -51,12 +50,12 @@ from agent_traffic.ingest.parse import (
 )
 from agent_traffic.ingest.storage import Store, StoreOptions, filesystem
 from agent_traffic.redact import redact_url
-from agent_traffic.run.summary import build_summary, ledger_status
 from agent_traffic.staging.holds import source_holds
 from agent_traffic.staging.identity import unchanged_lines
 from agent_traffic.staging.stage import ObjectStager
 
 if TYPE_CHECKING:
+    from agent_traffic.delivery.plan import PlanResult
     from agent_traffic.staging.validate import Validator
 
 
@@ -370,6 +369,9 @@ def plan_days(rt: Runtime, days: Sequence[str], *, sites: Sequence[str] = (), de
 
     `planned`: dates an earlier day of the same run planned already; they are left out, and the
     dates planned now are added to it (a backfill plans each date once)."""
+    # imported here, not in a parse task's imports
+    from agent_traffic.delivery.plan import plan_deliveries
+
     dates = [d for d in planned_dates(rt.cfg, days) if planned is None or d not in planned]
     if planned is not None:
         planned.update(dates)
@@ -412,6 +414,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """Build the run's summary over its dates and their lookback dates (the ledger, the holds,
     what was parsed and sent) and store it; its `ok` and `problems` say whether the run is done."""
+    # imported here, not in a parse task's imports
+    from agent_traffic.run.summary import build_summary, ledger_status
+
     dates = planned_dates(rt.cfg, days)
     ledger = ledger_status(rt.cfg, rt.store, dates, sites=sites or None, destinations=destinations or None)
     summary = build_summary(
