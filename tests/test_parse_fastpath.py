@@ -367,6 +367,39 @@ def test_event_ids_are_the_querys_md5_and_refuse_lines_outside_the_block() -> No
             shape.event_ids(buf, np.array([start]), np.array([length]), np.array([1]), "s")
 
 
+@built
+def test_lines_framed_in_c_are_numpys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C framing gives numpy's offsets, lengths and string views byte for byte: blank lines,
+    CR LF and lone CRs, a last line without a newline, lines around the 12 bytes kept inside a
+    view, invalid UTF-8, and random bytes."""
+    rng = random.Random(5)
+    cases = [b"", b"\n", b"\n\n\n", b"a", b"a\n", b"\r\n", b"a\r\n\r\n\n", b"abc\rdef\r", b"\r",
+             b"x" * 12 + b"\n" + b"y" * 13 + b"\r\n" + b"z" * 11, b"\xff\xfe\n\xc3", b"\x00\n\x00\x00"]
+    cases += [bytes(rng.choice(b"ab\r\n\xc3\x00") for _ in range(rng.randrange(80))) for _ in range(2000)]
+    for data in cases:
+        fast = frame(data, 1)
+        assert shape.count_lines(data) == len(fast.starts)
+        monkeypatch.setenv(PURE_ENV, "1")
+        pure = frame(data, 1)
+        assert shape.count_lines(data) == len(pure.starts)
+        monkeypatch.delenv(PURE_ENV)
+        assert fast.starts.tolist() == pure.starts.tolist() and fast.lengths.tolist() == pure.lengths.tolist()
+        assert fast.text.buffers()[1].to_pybytes() == pure.text.buffers()[1].to_pybytes(), data
+        assert fast.text.to_pylist() == pure.text.to_pylist() and fast.repaired == pure.repaired
+
+
+@built
+def test_framing_refuses_buffers_that_do_not_hold_the_lines() -> None:
+    data = b"a\nbb\nccc"
+    for n in (0, 2, 4):  # three lines
+        with pytest.raises(ValueError, match="lines"):
+            shape._clf.frame(data, np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, 16), np.uint8))
+    with pytest.raises(ValueError, match="sizes"):
+        shape._clf.frame(data, np.empty(3, np.int64), np.empty(2, np.int64), np.empty((3, 16), np.uint8))
+    with pytest.raises(ValueError, match="sizes"):
+        shape._clf.frame(data, np.empty(3, np.int64), np.empty(3, np.int64), np.empty((3, 15), np.uint8))
+
+
 @pytest.mark.parametrize("fid", NCSA)
 def test_the_ncsa_family_is_recognised_by_its_regex(fid: str) -> None:
     fmt = FORMATS[fid]

@@ -20,7 +20,7 @@
 enum { OP_LIT, OP_RUN, OP_SAVE_START, OP_SAVE_END, OP_DISPATCH, OP_JMP, OP_FAIL, OP_END, OP_ACCEPT, OP_COUNT };
 
 #define MAX_SLOTS 64
-#define ABI 4 /* scan()'s, event_ids()' and ipv6()'s arguments; shape.py uses a build of this ABI only */
+#define ABI 5 /* the functions and their arguments; shape.py uses a build of this ABI only */
 #define MAX_CLASSES 256
 
 typedef struct {
@@ -824,10 +824,82 @@ done:
     return result;
 }
 
+/* Lines of a block: its newlines, plus one for a last line without one. */
+static Py_ssize_t line_count(const uint8_t *base, Py_ssize_t len) {
+    Py_ssize_t n = 0;
+    const uint8_t *p = base, *end = base + len;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) n++, p++;
+    return n + (len > 0 && base[len - 1] != '\n');
+}
+
+PyDoc_STRVAR(count_lines_doc,
+"count_lines(block) -> int\n\n"
+"The lines of a block: its newlines, plus one for a last line without one.");
+
+static PyObject *count_lines(PyObject *self, PyObject *args) {
+    Py_buffer block;
+    if (!PyArg_ParseTuple(args, "y*", &block)) return NULL;
+    Py_ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = line_count((const uint8_t *)block.buf, block.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&block);
+    return PyLong_FromSsize_t(n);
+}
+
+PyDoc_STRVAR(frame_doc,
+"frame(block, starts, lengths, views) -> None\n\n"
+"Each line of the block (count_lines(block) of them: starts and lengths int64, views 16 bytes a\n"
+"line): its offset, its length without its terminator (\\n or \\r\\n) and an Arrow string_view\n"
+"pointing at it in the block (buffer 0). One pass of memchr, with the GIL released.");
+
+static PyObject *frame(PyObject *self, PyObject *args) {
+    Py_buffer block, starts, lengths, views;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*", &block, &starts, &lengths, &views)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = starts.len / 8, i = 0, pos = 0, len = block.len;
+    if (starts.len % 8 || lengths.len != starts.len || views.len != 16 * n) {
+        PyErr_SetString(PyExc_ValueError, "frame: buffer sizes do not agree");
+        goto done;
+    }
+    if (len >= INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "frame: string views address a block with 32-bit offsets");
+        goto done;
+    }
+    const uint8_t *base = (const uint8_t *)block.buf;
+    int64_t *st = (int64_t *)starts.buf, *ln = (int64_t *)lengths.buf;
+    uint8_t *v = (uint8_t *)views.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (; i < n && pos < len; i++) {
+        const uint8_t *nl = memchr(base + pos, '\n', (size_t)(len - pos));
+        Py_ssize_t end = nl ? nl - base : len, l = end - pos;
+        if (l > 0 && base[end - 1] == '\r') l--;
+        st[i] = pos;
+        ln[i] = l;
+        put_view(v + 16 * i, base, pos, l);
+        pos = end + 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (i != n || pos < len) {
+        PyErr_SetString(PyExc_ValueError, "frame: the buffers do not hold the block's lines");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&block);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&views);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
     {"ipv6", ipv6, METH_VARARGS, ipv6_doc},
+    {"count_lines", count_lines, METH_VARARGS, count_lines_doc},
+    {"frame", frame, METH_VARARGS, frame_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,6 +21,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -40,7 +41,14 @@ from agent_traffic.formats import (
     quote_split,
     regex_batches,
 )
-from agent_traffic.ingest.shape import class_table, compile_shape, enabled, event_ids
+from agent_traffic.ingest.shape import (
+    class_table,
+    compile_shape,
+    count_lines,
+    enabled,
+    event_ids,
+    line_spans,
+)
 from agent_traffic.schema import QUARANTINE_SCHEMA
 
 BLANK = "blank"
@@ -259,10 +267,10 @@ _WINDOW = 1 << 22  # bytes searched for newlines at a time, so finding them take
 def by_lines(buf: bytes | memoryview, max_lines: int) -> Iterator[bytes | memoryview]:
     """Cut a block of whole lines into blocks of at most `max_lines` lines (views, no copy): 32 MB
     of blank lines are 32 million lines, and each line costs parsing memory whatever its length."""
-    a = np.frombuffer(buf, np.uint8)
-    if np.count_nonzero(a == 10) + (len(a) > 0 and a[-1] != 10) <= max_lines:
+    if count_lines(buf) <= max_lines:
         yield buf
         return
+    a = np.frombuffer(buf, np.uint8)
     view, start = memoryview(buf), 0
     while start < len(a):
         need, pos, cut = max_lines, start, -1
@@ -280,21 +288,25 @@ def by_lines(buf: bytes | memoryview, max_lines: int) -> Iterator[bytes | memory
 
 
 def frame(buf: bytes | memoryview, first_line: int) -> Lines:
-    """Number the lines of a block: numpy finds the newlines, and an Arrow string_view array
-    points at each line inside the block, terminator excluded, without copying the bytes."""
-    a = np.frombuffer(buf, np.uint8)
-    ends = np.flatnonzero(a == 10)
-    if len(a) and a[-1] != 10:
-        ends = np.append(ends, len(a))
-    n = len(ends)
-    starts = np.zeros(n, np.int64)
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts
-    has_cr = lengths > 0
-    has_cr[has_cr] = a[ends[has_cr] - 1] == 13
-    lengths -= has_cr
-    text = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(_views(a, starts, lengths)),
-                                                        pa.py_buffer(buf)])
+    """Number the lines of a block: an Arrow string_view array points at each line inside the
+    block, terminator excluded, without copying the bytes. The C extension finds the lines
+    (`shape.line_spans`); without it, numpy does."""
+    if enabled():
+        starts, lengths, views = line_spans(buf)
+    else:
+        a = np.frombuffer(buf, np.uint8)
+        ends = np.flatnonzero(a == 10)
+        if len(a) and a[-1] != 10:
+            ends = np.append(ends, len(a))
+        starts = np.zeros(len(ends), np.int64)
+        starts[1:] = ends[:-1] + 1
+        lengths = ends - starts
+        has_cr = lengths > 0
+        has_cr[has_cr] = a[ends[has_cr] - 1] == 13
+        lengths -= has_cr
+        views = _views(a, starts, lengths)
+    n = len(starts)
+    text = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), pa.py_buffer(buf)])
     try:
         text.validate(full=True)
         return Lines(first_line, buf, starts, lengths, text)
@@ -896,12 +908,17 @@ class BlockParser:
         self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
         self._raw_sql: str | None = None
         self.canon = canon_slots(ctx, self.shape.slots) if self.shape is not None else None
+        # a block's event ids are hashed in C beside its scan, both without the GIL: this thread
+        # is the parse's bottleneck (docs/performance.md)
+        self._hasher = ThreadPoolExecutor(1, "agent-traffic-ids") if self.shape is not None else None
 
     def close(self) -> None:
-        """Drop the prepared queries (their cursors and plans)."""
+        """Drop the prepared queries (their cursors and plans) and the hashing thread."""
         for query in self._prepared.values():
             query.close()
         self._prepared.clear()
+        if self._hasher is not None:
+            self._hasher.shutdown()
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
         if "k_canon" in table.column_names:  # canonical lines skip the query: their columns are built here
@@ -1017,8 +1034,9 @@ class BlockParser:
         get the regex's fields from a query on those lines alone, in views into that query's
         strings. With a canon plan, also k_canon and the canonical lines' columns (k_ts, k_status,
         k_bytes, k_path, k_query; k_: no format field has that name)."""
-        assert self.shape is not None
+        assert self.shape is not None and self._hasher is not None
         starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
+        ids = self._hasher.submit(event_ids, block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)
         split = request_presplit(self.ctx.fmt)
         fast, views, valid, ints = self.shape.scan_canonical(block.buf, starts, lengths, _METHOD_TABLE if split else None,
                                                              self.canon)
@@ -1030,8 +1048,7 @@ class BlockParser:
                                  + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
             lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
             raw = self._run(lines, self._raw_sql).sort_by("line_number")
-        cols = {"c_fast": pa.array(fast),
-                "k_event_id": event_ids(block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)}
+        cols = {"c_fast": pa.array(fast), "k_event_id": ids.result()}
         for k, name in enumerate(self.shape.slots):
             buffers = [None, None, pa.py_buffer(block.buf)]
             if raw is not None:
@@ -1178,7 +1195,11 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
     if not head:
         return 0, 0
     ctx = ParseContext("sample", "sample", fmt, "sample", "sample", "https", {}, 1 << 30)
-    st = BlockParser(ctx).parse(frame(head, 1)).stats
+    parser = BlockParser(ctx)
+    try:
+        st = parser.parse(frame(head, 1)).stats
+    finally:
+        parser.close()
     lines = st.lines_read - sum(st.skipped.values())
     return lines, lines - st.reasons.get(f"does not match format {fmt.id}", 0)
 
