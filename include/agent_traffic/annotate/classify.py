@@ -262,17 +262,13 @@ def _boundary_prefixes(tokens: Mapping[str, int]) -> dict[str, tuple[str, ...]]:
     and is followed there by a boundary character (e.g. `foo` inside `foo bar`) is a match too.
     """
     boundary = re.compile(TOKEN_BOUNDARY)
+    order = {tok: i for i, tok in enumerate(tokens)}  # prefixes listed in the tokens' order
     out: dict[str, tuple[str, ...]] = {}
     for long in tokens:
-        found = tuple(
-            short
-            for short in tokens
-            if len(short) < len(long)
-            and long.startswith(short)
-            and not boundary.fullmatch(long[len(short)])
-        )
+        found = sorted((long[:k] for k in range(1, len(long))
+                        if long[:k] in order and not boundary.fullmatch(long[k])), key=order.__getitem__)
         if found:
-            out[long] = found
+            out[long] = tuple(found)
     return out
 
 
