@@ -21,7 +21,6 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -908,17 +907,12 @@ class BlockParser:
         self.shape = compile_shape(ctx.fmt.regex or "", ctx.fmt.fields) if ctx.fmt.kind == "regex" and enabled() else None
         self._raw_sql: str | None = None
         self.canon = canon_slots(ctx, self.shape.slots) if self.shape is not None else None
-        # a block's event ids are hashed in C beside its scan, both without the GIL: this thread
-        # is the parse's bottleneck (docs/performance.md)
-        self._hasher = ThreadPoolExecutor(1, "agent-traffic-ids") if self.shape is not None else None
 
     def close(self) -> None:
-        """Drop the prepared queries (their cursors and plans) and the hashing thread."""
+        """Drop the prepared queries (their cursors and plans)."""
         for query in self._prepared.values():
             query.close()
         self._prepared.clear()
-        if self._hasher is not None:
-            self._hasher.shutdown()
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
         if "k_canon" in table.column_names:  # canonical lines skip the query: their columns are built here
@@ -1034,9 +1028,8 @@ class BlockParser:
         get the regex's fields from a query on those lines alone, in views into that query's
         strings. With a canon plan, also k_canon and the canonical lines' columns (k_ts, k_status,
         k_bytes, k_path, k_query; k_: no format field has that name)."""
-        assert self.shape is not None and self._hasher is not None
+        assert self.shape is not None
         starts, lengths = (block.starts, block.lengths) if keep is None else (block.starts[keep], block.lengths[keep])
-        ids = self._hasher.submit(event_ids, block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)
         split = request_presplit(self.ctx.fmt)
         fast, views, valid, ints = self.shape.scan_canonical(block.buf, starts, lengths, _METHOD_TABLE if split else None,
                                                              self.canon)
@@ -1048,7 +1041,8 @@ class BlockParser:
                                  + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
             lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
             raw = self._run(lines, self._raw_sql).sort_by("line_number")
-        cols = {"c_fast": pa.array(fast), "k_event_id": ids.result()}
+        cols = {"c_fast": pa.array(fast),
+                "k_event_id": event_ids(block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)}
         for k, name in enumerate(self.shape.slots):
             buffers = [None, None, pa.py_buffer(block.buf)]
             if raw is not None:
