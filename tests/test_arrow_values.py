@@ -8,10 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from agent_traffic.delivery.arrow_values import (
+from agent_traffic.arrow_values import (
+    column,
     distinct,
+    flags,
     from_numpy,
     instant,
+    present,
     scalar,
     strings,
     to_numpy,
@@ -43,6 +46,48 @@ def test_numpy_round_trips(values: np.ndarray) -> None:
     if values.dtype != np.bool_:
         assert np.array_equal(to_numpy(arr.slice(1)), values[1:])
         assert np.array_equal(to_numpy(pa.chunked_array([arr, arr])), np.concatenate([values, values]))
+
+
+@pytest.mark.parametrize("type_", [pa.string(), pa.large_string(), pa.string_view()])
+@pytest.mark.parametrize("values", [[], ["a", None, "", "ü€"], [None]])
+def test_strings_of_each_text_type_are_pyarrows(values: list[str | None], type_: pa.DataType) -> None:
+    got = strings(values, type_)
+    got.validate(full=True)
+    assert got.type == type_ and got.equals(pa.array(values, type_))
+
+
+@pytest.mark.parametrize("values, type_", [([True, None, False], pa.bool_()), ([], pa.bool_()),
+                                           (["x", None], pa.string()), (["x"], pa.large_string())])
+def test_column_is_pyarrows(values: list[object], type_: pa.DataType) -> None:
+    got = column(values, type_)
+    got.validate(full=True)
+    assert got.equals(pa.array(values, type_))
+    with pytest.raises(TypeError, match="strings or booleans"):
+        column([1], pa.int64())
+
+
+def test_from_numpy_with_nulls_is_pyarrows() -> None:
+    codes = np.array([3, -1, 0, -1, 7] * 3, np.int32)
+    got = from_numpy(codes, valid=codes >= 0)
+    got.validate(full=True)
+    assert got.equals(pa.array(codes, mask=codes < 0)) and got.null_count == 6
+    assert from_numpy(codes, valid=np.ones(len(codes), np.bool_)).null_count == 0
+
+
+@pytest.mark.parametrize("offset", [0, 1, 7, 8, 13])
+def test_flags_and_present_are_pyarrows_at_any_offset(offset: int) -> None:
+    rng = np.random.default_rng(offset)
+    values = [None if rng.random() < 0.3 else bool(rng.random() < 0.5) for _ in range(40)]
+    arr = pa.array(values, pa.bool_()).slice(offset)
+    want_flags = arr.fill_null(False).to_numpy(zero_copy_only=False)
+    assert np.array_equal(flags(arr), want_flags) and flags(arr).dtype == np.bool_
+    assert np.array_equal(flags(pa.chunked_array([arr, arr])), np.concatenate([want_flags, want_flags]))
+    assert np.array_equal(present(arr), arr.is_valid().to_numpy(zero_copy_only=False))
+    texts = pa.array([None if v is None else "t" for v in values]).slice(offset)
+    assert np.array_equal(present(texts), texts.is_valid().to_numpy(zero_copy_only=False))
+    assert present(pa.nulls(3)).tolist() == [False] * 3 and present(pa.array([1, 2])).tolist() == [True, True]
+    with pytest.raises(TypeError, match="booleans"):
+        flags(pa.array([1]))
 
 
 def test_to_numpy_refuses_nulls_rather_than_guess() -> None:

@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 import yaml
 
+from agent_traffic.arrow_values import strings
 from agent_traffic.errors import ConfigError
 
 RAW_FIELDS = (
@@ -488,7 +489,7 @@ def score_formats(lines: Sequence[str], formats: Mapping[str, LogFormat]) -> lis
     inner = ", ".join(["line", *(p[0] for p in parts if p[0])])
     outer = ", ".join(f"count(*) FILTER (WHERE {hit}), avg({n}) FILTER (WHERE {hit})" for _, hit, n in parts)
     con = duck_connection()
-    con.register("s", pa.table({"line": pa.array(sample, pa.string())}))
+    con.register("s", pa.table({"line": strings(sample)}))
     try:
         row = con.sql(f"SELECT {outer} FROM (SELECT {inner} FROM s)").fetchall()[0]
     finally:

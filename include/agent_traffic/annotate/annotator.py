@@ -31,6 +31,7 @@ from agent_traffic.annotate.enrich import (
 )
 from agent_traffic.annotate.ranges import Snapshot, load_snapshots
 from agent_traffic.annotate.verify import NO_CLAIM, VERDICTS, Verifier
+from agent_traffic.arrow_values import column, flags, from_numpy, present, scalar, strings, to_numpy
 from agent_traffic.ingest.storage import Store
 from agent_traffic.schema import CLASS_FIELDS
 
@@ -114,8 +115,9 @@ class Annotator:
         classes = self._classified(ua.dictionary)
         uid = ua.indices
         columns = {name: _spread(classes[name], uid) for name in COLUMNS[1:]}
-        is_bot = classes["is_bot"].to_numpy(zero_copy_only=False)[uid.to_numpy()]
-        columns["verification"] = self._verification(events, classes, uid.to_numpy())
+        rows = to_numpy(uid)
+        is_bot = flags(classes["is_bot"])[rows]
+        columns["verification"] = self._verification(events, classes, rows)
         columns["resource_type"] = self._resource_types(events)
         columns["referred_by"] = self._referrals(events, is_bot)
         for name in ANNOTATION_COLUMNS:
@@ -128,7 +130,7 @@ class Annotator:
         found = self.classifier.classify_many(texts)
         rows = list(map(attrgetter(*COLUMNS[1:]), map(found.__getitem__, texts)))
         columns = zip(*rows, strict=True) if rows else [()] * (len(COLUMNS) - 1)
-        return pa.table({k: pa.array(list(v), _TYPES[k]) for k, v in zip(COLUMNS[1:], columns, strict=True)})
+        return pa.table({k: column(list(v), _TYPES[k]) for k, v in zip(COLUMNS[1:], columns, strict=True)})
 
     def _verification(self, events: pa.Table, classes: pa.Table, uid: np.ndarray) -> pa.Array:
         """verified | spoofed | unverifiable per row (None for no claim): the distinct
@@ -142,16 +144,17 @@ class Annotator:
         rows = np.flatnonzero((codes == -2) & ~_null_mask(ips))
         codes[codes == -2] = 2  # no IP: unverifiable
         if len(rows):
-            ip = _encoded(ips.take(rows))
-            day = _encoded(pc.cast(events["ts"].take(rows), pa.date32()))
+            picked = from_numpy(rows)
+            ip = _encoded(ips.take(picked))
+            day = _encoded(pc.cast(events["ts"].take(picked), pa.date32()))
             n_ip, n_day = len(ip.dictionary), len(day.dictionary)
-            key = (uid[rows].astype(np.int64) * n_ip + ip.indices.to_numpy()) * n_day + day.indices.to_numpy()
+            key = (uid[rows].astype(np.int64) * n_ip + to_numpy(ip.indices)) * n_day + to_numpy(day.indices)
             claims, where = _unique(key, len(agents) * n_ip * n_day)  # sorted: grouped by user agent
             claim_uid, rest = np.divmod(claims, n_ip * n_day)
             claim_ip, claim_day = np.divmod(rest, n_day)
-            ip_texts = ip.dictionary.take(pa.array(claim_ip))
+            ip_texts = ip.dictionary.take(from_numpy(claim_ip))
             ip4 = _ipv4_ints(ip_texts)
-            day_numbers = pc.cast(day.dictionary, pa.int32()).to_numpy()[claim_day]
+            day_numbers = to_numpy(pc.cast(day.dictionary, pa.int32()))[claim_day]
             found = np.full(len(claims), -1, dtype=np.int8)
             claim_agents = np.array(agents, dtype=object)[claim_uid]
             order = np.argsort(claim_agents, kind="stable")  # one agent's claims together
@@ -159,11 +162,11 @@ class Annotator:
             firsts = np.flatnonzero(np.r_[True, sorted_agents[1:] != sorted_agents[:-1]]).tolist()
             for lo, hi in pairwise([*firsts, len(order)]):
                 pick = order[lo:hi]
-                found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], ip_texts.take(pa.array(pick)),
+                found[pick] = self.verifier.verdict_codes(sorted_agents[lo], ip4[pick], ip_texts.take(from_numpy(pick)),
                                                           day_numbers[pick])
             found[found < 0] = 2  # an answer of "no claim" for a catalog agent: unverifiable
             codes[rows] = found[where]
-        return _spread(pa.array(VERDICTS), pa.array(codes.astype(np.int32), mask=codes < 0))
+        return _spread(strings(VERDICTS), from_numpy(codes.astype(np.int32), valid=codes >= 0))
 
     def _resource_types(self, events: pa.Table) -> pa.Array:
         """From the content type, else the extension in the path's last 11 characters (cut from
@@ -171,30 +174,29 @@ class Annotator:
         ct = _encoded(events["content_type"])
         path = _encoded(events["path"])
         tail = _encoded(pc.utf8_slice_codeunits(path.dictionary, -11))
-        ext = _encoded(pc.fill_null(pc.struct_field(pc.extract_regex(tail.dictionary, _EXTENSION_NAMED), 0), ""))
-        ext_of_row = ext.indices.to_numpy()[tail.indices.to_numpy()][path.indices.to_numpy()]
+        ext = _encoded(pc.fill_null(pc.struct_field(pc.extract_regex(tail.dictionary, _EXTENSION_NAMED), 0), scalar("")))
+        ext_of_row = to_numpy(ext.indices)[to_numpy(tail.indices)][to_numpy(path.indices)]
         n_ext = len(ext.dictionary)
-        pairs, where = _unique(ct.indices.to_numpy().astype(np.int64) * n_ext + ext_of_row, len(ct.dictionary) * n_ext)
+        pairs, where = _unique(to_numpy(ct.indices).astype(np.int64) * n_ext + ext_of_row, len(ct.dictionary) * n_ext)
         cts, exts = [c or "" for c in ct.dictionary.to_pylist()], ext.dictionary.to_pylist()
         types = [resource_type_of(cts[p // n_ext], exts[p % n_ext]) for p in pairs.tolist()]
-        return _spread(pa.array(types, pa.string()), pa.array(where.astype(np.int32)))
+        return _spread(strings(types), from_numpy(where.astype(np.int32)))
 
     def _referrals(self, events: pa.Table, is_bot: np.ndarray) -> pa.Array:
         """The provider whose assistant sent a visit that is not a bot: Referer host, else utm_source."""
         slugs: dict[str, int] = {}
         codes = np.full(events.num_rows, -1, dtype=np.int32)
-        for column, marker, key_of in (("referer", "://", referrer_host), ("query", "utm_source=", utm_source)):
-            values = events[column]
-            has = pc.fill_null(pc.match_substring(values, marker), False).to_numpy(zero_copy_only=False)
+        for name, marker, key_of in (("referer", "://", referrer_host), ("query", "utm_source=", utm_source)):
+            values = events[name]
+            has = flags(pc.match_substring(values, marker))
             rows = np.flatnonzero(~is_bot & (codes < 0) & has)
             if not len(rows):
                 continue
-            enc = _encoded(values.take(rows))
+            enc = _encoded(values.take(from_numpy(rows)))
             found = [self.referrers.provider(key_of(v)) for v in enc.dictionary.to_pylist()]
             ids = np.array([-1 if p is None else slugs.setdefault(p, len(slugs)) for p in found], dtype=np.int32)
-            codes[rows] = ids[enc.indices.to_numpy()]
-        names = pa.array(list(slugs), pa.string())
-        return _spread(names, pa.array(codes, mask=codes < 0))
+            codes[rows] = ids[to_numpy(enc.indices)]
+        return _spread(strings(list(slugs)), from_numpy(codes, valid=codes >= 0))
 
 
 def _spread(answers: pa.Array | pa.ChunkedArray, index: pa.Array) -> pa.Array:
@@ -227,15 +229,15 @@ def _unique(keys: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _null_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return pc.is_null(values).to_numpy(zero_copy_only=False)
+    return ~present(values)
 
 
 def _ipv4_ints(texts: pa.Array) -> np.ndarray:
     """Each dotted IPv4 text as an integer (the form Python's ipaddress accepts), else -1."""
-    ok = pc.fill_null(pc.match_substring_regex(texts, f"^{_IPV4_RE}$"), False).to_numpy(zero_copy_only=False)
+    ok = flags(pc.match_substring_regex(texts, f"^{_IPV4_RE}$"))
     out = np.full(len(texts), -1, dtype=np.int64)
     if ok.any():
-        parts = pc.split_pattern(texts.filter(pa.array(ok)), ".")
-        octets = pc.cast(pc.list_flatten(parts), pa.int64()).to_numpy().reshape(-1, 4)
+        parts = pc.split_pattern(texts.filter(from_numpy(ok)), ".")
+        octets = to_numpy(pc.cast(pc.list_flatten(parts), pa.int64())).reshape(-1, 4)
         out[ok] = octets @ np.array([16777216, 65536, 256, 1], dtype=np.int64)
     return out

@@ -29,6 +29,7 @@ import pyarrow as pa
 from agent_traffic.annotate.catalog import Catalog
 from agent_traffic.annotate.classify import APP_CLIENT, HUMAN, UNKNOWN
 from agent_traffic.annotate.ranges import Snapshot
+from agent_traffic.arrow_values import from_numpy
 from agent_traffic.ingest.shape import ipv6_packed
 
 __all__ = ["NO_CLAIM", "SPOOFED", "UNVERIFIABLE", "VERDICTS", "VERIFIED", "Verdict", "Verifier", "parse_ip"]
@@ -130,7 +131,7 @@ class Verifier:
             packed, is6 = fast[0], fast[1] & rest
         odd: dict[int, str | None] = {}  # claims `verify` decides
         slow = np.flatnonzero(rest & ~is6)
-        for i, text in zip(slow.tolist(), texts.take(pa.array(slow, pa.int64())).to_pylist(), strict=True):
+        for i, text in zip(slow.tolist(), texts.take(from_numpy(slow.astype(np.int64))).to_pylist(), strict=True):
             one = _ipv6_bytes(text or "")
             if one is None:
                 odd[i] = self.verify(agent, text, _EPOCH + timedelta(days=int(days[i])))

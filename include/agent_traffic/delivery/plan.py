@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 from agent_traffic import layout
+from agent_traffic.arrow_values import BOOL, from_numpy, instant, scalar, to_numpy
 from agent_traffic.config import Config, Destination, Site
-from agent_traffic.delivery.arrow_values import BOOL, from_numpy, instant, scalar, to_numpy
 from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, chunk_parts, lease_unit
 from agent_traffic.delivery.vendors import json_columns, vendor
 from agent_traffic.ingest.discover import STAGED, read_manifests

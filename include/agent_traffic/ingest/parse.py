@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.arrow_values import flags, from_numpy, present, scalar, strings, to_numpy
 from agent_traffic.config import HOSTNAME
 from agent_traffic.formats import (
     MAX_ONEPASS_GROUPS,
@@ -182,7 +183,7 @@ class Lines:
     def lines(self, rows: np.ndarray) -> pa.Array:
         """Some lines of the block as `text` has them (string_view arrays have no take kernel)."""
         if self.repaired:
-            return self.text.cast(pa.large_string()).take(rows)
+            return self.text.cast(pa.large_string()).take(from_numpy(rows))
         views = _views(np.frombuffer(self.buf, np.uint8), self.starts[rows], self.lengths[rows])
         return pa.Array.from_buffers(pa.string_view(), len(rows), [None, pa.py_buffer(views), pa.py_buffer(self.buf)])
 
@@ -341,7 +342,7 @@ def _repaired(buf: bytes | memoryview, starts: np.ndarray, lengths: np.ndarray, 
         except UnicodeDecodeError:
             texts.append(seg.decode("utf-8", errors="replace"))
             bad += 1
-    return Lines(first_line, buf, starts, lengths, pa.array(texts, pa.string_view()), bad)
+    return Lines(first_line, buf, starts, lengths, strings(texts, pa.string_view()), bad)
 
 
 def in_background(it: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
@@ -586,11 +587,12 @@ def with_forwarded_clients(out: pa.Table, proxies: Sequence[Network]) -> pa.Tabl
     answered once (as annotator.py answers user agents). forwarded_for is dropped: events keep
     their schema."""
     ip = out["client_ip"]
-    pairs = pc.binary_join_element_wise(pc.fill_null(ip, ""), out["forwarded_for"], "\x1f")  # null: no header
+    pairs = pc.binary_join_element_wise(pc.fill_null(ip, scalar("", ip.type)), out["forwarded_for"],
+                                        scalar("\x1f"))  # null: no header
     codes = pc.dictionary_encode(pairs).combine_chunks()
     answers = [forwarded_client(remote or None, header, proxies)
                for remote, header in (p.split("\x1f", 1) for p in codes.dictionary.to_pylist())]
-    forwarded = pc.take(pa.array(answers, ip.type), codes.indices)
+    forwarded = pc.take(strings(answers, ip.type), codes.indices)
     idx = out.schema.get_field_index("client_ip")
     out = out.set_column(idx, out.schema.field(idx), pc.if_else(pc.is_null(pairs), ip, forwarded))
     return out.drop_columns(["forwarded_for"])
@@ -780,11 +782,11 @@ def with_invalid_hosts(out: pa.Table) -> pa.Table:
     if not bad:
         return out
     reason = out["reason"]
-    own_fault = pc.and_(pc.is_valid(reason), pc.invert(pc.is_in(reason, pa.array([UNKNOWN_HOST, OTHER_HOST, NO_HOST],
-                                                                                    reason.type))))
-    mask = pc.and_(pc.is_in(out["host"], pa.array(bad, out["host"].type)), pc.invert(own_fault))
+    own_fault = pc.and_(pc.is_valid(reason), pc.invert(pc.is_in(reason, strings([UNKNOWN_HOST, OTHER_HOST, NO_HOST],
+                                                                                  reason.type))))
+    mask = pc.and_(pc.is_in(out["host"], strings(bad, out["host"].type)), pc.invert(own_fault))
     return out.set_column(out.schema.get_field_index("reason"), "reason",
-                          pc.if_else(mask, pa.scalar(INVALID_HOST, reason.type), reason))
+                          pc.if_else(mask, scalar(INVALID_HOST, reason.type), reason))
 
 
 def _csv_table(lines: list[str], first_line: int, fmt: LogFormat) -> tuple[pa.Table, int]:
@@ -810,12 +812,12 @@ def _csv_table(lines: list[str], first_line: int, fmt: LogFormat) -> tuple[pa.Ta
         for n in names:
             cols[n].append(next((row[j] for j in sources[n] if row[j]), None) if ok else None)
     data: dict[str, pa.Array] = {
-        "line_number": pa.array(nums, pa.int64()),
-        "line": pa.array(kept, pa.large_string()),
-        "matched": pa.array(matched, pa.bool_()),
+        "line_number": from_numpy(np.array(nums, np.int64)),
+        "line": strings(kept, pa.large_string()),
+        "matched": from_numpy(np.array(matched, np.bool_)),
     }
     for n in names:
-        data[f"f_{n}"] = pa.array(cols[n], pa.large_string())
+        data[f"f_{n}"] = strings(cols[n], pa.large_string())
     return pa.table(data), headers
 
 
@@ -838,7 +840,7 @@ def _with_views(a: pa.Array, views: np.ndarray, bits: pa.Buffer | None = None) -
 def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """table.take(rows), string views included (Arrow has no take for them): their 16-byte views
     gathered in numpy, pointing into the same data buffers."""
-    cols, indices = [], pa.array(rows, pa.int64())
+    cols, indices = [], from_numpy(rows.astype(np.int64))
     for col in table.columns:
         a = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         if a.type != pa.string_view():
@@ -846,7 +848,7 @@ def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
             continue
         bits = None
         if a.null_count:
-            valid = a.is_valid().to_numpy(zero_copy_only=False)[rows]
+            valid = present(a)[rows]
             bits = pa.py_buffer(np.packbits(valid, bitorder="little"))
         cols.append(_with_views(a, _view_array(a)[rows], bits))
     return pa.Table.from_arrays(cols, schema=table.schema)
@@ -916,7 +918,7 @@ class BlockParser:
 
     def _query(self, table: pa.Table, layout: tuple[str, ...] | None) -> pa.Table:
         if "k_canon" in table.column_names:  # canonical lines skip the query: their columns are built here
-            canon = table["k_canon"].combine_chunks().to_numpy(zero_copy_only=False)
+            canon = flags(table["k_canon"])
             out = self._query(_rows(table, np.flatnonzero(~canon)).drop_columns(["k_canon"]), layout)
             return pa.concat_tables([out, self._canon_rows(_rows(table, np.flatnonzero(canon)), out.schema)])
         presplit = "c_fast" in table.column_names
@@ -934,7 +936,7 @@ class BlockParser:
         text = pa.string()
 
         def const(v: str | None) -> pa.Array:
-            return pa.nulls(n, text) if v is None else pa.repeat(pa.scalar(v, text), n)
+            return pa.nulls(n, text) if v is None else pa.repeat(scalar(v, text), n)
 
         def raw(name: str, empty: bool = False) -> pa.Array:
             """NULLIF(NULLIF(x, ''), '-') (`empty`: coalesce(that, '')), decided on the 16-byte views
@@ -945,7 +947,7 @@ class BlockParser:
             words = _view_array(a).view(np.int32).reshape(-1, 4)  # length, then the first bytes
             gone = (words[:, 0] == 0) | ((words[:, 0] == 1) & ((words[:, 1] & 0xFF) == ord("-")))
             if a.null_count:
-                gone |= ~a.is_valid().to_numpy(zero_copy_only=False)
+                gone |= ~present(a)
             if empty:  # an empty string: a zero view
                 words = words.copy()
                 words[gone] = 0
@@ -956,13 +958,13 @@ class BlockParser:
             """The target, or the path where the query is empty (`/a?`): picked among the views,
             which all point into the block (canonical lines are fast lines)."""
             path, full = c["k_path"].combine_chunks(), c["c_target"].combine_chunks()
-            no_query = pc.is_null(c["k_query"]).to_numpy(zero_copy_only=False)
+            no_query = ~present(c["k_query"])
             return _with_views(full, np.where(no_query, _view_array(path), _view_array(full))).cast(text)
 
         path, query = c["k_path"].cast(text), c["k_query"].cast(text)
         cols = [c["k_event_id"], c["k_ts"], const(ctx.default_site or ""), const(ctx.default_host or ""),
                 c["c_method"].cast(text), path, query,
-                pc.binary_join_element_wise(pa.scalar(f"{ctx.scheme}://{ctx.default_host}", text), target(), ""),
+                pc.binary_join_element_wise(scalar(f"{ctx.scheme}://{ctx.default_host}", text), target(), scalar("")),
                 c["k_status"], c["k_bytes"], pa.nulls(n, pa.float64()), raw("client_ip"),
                 raw("user_agent", empty=True), raw("referer"), const(None), const(ctx.source_object), c["line_number"],
                 const(None)]
@@ -988,7 +990,7 @@ class BlockParser:
     def parse(self, block: Lines) -> ParsedBlock:
         n = len(block.text)
         stats = ParseStats(lines_read=n, invalid_utf8=block.repaired)
-        nums = pa.array(np.arange(block.first_line, block.first_line + n, dtype=np.int64))
+        nums = from_numpy(np.arange(block.first_line, block.first_line + n, dtype=np.int64))
         fmt = self.ctx.fmt
         pre = None  # lines decided without the query
         if fmt.kind == "csv":
@@ -1006,7 +1008,7 @@ class BlockParser:
             if short.any():
                 pre = self._short_lines(block, np.flatnonzero(short), stats)
                 keep = np.flatnonzero(~short)
-                nums, text = nums.take(keep), block.lines(keep)
+                nums, text = nums.take(from_numpy(keep)), block.lines(keep)
             else:
                 text = block.text
             cols = {"line_number": nums, "line": text}
@@ -1039,14 +1041,16 @@ class BlockParser:
             if self._raw_sql is None:
                 self._raw_sql = ("WITH l AS (SELECT * FROM lines_in) "
                                  + regex_fields(self.ctx.fmt.regex or "", self.ctx.fmt.fields, cut=False))
-            lines = pa.table({"line_number": nums.take(slow), "line": block.lines(slow if keep is None else keep[slow])})
+            lines = pa.table({"line_number": nums.take(from_numpy(slow)),
+                              "line": block.lines(slow if keep is None else keep[slow])})
             raw = self._run(lines, self._raw_sql).sort_by("line_number")
-        cols = {"c_fast": pa.array(fast),
-                "k_event_id": event_ids(block.buf, starts, lengths, nums.to_numpy(), self.ctx.source_object)}
+        cols = {"c_fast": from_numpy(fast),
+                "k_event_id": event_ids(block.buf, starts, lengths, to_numpy(nums), self.ctx.source_object)}
         for k, name in enumerate(self.shape.slots):
             buffers = [None, None, pa.py_buffer(block.buf)]
             if raw is not None:
-                vals = pc.fill_null(raw[f"f_{name}"], "").combine_chunks().cast(pa.large_string())
+                vals = pc.fill_null(raw[f"f_{name}"], scalar("", raw[f"f_{name}"].type)).combine_chunks().cast(
+                    pa.large_string())
                 offsets = np.frombuffer(vals.buffers()[1], np.int64, len(vals) + 1, vals.offset * 8)
                 data = vals.buffers()[2] or pa.py_buffer(b"")
                 lens = np.diff(offsets)
@@ -1060,15 +1064,15 @@ class BlockParser:
         # the view slots after the fields, and the row of `valid` saying where each is present
         # (method and target: on fast lines; the query: where there is one; the path: no NULLs)
         extra = [("c_method", 0), ("c_target", 1), ("k_path", None), ("k_query", 2)][: 4 if canon else 2 if split else 0]
-        for k, (name, present) in enumerate(extra):
-            bits = None if present is None else pa.py_buffer(np.packbits(valid[present], bitorder="little"))
+        for k, (name, row) in enumerate(extra):
+            bits = None if row is None else pa.py_buffer(np.packbits(valid[row], bitorder="little"))
             cols[name] = pa.Array.from_buffers(pa.string_view(), len(fast), [bits, pa.py_buffer(views[len(self.shape.slots) + k]),
                                                                             pa.py_buffer(block.buf)])
         if canon:
             n = len(fast)
-            cols["k_canon"] = pa.array(valid[4] & (lengths <= self.ctx.max_line_bytes))
+            cols["k_canon"] = from_numpy(valid[4] & (lengths <= self.ctx.max_line_bytes))
             cols["k_ts"] = pa.Array.from_buffers(pa.timestamp("us", "UTC"), n, [None, pa.py_buffer(ints[0])])
-            cols["k_status"] = pa.array(ints[1].astype(np.int32))
+            cols["k_status"] = from_numpy(ints[1].astype(np.int32))
             cols["k_bytes"] = pa.Array.from_buffers(pa.int64(), n, [pa.py_buffer(np.packbits(valid[3], bitorder="little")),
                                                                     pa.py_buffer(ints[2])])
         return cols
@@ -1088,8 +1092,8 @@ class BlockParser:
         bad = rows[~blank]
         if not len(bad):
             return None
-        return pa.table({"line_number": pa.array(bad + block.first_line, pa.int64()),
-                         "reason": pa.repeat(pa.scalar(f"does not match format {self.ctx.fmt.id}"), len(bad)),
+        return pa.table({"line_number": from_numpy((bad + block.first_line).astype(np.int64)),
+                         "reason": pa.repeat(scalar(f"does not match format {self.ctx.fmt.id}"), len(bad)),
                          "host": pa.nulls(len(bad), pa.string())})
 
     def _w3c(self, block: Lines, nums: pa.Array, stats: ParseStats) -> list[pa.Table]:
@@ -1115,27 +1119,27 @@ class BlockParser:
     def _split(self, out: pa.Table, block: Lines | None, stats: ParseStats,
                pre: pa.Table | None = None) -> tuple[pa.Table, pa.Table, ParseStats]:
         reason = out["reason"]
-        ln = out["line_number"].to_numpy()
+        ln = to_numpy(out["line_number"])
         # a query's rows come in line order, but for canonical lines (after the query's rows)
         order = None if len(ln) < 2 or bool(np.all(ln[1:] > ln[:-1])) else np.argsort(ln, kind="stable")
         if reason.null_count == len(reason):  # the usual block: every line an event, no copy
             events, bad = out.drop_columns(["reason"]), out.slice(0, 0).select(["line_number", "reason", "host"])
             if order is not None:
-                events = events.take(order)
+                events = events.take(from_numpy(order))
         else:
             good = pc.is_null(reason)
             if order is None:
                 events = out.filter(good).drop_columns(["reason"])
             else:  # the events in line order, in one copy
-                events = out.drop_columns(["reason"]).take(order[good.to_numpy(zero_copy_only=False)[order]])
+                events = out.drop_columns(["reason"]).take(from_numpy(order[flags(good)[order]]))
             bad = out.filter(pc.invert(good)).select(["line_number", "reason", "host"])
         if pre is not None:
             bad = pa.concat_tables([bad, pre], promote_options="permissive")
         if bad.num_rows:
-            unknown = bad.filter(pc.is_in(bad["reason"], pa.array([UNKNOWN_HOST, OTHER_HOST])))
+            unknown = bad.filter(pc.is_in(bad["reason"], strings([UNKNOWN_HOST, OTHER_HOST])))
             for r in pc.value_counts(unknown["host"]).to_pylist() if unknown.num_rows else ():
                 stats.unknown_hosts[r["values"]] += r["counts"]
-            skip = pc.is_in(bad["reason"], pa.array(SKIP_REASONS))
+            skip = pc.is_in(bad["reason"], strings(SKIP_REASONS))
             for r in pc.value_counts(bad.filter(skip)["reason"]).to_pylist():
                 stats.skipped[r["values"]] += r["counts"]
             bad = bad.filter(pc.invert(skip))
@@ -1150,12 +1154,12 @@ class BlockParser:
     def _quarantine_rows(self, bad: pa.Table, block: Lines | None) -> pa.Table:
         """`bad` as quarantine rows, each with its line's exact bytes (`block`: None when `bad` is empty)."""
         nums = bad["line_number"]
-        raw = block.raw_many(nums.to_numpy() - block.first_line) if block is not None else pa.array([], pa.binary())
+        raw = block.raw_many(to_numpy(nums) - block.first_line) if block is not None else pa.nulls(0, pa.binary())
         k = len(raw)
         return pa.table(
             {
-                "object_id": pa.array([self.ctx.object_id] * k, pa.string()),
-                "source_object": pa.array([self.ctx.source_object] * k, pa.string()),
+                "object_id": pa.repeat(scalar(self.ctx.object_id), k),
+                "source_object": pa.repeat(scalar(self.ctx.source_object), k),
                 "line_number": nums.cast(pa.int64()),
                 "reason": bad["reason"].cast(pa.string()),
                 "raw": raw,

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from agent_traffic import layout
 from agent_traffic.annotate.annotator import Annotator
@@ -285,8 +286,8 @@ def _count_ai(events: pa.Table) -> dict[str, int]:
     ai = events.select(["provider", "is_ai"]).filter(events["is_ai"])  # not the wide rows
     if not ai.num_rows:
         return {}
-    return {r["provider"]: r["count"] for r in ai.group_by("provider").aggregate([("provider", "count")])
-            .rename_columns(["provider", "count"]).to_pylist()}
+    # value_counts, not group_by: Acero's import loads pandas (arrow_values.py)
+    return {r["values"]: r["counts"] for r in pc.value_counts(ai["provider"]).to_pylist() if r["values"] is not None}
 
 
 def _manifest(ref: ObjectRef, res: ObjectResult, files: dict[str, int]) -> dict[str, Any]:

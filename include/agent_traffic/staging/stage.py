@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent_traffic import layout
+from agent_traffic.arrow_values import from_numpy, to_numpy
 from agent_traffic.ingest.storage import Store
 from agent_traffic.schema import QUARANTINE_SCHEMA, STAGED_SCHEMA, conform
 
@@ -59,7 +60,7 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
     share the sorted copy's buffers: a holder copies what it keeps (`ObjectStager` does)."""
     site, sites = _codes(events["site"])
     provider, providers = _codes(events["provider"])
-    day = pc.cast(pc.cast(events["ts"], pa.date32()), pa.int32()).to_numpy()
+    day = to_numpy(pc.cast(pc.cast(events["ts"], pa.date32()), pa.int32()))
     first_day = int(day.min())
     days = int(day.max()) - first_day + 1
     key = (site.astype(np.int64) * len(providers) + provider) * days + (day - first_day)
@@ -75,7 +76,7 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
     code = rank[code.reshape(-1)]
     order = np.argsort(code, kind="stable")  # stable: line order kept inside each partition
     counts = np.bincount(code, minlength=len(names))
-    block = events.take(order)  # from chunks: they are concatenated once, inside this one take
+    block = events.take(from_numpy(order))  # from chunks: they are concatenated once, inside this one take
     start = 0
     for name, n in zip(names, counts.tolist(), strict=True):
         yield name, block.slice(start, n)
@@ -85,7 +86,7 @@ def partitions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], pa.Tabl
 def _codes(values: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """Each row's index into the column's distinct values, and those values (no null in them)."""
     enc = pc.dictionary_encode(values).combine_chunks()  # a dictionary column is used as it is
-    return enc.indices.to_numpy(), enc.dictionary.to_pylist()
+    return to_numpy(enc.indices), enc.dictionary.to_pylist()
 
 
 def _owned(table: pa.Table) -> pa.Table:
@@ -93,7 +94,7 @@ def _owned(table: pa.Table) -> pa.Table:
     Chunks (tables put together) are concatenated, a copy already; one chunk is taken whole."""
     if table.num_columns and table.column(0).num_chunks > 1:
         return table.combine_chunks()
-    return table.take(pa.array(np.arange(table.num_rows)))
+    return table.take(from_numpy(np.arange(table.num_rows)))
 
 
 #: Rows of one partition written at once, and rows held across partitions before the largest is

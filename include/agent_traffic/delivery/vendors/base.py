@@ -11,8 +11,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.arrow_values import scalar
 from agent_traffic.config import Destination, Site
-from agent_traffic.delivery.arrow_values import scalar
 from agent_traffic.delivery.vendors import json_columns
 from agent_traffic.delivery.vendors.json_columns import Field
 from agent_traffic.secrets import Secret

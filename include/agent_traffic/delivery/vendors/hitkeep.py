@@ -17,8 +17,8 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.arrow_values import distinct, scalar, strings
 from agent_traffic.config import Destination, Site
-from agent_traffic.delivery.arrow_values import distinct, scalar, strings
 from agent_traffic.delivery.vendors import json_columns as jc
 from agent_traffic.delivery.vendors.base import Vendor, path_with_query
 from agent_traffic.delivery.vendors.json_columns import Field

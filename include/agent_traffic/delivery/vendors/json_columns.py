@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_traffic.delivery.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
+from agent_traffic.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
 
 ABI = 4  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:

@@ -19,8 +19,8 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_traffic.arrow_values import strings
 from agent_traffic.config import Destination, Site
-from agent_traffic.delivery.arrow_values import strings
 from agent_traffic.delivery.vendors import json_columns as jc
 from agent_traffic.delivery.vendors.base import Vendor, ip_values, path_with_query
 from agent_traffic.delivery.vendors.json_columns import Field
