@@ -207,7 +207,7 @@ def run(repeat: int, quick: bool) -> dict[str, Any]:
                   "Seconds are the work inside a fresh process (imports excluded); ratio = seconds / gzip -dc seconds."),
         "rows": rows,
         "notes": [
-            "parse = decompress (gzip through ISA-L) + frame lines (numpy newline scan, Arrow string views over "
+            "parse = decompress (gzip through ISA-L) + frame lines (one memchr pass in C, Arrow string views over "
             "the block, no copy) + one DuckDB query per block (regex formats: lines without a backslash cut at "
             "their double quotes, RE2 only on the pieces between them, the whole regex in one-pass group batches "
             "for the rest; one json_extract_string per line for JSON; string_split for W3C) + canonicalisation; "
