@@ -121,7 +121,7 @@ def count_lines(buf: bytes | memoryview) -> int:
 
 
 def line_spans(buf: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each line's offset and length in the block, terminator (\n or \r\n) excluded, and an
+    """Each line's offset and length in the block, terminator (`\\n` or `\\r\\n`) excluded, and an
     Arrow string view (16 bytes) pointing at it: one pass in C (numpy took four, and a fancy
     index for the views' prefixes; `parse.frame` keeps that path where the extension is not)."""
     n = _clf.count_lines(buf)
