@@ -1,10 +1,11 @@
 """Parse one source object into canonical events and quarantine rows, in DuckDB.
 
 Decompressed bytes are cut into blocks of whole lines (in a background thread, so reading and
-decompressing overlap with parsing), framed into numbered lines without copying them (numpy finds
-the newlines; the Arrow arrays point into the block), and each block is parsed by one DuckDB query:
-a format-specific select of raw fields, then one canonicalisation shared by every format. Memory
-is bounded by the block size, whatever the object's size.
+decompressing overlap with parsing), framed into numbered lines without copying them (the C
+extension finds the newlines, numpy where it is not built; the Arrow arrays point into the
+block), and each block is parsed by one DuckDB query: a format-specific select of raw fields,
+then one canonicalisation shared by every format. Memory is bounded by the block size, whatever
+the object's size.
 
 Every line read ends in exactly one outcome: an event, a quarantine row with its reason and exact
 bytes, or a counted skip (blank line, CSV header, W3C directive, a JSON record that is not a

@@ -43,7 +43,7 @@ UNCOMPRESSED = ("site", "provider", "host", "source_object", "method", "purpose"
 #: more), not Parquet's default 1,024: each batch costs a call per column and encoder (the same bytes).
 EVENT_PARQUET_OPTS = {
     "compression": {n: "none" if n in UNCOMPRESSED else "zstd" for n in STAGED_SCHEMA.names},
-    "compression_level": {n: 1 for n in STAGED_SCHEMA.names if n not in UNCOMPRESSED},
+    "compression_level": {n: PARQUET_OPTS["compression_level"] for n in STAGED_SCHEMA.names if n not in UNCOMPRESSED},
     "write_batch_size": 65_536,
     "store_schema": False,
     "use_dictionary": [n for n in STAGED_SCHEMA.names if n not in ("event_id", "ts", "line_number", "bytes")],
