@@ -328,6 +328,37 @@ def test_the_compiled_writer_refuses_buffers_that_do_not_hold_their_rows(seriali
             write(2, text, rows=rows)
     assert write(2, text) == (21, b'{"k":"a"},{"k":"\\""},')
     assert write(2, text, out_bytes=20)[0] == -21  # too small: what it needs
+    times = np.array([1_500_000, 2**53], np.int64).tobytes()
+    epoch = [(b'"t":', 2, 0, [(None, times, b"", 0, 1)])]
+    used = jc._jsonobj.objects(None, 1, epoch, b"", jc._ESCAPES, out := bytearray(64), bytearray(8))
+    assert bytes(out[:used]) == b'{"t":1.5}'
+    with pytest.raises(ValueError):  # a time past 2**53 microseconds: refused, not written wrong
+        jc._jsonobj.objects(None, 1, [(b'"t":', 2, 0, [(None, times, b"", 1, 1)])], b"", jc._ESCAPES, out, bytearray(8))
+    with pytest.raises(ValueError):  # fewer values than rows
+        jc._jsonobj.objects(None, 3, [(b'"t":', 2, 0, [(None, times, b"", 0, 3)])], b"", jc._ESCAPES, out, bytearray(16))
     assert write(2, text, rows=[1, 0]) == (21, b'{"k":"\\""},{"k":"a"},')
     second = (b"\x02", np.array([0, 1, 3], np.int32).tobytes(), b"xyz", 1, 1)  # offset 1, its bit set
     assert write(3, text, second, rows=[2, 0]) == (21, b'{"k":"yz"},{"k":"a"},')
+
+
+def test_epoch_seconds_are_the_per_value_definition_as_orjson_writes_it() -> None:
+    """Times written as Unix seconds: whole seconds, milliseconds, the rows exactly half a
+    millisecond off (where the double's rounding decides, ties to even included: 0.0625 s),
+    negative times, rounding up to the next second, times past a double's exact microseconds,
+    and nulls (the key left out), in a chunked column."""
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    rng = random.Random(8)
+    base = [0, 1, 500, 62_500, 187_500, 999_500, 999_999, 1_000_000, 1_500, 2_500, 999_999_500, -1, -500, -62_500,
+            -1_000_000, -1_000_500, -999_999]
+    values = base + [BASE_US + b for b in base] + [-BASE_US + b for b in base]
+    values += [BASE_US + rng.randrange(10**9) for _ in range(2_000)]
+    values += [rng.randrange(-(2**53) + 1, 2**53) // 1000 * 1000 + 500 for _ in range(2_000)]  # half a millisecond off
+    values += [2**53 - 1, -(2**53) + 1]
+    parts = [values[: len(values) // 2] + [None], values[len(values) // 2 :]]
+    column = pa.chunked_array([pa.array(p, pa.int64()) for p in parts])
+    want = [orjson.dumps({"t": epoch_seconds(v)}).decode() if v is not None else "{}" for p in parts for v in p]
+    assert jc.obj([("t", jc.epoch_seconds(column, epoch_seconds))], len(column)).to_pylist() == want
+    far = [2**53, -(2**53), 2**60 + 500, 5]  # outside the extension's range: written the Arrow way
+    assert jc.obj([("t", jc.epoch_seconds(pa.array(far, pa.int64()), epoch_seconds))], len(far)).to_pylist() == [
+        orjson.dumps({"t": epoch_seconds(v)}).decode() for v in far]

@@ -3,9 +3,11 @@
  * The Arrow path builds the same bytes with compute kernels (an escape pass per text column,
  * then a join of key literals and values), each pass a fresh copy of the window's bytes. Here
  * each row is written once: `{`, then per field its key and value, `}`, the row's end. A field
- * is a string array of JSON fragments (written as they are) or of text (quoted here, with the
- * escapes of the table json_columns hands over, which are orjson's); a null value leaves its key
- * out, or writes JSON null for a required text field.
+ * is a string array of JSON fragments (written as they are), of text (quoted here, with the
+ * escapes of the table json_columns hands over, which are orjson's), or of int64 microseconds
+ * written as Unix seconds (`epoch`: the text orjson gives for the vendor's per-value definition,
+ * without building a string array of them first); a null value leaves its key out, or writes JSON
+ * null for a required text field.
  *
  * The output goes into buffers the caller allocates from Arrow's memory pool, which reuses the
  * pages of the window before (fresh memory from malloc cost as many page faults as the writing
@@ -18,13 +20,15 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define ABI 4 /* objects()' arguments; json_columns.py uses a build of this ABI only */
+#define ABI 5 /* objects()' arguments; json_columns.py uses a build of this ABI only */
 #define ESCAPE_WIDTH 8 /* the escape table: 256 entries of [length, up to 7 bytes] */
+#define EXACT_US (INT64_C(1) << 53) /* microseconds a double holds exactly: epoch values stay below */
 
-enum { KIND_RAW, KIND_TEXT };
+enum { KIND_RAW, KIND_TEXT, KIND_EPOCH };
 
 typedef struct {
     Py_buffer valid, offsets, data;
@@ -93,6 +97,45 @@ static inline Py_ssize_t next_escape(const uint8_t *v, Py_ssize_t j, Py_ssize_t 
     return j;
 }
 
+/* Unix seconds from microseconds, as orjson writes `epoch_seconds` of scrunch.py: an integer for a
+ * whole second, else the float round(us / 1e6, 3) (shortest form: `.5`, `.05`, `.0` when it
+ * rounds to a whole second). Below EXACT_US only the rows exactly half a millisecond off depend
+ * on the double: round() rounds the double's exact value half to even, and fma gives the sign of
+ * its distance from the midpoint exactly. -1 (nothing written) outside that range. */
+static inline int put_epoch(Out *o, int64_t us) {
+    if (us <= -EXACT_US || us >= EXACT_US) return -1;
+    char buf[32], digits[20];
+    int n = 0, k = 0;
+    uint64_t a = (uint64_t)(us < 0 ? -us : us), secs, frac = 0;
+    int whole = a % 1000000 == 0;
+    if (us < 0) buf[n++] = '-';
+    if (whole) {
+        secs = a / 1000000;
+    } else {
+        uint64_t ms = a / 1000, rest = a % 1000;
+        if (rest > 500) {
+            ms++;
+        } else if (rest == 500) {
+            double r = fma((double)a / 1e6, 1e6, -(double)a); /* the double's distance above a / 1e6 */
+            if (r > 0 || (r == 0 && (ms & 1))) ms++;
+        }
+        secs = ms / 1000;
+        frac = ms % 1000;
+    }
+    do digits[k++] = (char)('0' + secs % 10); while ((secs /= 10));
+    while (k) buf[n++] = digits[--k];
+    if (!whole) {
+        buf[n++] = '.';
+        buf[n++] = (char)('0' + frac / 100);
+        if (frac % 100) {
+            buf[n++] = (char)('0' + frac / 10 % 10);
+            if (frac % 10) buf[n++] = (char)('0' + frac % 10);
+        }
+    }
+    put(o, buf, n);
+    return 0;
+}
+
 /* 0, or -1 when a row number or a value's offsets lie outside their buffers (nothing read there). */
 static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize_t total, const int64_t *rows,
                       const Py_buffer *end, const uint8_t *table, Out *o, int32_t *starts, Py_ssize_t *found) {
@@ -109,11 +152,15 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
             Py_ssize_t row = p->offset + (at - p->first_row);
             int is_null = p->has_valid && !((((const uint8_t *)p->valid.buf)[row >> 3] >> (row & 7)) & 1);
             if (is_null && !(f->kind == KIND_TEXT && f->required)) continue;
-            const int32_t *off = (const int32_t *)p->offsets.buf;
-            if (off[row] < 0 || off[row + 1] < off[row] || off[row + 1] > p->data.len) return -1;
             if (!first) put_byte(o, ',');
             first = 0;
             put(o, f->key.buf, f->key.len);
+            if (f->kind == KIND_EPOCH) {
+                if (put_epoch(o, ((const int64_t *)p->offsets.buf)[row]) < 0) return -1;
+                continue;
+            }
+            const int32_t *off = (const int32_t *)p->offsets.buf;
+            if (off[row] < 0 || off[row + 1] < off[row] || off[row + 1] > p->data.len) return -1;
             const uint8_t *v = (const uint8_t *)p->data.buf + off[row];
             Py_ssize_t len = off[row + 1] - off[row];
             if (f->kind == KIND_RAW) {
@@ -141,8 +188,9 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
 }
 
 /* One part: (validity or None, int32 offsets, data, array offset, length), its buffers holding
- * its rows. -1 with an exception set (nothing held) on failure. */
-static int parse_part(PyObject *item, Part *p) {
+ * its rows; for an epoch field (validity or None, int64 values, b"", array offset, length).
+ * -1 with an exception set (nothing held) on failure. */
+static int parse_part(PyObject *item, Part *p, int kind) {
     PyObject *valid;
     if (!PyArg_ParseTuple(item, "Oy*y*nn", &valid, &p->offsets, &p->data, &p->offset, &p->length)) return -1;
     p->has_valid = valid != Py_None;
@@ -151,7 +199,8 @@ static int parse_part(PyObject *item, Part *p) {
         release_part(p);
         return -1;
     }
-    if (p->offset < 0 || p->length < 0 || p->offsets.len / 4 < p->offset + p->length + 1 ||
+    Py_ssize_t slots = kind == KIND_EPOCH ? p->offsets.len / 8 : p->offsets.len / 4 - 1; /* values it holds */
+    if (p->offset < 0 || p->length < 0 || slots < p->offset + p->length ||
         (p->has_valid && p->valid.len * 8 < p->offset + p->length)) {
         PyErr_SetString(PyExc_ValueError, "objects: a part's buffers are shorter than its rows");
         release_part(p);
@@ -172,15 +221,15 @@ static int parse_field(PyObject *item, Field *f, Py_ssize_t total) {
         PyErr_NoMemory();
         return -1;
     }
-    for (; f->nparts < want; f->nparts++) {
-        Part *p = &f->parts[f->nparts];
-        if (parse_part(PyList_GET_ITEM(parts, f->nparts), p) < 0) return -1;
-        p->first_row = rows;
-        rows += p->length;
-    }
-    if (f->kind != KIND_RAW && f->kind != KIND_TEXT) {
+    if (f->kind != KIND_RAW && f->kind != KIND_TEXT && f->kind != KIND_EPOCH) {
         PyErr_SetString(PyExc_ValueError, "objects: unknown field kind");
         return -1;
+    }
+    for (; f->nparts < want; f->nparts++) {
+        Part *p = &f->parts[f->nparts];
+        if (parse_part(PyList_GET_ITEM(parts, f->nparts), p, f->kind) < 0) return -1;
+        p->first_row = rows;
+        rows += p->length;
     }
     if (rows != total || !want) {
         PyErr_SetString(PyExc_ValueError, "objects: a field's parts do not hold its rows");
@@ -202,8 +251,9 @@ PyDoc_STRVAR(objects_doc,
              "JSON objects of the fields' rows `rows` (int64 row numbers below `total`, or None: all\n"
              "`total` in order), each followed by `end`, written into `data` (writable), their starts\n"
              "(one more than the rows, int32) into `offsets`. fields, in key order: (key literal, kind\n"
-             "0 raw / 1 text, required, [parts]), a part (validity buffer or None, int32 offsets, data,\n"
-             "array offset, length), the parts of each field holding its `total` rows one after another.\n"
+             "0 raw / 1 text / 2 epoch, required, [parts]), a part (validity buffer or None, int32 offsets,\n"
+             "data, array offset, length; for epoch: int64 microseconds in place of the offsets, data\n"
+             "b''), the parts of each field holding its `total` rows one after another.\n"
              "escapes: 256 entries of 8 bytes, [length, replacement...]; length 0 copies the byte.\n"
              "Returns the bytes written, or minus the bytes needed when `data` is too small (then nothing\n"
              "in it is to be used).");
@@ -259,7 +309,7 @@ static PyObject *objects(PyObject *self, PyObject *args) {
                      &o, (int32_t *)offsets_out.buf, found);
     Py_END_ALLOW_THREADS
     if (bad) {
-        PyErr_SetString(PyExc_ValueError, "objects: a row or a value lies outside its buffers");
+        PyErr_SetString(PyExc_ValueError, "objects: a row or a value lies outside its buffers, or a time outside +-2**53 us");
         goto done;
     }
     if (o.used > INT32_MAX) {

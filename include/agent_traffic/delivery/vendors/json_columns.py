@@ -7,7 +7,8 @@ object (compact, UTF-8 unescaped, the same control-character escapes, keys in de
 `tests/test_json_columns.py` checks that against a per-row reference on awkward data.
 
 A value is a string array of JSON fragments; null means "leave the key out". Strings may also be
-handed to `obj` as `Text` (not yet escaped nor quoted), which `obj` escapes and quotes.
+handed to `obj` as `Text` (not yet escaped nor quoted), which `obj` escapes and quotes, and times
+as `Epoch` (int64 microseconds), which `obj` writes as Unix seconds.
 
 `obj` runs compiled (`_jsonobj.c`: each row written once, from the columns' buffers) where the
 extension is built, else with Arrow kernels; the two give the same bytes.
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 
 from agent_traffic.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
 
-ABI = 4  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
+ABI = 5  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:
     from agent_traffic.delivery.vendors import _jsonobj
 except ImportError:  # built by `pip install -e .` where a C compiler is; else Arrow kernels serialize
@@ -50,13 +51,33 @@ class Text:
         values = self.values
         return _escape(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
 
+    def take(self, rows: pa.Array) -> Text:
+        return Text(self.values.take(rows), self.required)
+
     def fragments(self) -> pa.Array:
         """The same values as JSON fragments, quotes included."""
         quoted = join('"', self.escaped(), '"')
         return pc.fill_null(quoted, scalar("null")) if self.required else quoted
 
 
-Field = tuple[str, Value | Text | None]  # (key, JSON fragments); None: the key is never present
+@dataclass(frozen=True)
+class Epoch:
+    """Unix seconds not yet written: int64 microseconds, which the extension writes as it writes
+    each row (a string array of them cost a tenth of planning). `exact_value` is the per-value
+    definition (`scrunch.epoch_seconds`); `fragments` gives the same text with Arrow kernels."""
+
+    us: Value  # int64 microseconds; null: the key left out
+    exact_value: Callable[[int], int | float]
+
+    def take(self, rows: pa.Array) -> Epoch:
+        return Epoch(self.us.take(rows), self.exact_value)
+
+    def fragments(self) -> pa.Array:
+        return _epoch_fragments(self.us, self.exact_value)
+
+
+Deferred = Text | Epoch  # values `obj` writes itself
+Field = tuple[str, Value | Deferred | None]  # (key, JSON fragments); None: the key is never present
 
 #: orjson's escapes for the control characters (the only characters besides `"` and `\` it escapes)
 _CONTROL = {chr(i): orjson.dumps(chr(i)).decode()[1:-1] for i in range(0x20)}
@@ -189,13 +210,12 @@ def writer(fields: Sequence[Field], n: int, end: str = "") -> Callable[[np.ndarr
     return partial(_arrow_obj, present, n, end)
 
 
-def _arrow_obj(present: list[tuple[str, Value | Text]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
+def _arrow_obj(present: list[tuple[str, Value | Deferred]], n: int, end: str, rows: np.ndarray | None) -> pa.Array:
     """Arrow's way: one join of the literal key prefixes and the fragments (a field with nulls
     joined to its prefix first, so a null drops the key): two passes over the rows, not three per field."""
     if rows is not None:
         picked = from_numpy(rows)
-        present = [(p, Text(v.values.take(picked), v.required) if isinstance(v, Text) else v.take(picked))
-                   for p, v in present]
+        present = [(p, v.take(picked)) for p, v in present]
         n = len(rows)
     if not present:
         return pa.repeat(scalar("{}" + end), n)
@@ -227,12 +247,16 @@ class _Compiled:
     its parts, not copied into one), each row written once, into memory from Arrow's pool (sized
     for no escapes: when escapes need more, written again)."""
 
-    def __init__(self, present: list[tuple[str, Value | Text]], n: int, end: str) -> None:
+    def __init__(self, present: list[tuple[str, Value | Deferred]], n: int, end: str) -> None:
         self.n, self.end = n, end.encode()
         self.fields: list[tuple[bytes, int, int, list[tuple]]] = []
         self.value_bytes = 0  # of every row, keys and values
         for prefix, values in present:
-            col = values.values if isinstance(values, Text) else values
+            if isinstance(values, Epoch) and _exact_range(values.us):
+                self.fields.append((prefix.encode(), _EPOCH, 0, _int64_parts(values.us)))
+                self.value_bytes += n * (len(prefix) + 1 + EPOCH_TEXT_BYTES)
+                continue
+            col = values.values if isinstance(values, Text) else values.fragments() if isinstance(values, Epoch) else values
             parts = []
             for arr in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
                 arr = arr if arr.type == STRING else pc.cast(arr, STRING)
@@ -260,14 +284,37 @@ class _Compiled:
             size = -used
 
 
-def _may_be_missing(values: Value | Text) -> bool:
+_EPOCH = 2  # the extension's field kind for `Epoch`
+EPOCH_TEXT_BYTES = 14  # `1763683200.123`: the length an epoch value is sized for
+_EXACT_US = 1 << 53  # microseconds the extension writes (a double holds them exactly)
+
+
+def _exact_range(us: Value) -> bool:
+    """Every time within the extension's range (else `fragments` writes them: a clock off by centuries)."""
+    bounds = pc.min_max(us)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    return lo is None or (-_EXACT_US < lo and hi < _EXACT_US)
+
+
+def _int64_parts(values: Value) -> list[tuple]:
+    """An int64 column's chunks as the extension's epoch parts: (validity, values, b"", offset, rows)."""
+    parts = []
+    for arr in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
+        validity, data = arr.buffers()
+        parts.append((validity if arr.null_count else None, data if data is not None else b"", b"", arr.offset, len(arr)))
+    return parts
+
+
+def _may_be_missing(values: Value | Deferred) -> bool:
     if isinstance(values, Text):
         return not values.required and values.values.null_count > 0
+    if isinstance(values, Epoch):
+        return values.us.null_count > 0
     return values.null_count > 0
 
 
-def _fragments(values: Value | Text) -> Value:
-    return values.fragments() if isinstance(values, Text) else values
+def _fragments(values: Value | Deferred) -> Value:
+    return values.fragments() if isinstance(values, Text | Epoch) else values
 
 
 def _merge_literals(pieces: list[Value | str]) -> list[Value | str]:
@@ -291,8 +338,15 @@ def per_unique(values: Value, fn: Callable[[str], str | None]) -> pa.Array:
 _FRACTIONS = strings([""] + [f".{k:03d}".rstrip("0") for k in range(1, 1000)])
 
 
-def epoch_seconds(ts_us: Value, exact_value: Callable[[int], int | float]) -> pa.Array:
-    """Unix seconds as JSON: an integer for a whole second, else a float rounded to milliseconds.
+def epoch_seconds(ts_us: Value, exact_value: Callable[[int], int | float]) -> Epoch:
+    """Unix seconds as JSON: an integer for a whole second, else a float rounded to milliseconds;
+    `exact_value` gives the value of one time (for the rows where the float's rounding decides)."""
+    us = ts_us if ts_us.type == pa.int64() else pc.cast(ts_us, pa.int64())
+    return Epoch(us, exact_value)
+
+
+def _epoch_fragments(ts_us: Value, exact_value: Callable[[int], int | float]) -> pa.Array:
+    """`Epoch`'s text with numpy and Arrow kernels.
 
     Same text as `orjson.dumps(exact_value(ts_us))` with `exact_value` the per-value definition: the
     common cases are computed in integers; the rows where the float's rounding decides (exactly half
