@@ -11,14 +11,13 @@ import pytest
 
 from agent_traffic.devtools.samples import combined_lines, gzip_log
 from agent_traffic.run.steps import Runtime, discover_objects, process_object
-from agent_traffic.staging.holds import source_holds
+from agent_traffic.staging.holds import held_partitions, source_holds
 from agent_traffic.staging.validate import (
     FAIL,
     PASS,
     WARN,
     Validator,
     build_docs,
-    held_partitions,
     validate_date,
 )
 from tests.conftest import write_config

@@ -9,10 +9,14 @@ time on a day's object), and a delivery process a quarter of the sender's own CP
 the same values from buffers, which pyarrow takes as they are. `tests/test_deliver_imports.py`
 and `tests/test_parse_imports.py` run planning, sending and parsing in a fresh interpreter and
 check pandas stays out.
+
+`lean_memory_pool` chooses the pool every stage allocates from.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -148,3 +152,21 @@ def instant(when: datetime, type_: pa.DataType) -> pa.Scalar:
 def args(*values: object) -> list[object]:
     """Compute-function arguments with every Python string as a string scalar."""
     return [scalar(v) if isinstance(v, str) else v for v in values]
+
+
+_lean = threading.Lock()
+
+
+def lean_memory_pool() -> None:
+    """Arrow allocates from jemalloc, unless ARROW_DEFAULT_MEMORY_POOL names a pool. The default
+    pool (mimalloc) keeps what a block freed for the next one, which the process's RSS shows as
+    hundreds of MB more at the same work. jemalloc keeps its default decay: returning pages at
+    once (decay 0) costs a run a third more time in page faults (benchmarks/results.md)."""
+    with _lean:
+        if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or pa.default_memory_pool().backend_name == "jemalloc":
+            return
+        try:
+            pool = pa.jemalloc_memory_pool()
+        except NotImplementedError:  # a pyarrow built without jemalloc: keep its default
+            return
+        pa.set_memory_pool(pool)

@@ -44,9 +44,8 @@ import orjson
 
 from agent_traffic.ingest.discover import STAGED, read_manifests
 from agent_traffic.ingest.storage import Store
-from agent_traffic.staging.holds import held_objects
+from agent_traffic.staging.holds import held_objects, held_partitions
 from agent_traffic.staging.identity import LineRuns
-from agent_traffic.staging.validate import held_partitions
 
 ROOT = "_delivery"
 

@@ -37,17 +37,15 @@ import pyarrow.parquet as pq
 import xxhash
 
 from agent_traffic import layout
-from agent_traffic.arrow_values import BOOL, from_numpy, instant, scalar, to_numpy
+from agent_traffic.arrow_values import BOOL, from_numpy, instant, lean_memory_pool, scalar, to_numpy
 from agent_traffic.config import Config, Destination, Site
 from agent_traffic.delivery.ledger import Chunk, Ledger, ObjectPlan, chunk_parts, lease_unit
 from agent_traffic.delivery.vendors import json_columns, vendor
 from agent_traffic.ingest.discover import STAGED, read_manifests
-from agent_traffic.ingest.parse import lean_memory_pool
 from agent_traffic.ingest.storage import Store
 from agent_traffic.redact import redact_url
-from agent_traffic.staging.holds import held_objects
+from agent_traffic.staging.holds import held_objects, held_partitions
 from agent_traffic.staging.identity import line_runs, lines_in
-from agent_traffic.staging.validate import held_partitions
 
 PLAN_VERSION = 4  # 3: chunks in one pack per object; 4: bodies hashed by XXH3-128
 PLAN_THREADS = 2  # objects planned at once: two cores' worth, and two objects' events in memory

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import ipaddress
-import os
 import queue
 import re
 import threading
@@ -31,7 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent_traffic.arrow_values import flags, from_numpy, present, scalar, strings, to_numpy
+from agent_traffic.arrow_values import (
+    flags,
+    from_numpy,
+    lean_memory_pool,
+    present,
+    scalar,
+    strings,
+    to_numpy,
+)
 from agent_traffic.config import HOSTNAME
 from agent_traffic.formats import (
     MAX_ONEPASS_GROUPS,
@@ -1201,24 +1208,6 @@ def sample_match(head: bytes, fmt: LogFormat) -> tuple[int, int]:
         parser.close()
     lines = st.lines_read - sum(st.skipped.values())
     return lines, lines - st.reasons.get(f"does not match format {fmt.id}", 0)
-
-
-_lean = threading.Lock()
-
-
-def lean_memory_pool() -> None:
-    """Arrow allocates from jemalloc, unless ARROW_DEFAULT_MEMORY_POOL names a pool. The default
-    pool (mimalloc) keeps what a block freed for the next one, which the process's RSS shows as
-    hundreds of MB more at the same work. jemalloc keeps its default decay: returning pages at
-    once (decay 0) costs a run a third more time in page faults (benchmarks/results.md)."""
-    with _lean:
-        if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or pa.default_memory_pool().backend_name == "jemalloc":
-            return
-        try:
-            pool = pa.jemalloc_memory_pool()
-        except NotImplementedError:  # a pyarrow built without jemalloc: keep its default
-            return
-        pa.set_memory_pool(pool)
 
 
 def parse_blocks(blocks: Iterable[bytes], ctx: ParseContext, block_bytes: int,

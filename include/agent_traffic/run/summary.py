@@ -21,8 +21,7 @@ from agent_traffic.ingest.discover import STAGED, read_manifests
 from agent_traffic.ingest.parse import OTHER_HOST
 from agent_traffic.ingest.storage import Store
 from agent_traffic.redact import printable, redact_url, scrub, scrub_tree
-from agent_traffic.staging.holds import held_objects, release_command
-from agent_traffic.staging.validate import held_partitions
+from agent_traffic.staging.holds import held_objects, held_partitions, release_command
 
 
 @dataclass

@@ -1,11 +1,15 @@
-"""Source holds: the smallest unit data quality may stop, one source's objects of one day.
+"""What data quality holds back from delivery: one source's objects of a day (the smallest unit
+it may stop), or a site's whole date.
 
 Bad rows never hold good rows: a row that fails an expectation is quarantined with its reason and
 the rest is delivered. Delivery is held only on a systemic sign about a source (most of its lines
 not matching its format, no event out of objects that had lines, many rows failing), and then only
 that source's objects of that day: other sources and other sites are sent as usual.
 
-A hold is one record per source and date, `_holds/date=<D>/source=<S>.json`:
+A partition whose suites failed (validate.py's verdict `Quality.FAIL` in its status record) holds
+the whole site and date: `held_partitions`.
+
+A source hold is one record per source and date, `_holds/date=<D>/source=<S>.json`:
 `held` (object id -> url) is what the planner leaves out; `released` is what a user let through
 after a look (`agent-traffic release --source S --date D`), never held again for the same reasons.
 """
@@ -14,10 +18,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from agent_traffic import layout
 from agent_traffic.ingest.storage import Store
+
+
+class Quality(StrEnum):
+    """A partition's verdict, and a failed expectation's severity (WARN or FAIL); str-valued, so
+    stored records say "pass", "warn" or "fail"."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """site -> status record, for the partitions of a date whose suites failed (nothing is sent for them)."""
+    out = {}
+    for site in sites:
+        rec = store.get_json_or_none(layout.quality_status_key(day, site))
+        if rec and rec.get("status") == Quality.FAIL:
+            out[site] = rec
+    return out
 
 
 def release_command(config_path: str | None, source: str, day: str) -> str:

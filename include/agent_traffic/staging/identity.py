@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import duckdb
 import numpy as np
 
 from agent_traffic import layout
@@ -51,6 +50,8 @@ def unchanged_lines(store: Store, day: str, previous: str, files: dict[str, int]
     new_keys = [k for k in files if layout.is_event_key(k)]
     if not old_keys or not new_keys:
         return None
+    import duckdb  # here: the planner imports this module for `line_runs`, and a delivery process needs no DuckDB
+
     con = duckdb.connect(":memory:")
     if not store.is_local:
         con.register_filesystem(store.fs)

@@ -31,12 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,16 +46,7 @@ from agent_traffic.ingest.parse import METHOD_TOKEN as PARSE_METHOD
 from agent_traffic.ingest.storage import Store
 from agent_traffic.pages import offline_html
 from agent_traffic.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
-
-
-class Quality(StrEnum):
-    """A partition's verdict, and a failed expectation's severity (WARN or FAIL); str-valued, so
-    stored records say "pass", "warn" or "fail"."""
-
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-
+from agent_traffic.staging.holds import Quality
 
 PASS, WARN, FAIL = Quality.PASS, Quality.WARN, Quality.FAIL
 #: What the row suite reads: the columns its expectations check (event_id also names a failing row)
@@ -210,16 +199,6 @@ def _import_gx() -> tuple[Any, Any]:
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     return gx, ctx
-
-
-def held_partitions(store: Store, day: str, sites: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """site -> status record, for the partitions of a date whose suites failed."""
-    out = {}
-    for site in sites:
-        rec = store.get_json_or_none(layout.quality_status_key(day, site))
-        if rec and rec.get("status") == FAIL:
-            out[site] = rec
-    return out
 
 
 @dataclass
@@ -606,6 +585,8 @@ def _concerns(cfg: Config, f: Finding, site: str) -> bool:
 
 
 def _partition_counts(store: Store, day: str, sites: Sequence[str]) -> list[dict[str, Any]]:
+    import duckdb  # here: a delivery process imports this module for its verdicts, never for this
+
     rows = []
     con = duckdb.connect(":memory:")
     if not store.is_local:

@@ -293,7 +293,7 @@ def _exact_range(us: Value) -> bool:
     """Every time within the extension's range (else `fragments` writes them: a clock off by centuries)."""
     bounds = pc.min_max(us)
     lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-    return lo is None or (-_EXACT_US < lo and hi < _EXACT_US)
+    return lo is None or (lo > -_EXACT_US and hi < _EXACT_US)
 
 
 def _int64_parts(values: Value) -> list[tuple]:
