@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import xxhash
 
@@ -163,10 +164,15 @@ def awkward_rows(n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def as_table(rows: list[dict[str, Any]]) -> pa.Table:
+def as_table(rows: list[dict[str, Any]], dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """The rows as the planner reads them; the `dictionary` columns as Arrow dictionaries (each
+    table its own dictionary), as the planner reads a vendor's `dictionary_columns`."""
     t = pa.Table.from_pylist(rows)
     ts = pa.array([r["ts_us"] for r in rows], pa.int64()).cast(pa.timestamp("us", "UTC"))
-    return t.drop_columns(["ts_us"]).append_column("ts", ts)
+    t = t.drop_columns(["ts_us"]).append_column("ts", ts)
+    for name in dictionary:
+        t = t.set_column(t.column_names.index(name), name, pc.dictionary_encode(t[name]))
+    return t
 
 
 def dest(name: str, **kw: Any) -> Destination:
@@ -193,13 +199,14 @@ def test_column_wise_chunks_are_the_per_row_ones_byte_for_byte(name: str, kw: di
     d = dest(name, **kw)
     want_skipped: Counter[str] = Counter()
     want = reference_chunks(rows, d, want_skipped)
-    got_skipped: Counter[str] = Counter()
-    got = [(c.chunk_id, c.body, c.content_type, c.lines, c.oldest_ts)
-           for c in build_chunks(as_table(rows), SITE, d, "obj", got_skipped)]
-    assert got_skipped == want_skipped
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert g == w
+    for dictionary in ((), vendor(name).dictionary_columns):  # as read, and as the planner reads
+        got_skipped: Counter[str] = Counter()
+        got = [(c.chunk_id, c.body, c.content_type, c.lines, c.oldest_ts)
+               for c in build_chunks(as_table(rows, dictionary), SITE, d, "obj", got_skipped)]
+        assert got_skipped == want_skipped
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g == w
 
 
 def test_windows_do_not_move_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,10 +235,12 @@ def test_an_object_read_part_by_part_is_sent_in_line_order(name: str, kw: dict[s
     d = dest(name, **kw)
     want = [(c.chunk_id, c.body, c.lines) for c in build_chunks(as_table(rows), SITE, d, "obj", Counter())]
     shuffled = pa.concat_tables([as_table(p) for p in parts])
+    dictionary = vendor(name).dictionary_columns  # each part its own dictionary, as each staged file
+    shuffled_dictionaries = pa.concat_tables([as_table(p, dictionary) for p in parts])
     for size, segment in ((5, 10**9), (64, 10**9), (8_192, 10**9), (5, 37), (64, 37), (8, 8)):
         monkeypatch.setattr(plan, "ROWS_PER_BATCH", size)
         monkeypatch.setattr(plan, "SEGMENT_ROWS", segment)  # a large object: fields a segment at a time
-        for table in (shuffled, as_table(rows)):
+        for table in (shuffled, as_table(rows), shuffled_dictionaries):
             got = [(c.chunk_id, c.body, c.lines) for c in build_chunks(table, SITE, d, "obj", Counter())]
             assert got == want, (size, segment)
 
@@ -328,6 +337,12 @@ def test_the_compiled_writer_refuses_buffers_that_do_not_hold_their_rows(seriali
             write(2, text, rows=rows)
     assert write(2, text) == (21, b'{"k":"a"},{"k":"\\""},')
     assert write(2, text, out_bytes=20)[0] == -21  # too small: what it needs
+    entries = (None, good, b"a\"", 0, 3)  # a dictionary part: the entries' offsets and data, then the indices
+    assert write(3, entries + (np.array([1, 0, 1], np.int32).tobytes(),)) == (
+        32, b'{"k":"\\""},{"k":"a"},{"k":"\\""},')
+    for indices in ([0, 2, 1], [0, -1, 0], [0, 1]):  # past the dictionary's entries, or fewer than the rows
+        with pytest.raises(ValueError):
+            write(3, entries + (np.array(indices, np.int32).tobytes(),))
     times = np.array([1_500_000, 2**53], np.int64).tobytes()
     epoch = [(b'"t":', 2, 0, [(None, times, b"", 0, 1)])]
     used = jc._jsonobj.objects(None, 1, epoch, b"", jc._ESCAPES, out := bytearray(64), bytearray(8))
@@ -362,3 +377,27 @@ def test_epoch_seconds_are_the_per_value_definition_as_orjson_writes_it() -> Non
     far = [2**53, -(2**53), 2**60 + 500, 5]  # outside the extension's range: written the Arrow way
     assert jc.obj([("t", jc.epoch_seconds(pa.array(far, pa.int64()), epoch_seconds))], len(far)).to_pylist() == [
         orjson.dumps({"t": epoch_seconds(v)}).decode() for v in far]
+
+
+def test_dictionary_text_is_written_as_plain_text_would_be() -> None:
+    """A text field read as a dictionary (several chunks, each its own dictionary, sliced, with
+    nulls and entries no row uses) gives the bytes of the same strings as a plain column: a null
+    leaves the key out, or is JSON null when the key is required."""
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    values = ['GPTBot "1.0"', None, "é\x01\n", "", "back\\slash", 'GPTBot "1.0"', None, "plain"]
+    plain = pa.chunked_array([pa.array(values[:5], pa.string()), pa.array(values[5:], pa.string())])
+    spare = pa.array(["unused", 'GPTBot "1.0"', "é\x01\n", "", "back\\slash", "plain"], pa.string())
+    encoded = pa.chunked_array([
+        pa.DictionaryArray.from_arrays(pa.array([None if v is None else spare.to_pylist().index(v) for v in part],
+                                                pa.int32()), spare)
+        for part in (values[:5], values[5:])
+    ])
+    for make in (lambda v: jc.text(v), lambda v: jc.required(jc.text(v))):
+        fields = [("ua", make(encoded)), ("n", pa.array(["1"] * len(values)))]
+        want = jc.obj([("ua", make(plain)), ("n", pa.array(["1"] * len(values)))], len(values), end="\n").to_pylist()
+        assert jc.obj(fields, len(values), end="\n").to_pylist() == want
+        rows = pa.array([7, 0, 3, 5], pa.int64()).to_numpy()
+        assert jc.writer(fields, len(values), "\n")(rows).to_pylist() == [want[i] for i in rows]
+    sliced = encoded.chunk(0).slice(2)
+    assert jc.obj([("ua", jc.text(sliced))], 3).to_pylist() == jc.obj([("ua", jc.text(plain.chunk(0).slice(2)))], 3).to_pylist()

@@ -132,7 +132,8 @@ def _none_selected(rg: pq.RowGroupMetaData, columns: dict[str, int], selection: 
 
 def read_object_events(store: Store, keys: Sequence[str],
                        keep: Callable[[pa.Table], pa.Table] | None = None, *, columns: Sequence[str] | None = None,
-                       selection: str | None = None, skipped: Callable[[int], None] | None = None) -> pa.Table | None:
+                       selection: str | None = None, skipped: Callable[[int], None] | None = None,
+                       dictionary: Sequence[str] = ()) -> pa.Table | None:
     """One object's staged events for a site: `columns` of them (those the files have), or every
     column. Up to `SEGMENT_ROWS` events come file by file (the files are its per-provider parts,
     each in line order: the planner picks the rows in line order as it writes them); more come
@@ -141,11 +142,12 @@ def read_object_events(store: Store, keys: Sequence[str],
     `keep` filters each file as it is read, so only the rows a destination takes are held (for
     AI agents, a sixth of a typical object): planning two large objects at once had needed
     1.7 GB with every row held. With `selection`, row groups whose statistics show that it
-    selects none of their rows are not read at all: their row count goes to `skipped`."""
+    selects none of their rows are not read at all: their row count goes to `skipped`. The
+    `dictionary` columns come as Arrow dictionaries (`Vendor.dictionary_columns`)."""
     tables = []
     for k in keys:
         with store.fs.open(store.path(k), "rb") as f:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, read_dictionary=dictionary or None)
             present = set(pf.schema_arrow.names)
             groups = list(range(pf.num_row_groups))
             if selection is not None and skipped is not None:
@@ -496,7 +498,8 @@ def plan_object(
                      plan_columns(dest.vendor))
     keys = [k for k in manifest.get("files", {}) if k.startswith(layout.events_prefix(site.name))]
     table = read_object_events(store, keys, unsent.keep, columns=plan_columns(dest.vendor, dest.select),
-                               selection=unsent.selection, skipped=unsent.skipped)
+                               selection=unsent.selection, skipped=unsent.skipped,
+                               dictionary=vendor(dest.vendor).dictionary_columns)
     out = _Outcomes()
     cutoff = age_cutoff(dest, now)
     pack: str | None = None

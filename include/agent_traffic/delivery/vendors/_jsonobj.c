@@ -14,7 +14,9 @@
  * took). When they are too small (escapes make values longer), it counts what is needed instead.
  *
  * A field may come in parts (an Arrow chunked array: an object's per-provider files one after
- * another), read where they are instead of copied into one array first. Every offset is checked
+ * another), read where they are instead of copied into one array first. A part may be an Arrow
+ * dictionary array: its int32 indices pick each row's value from the dictionary's strings (a
+ * column Parquet decoded as a dictionary, whose values json_columns escaped once per entry). Every offset is checked
  * against its buffer before a byte is read, so a malformed array makes a ValueError, never a read
  * outside its buffers. The loop runs without the GIL: the planner runs two objects side by side.
  */
@@ -24,16 +26,17 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ABI 5 /* objects()' arguments; json_columns.py uses a build of this ABI only */
+#define ABI 6 /* objects()' arguments; json_columns.py uses a build of this ABI only */
 #define ESCAPE_WIDTH 8 /* the escape table: 256 entries of [length, up to 7 bytes] */
 #define EXACT_US (INT64_C(1) << 53) /* microseconds a double holds exactly: epoch values stay below */
 
 enum { KIND_RAW, KIND_TEXT, KIND_EPOCH };
 
 typedef struct {
-    Py_buffer valid, offsets, data;
-    int has_valid;
+    Py_buffer valid, offsets, data, indices;
+    int has_valid, has_indices;
     Py_ssize_t offset, length, first_row; /* first_row: the field's row number of its first value */
+    Py_ssize_t values; /* the strings `offsets` delimits (a dictionary's entries) */
 } Part;
 
 typedef struct {
@@ -61,6 +64,7 @@ static inline void put_byte(Out *o, uint8_t b) {
 
 static void release_part(Part *p) {
     if (p->has_valid) PyBuffer_Release(&p->valid);
+    if (p->has_indices) PyBuffer_Release(&p->indices);
     PyBuffer_Release(&p->offsets);
     PyBuffer_Release(&p->data);
 }
@@ -159,10 +163,16 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
                 if (put_epoch(o, ((const int64_t *)p->offsets.buf)[row]) < 0) return -1;
                 continue;
             }
+            Py_ssize_t at_value = row;
+            if (p->has_indices) {
+                int32_t ix = ((const int32_t *)p->indices.buf)[row];
+                if (ix < 0 || ix >= p->values) return -1;
+                at_value = ix;
+            }
             const int32_t *off = (const int32_t *)p->offsets.buf;
-            if (off[row] < 0 || off[row + 1] < off[row] || off[row + 1] > p->data.len) return -1;
-            const uint8_t *v = (const uint8_t *)p->data.buf + off[row];
-            Py_ssize_t len = off[row + 1] - off[row];
+            if (off[at_value] < 0 || off[at_value + 1] < off[at_value] || off[at_value + 1] > p->data.len) return -1;
+            const uint8_t *v = (const uint8_t *)p->data.buf + off[at_value];
+            Py_ssize_t len = off[at_value + 1] - off[at_value];
             if (f->kind == KIND_RAW) {
                 put(o, v, len);
             } else if (is_null) {
@@ -188,19 +198,33 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
 }
 
 /* One part: (validity or None, int32 offsets, data, array offset, length), its buffers holding
- * its rows; for an epoch field (validity or None, int64 values, b"", array offset, length).
- * -1 with an exception set (nothing held) on failure. */
+ * its rows; a dictionary part adds its int32 indices (offset and validity apply to them; offsets
+ * and data are the dictionary's); an epoch part is (validity or None, int64 values, b"", array
+ * offset, length). -1 with an exception set (nothing held) on failure. */
 static int parse_part(PyObject *item, Part *p, int kind) {
-    PyObject *valid;
-    if (!PyArg_ParseTuple(item, "Oy*y*nn", &valid, &p->offsets, &p->data, &p->offset, &p->length)) return -1;
+    PyObject *valid, *indices = Py_None;
+    if (!PyArg_ParseTuple(item, "Oy*y*nn|O", &valid, &p->offsets, &p->data, &p->offset, &p->length, &indices))
+        return -1;
     p->has_valid = valid != Py_None;
     if (p->has_valid && PyObject_GetBuffer(valid, &p->valid, PyBUF_SIMPLE) < 0) {
         p->has_valid = 0;
         release_part(p);
         return -1;
     }
-    Py_ssize_t slots = kind == KIND_EPOCH ? p->offsets.len / 8 : p->offsets.len / 4 - 1; /* values it holds */
-    if (p->offset < 0 || p->length < 0 || slots < p->offset + p->length ||
+    if (indices != Py_None && kind == KIND_EPOCH) {
+        PyErr_SetString(PyExc_ValueError, "objects: an epoch part has no dictionary");
+        release_part(p);
+        return -1;
+    }
+    p->has_indices = indices != Py_None;
+    if (p->has_indices && PyObject_GetBuffer(indices, &p->indices, PyBUF_SIMPLE) < 0) {
+        p->has_indices = 0;
+        release_part(p);
+        return -1;
+    }
+    p->values = kind == KIND_EPOCH ? p->offsets.len / 8 : p->offsets.len / 4 - 1;
+    Py_ssize_t slots = p->has_indices ? p->indices.len / 4 : p->values; /* rows it holds */
+    if (p->offset < 0 || p->length < 0 || p->values < 0 || slots < p->offset + p->length ||
         (p->has_valid && p->valid.len * 8 < p->offset + p->length)) {
         PyErr_SetString(PyExc_ValueError, "objects: a part's buffers are shorter than its rows");
         release_part(p);
@@ -252,8 +276,9 @@ PyDoc_STRVAR(objects_doc,
              "`total` in order), each followed by `end`, written into `data` (writable), their starts\n"
              "(one more than the rows, int32) into `offsets`. fields, in key order: (key literal, kind\n"
              "0 raw / 1 text / 2 epoch, required, [parts]), a part (validity buffer or None, int32 offsets,\n"
-             "data, array offset, length; for epoch: int64 microseconds in place of the offsets, data\n"
-             "b''), the parts of each field holding its `total` rows one after another.\n"
+             "data, array offset, length[, int32 dictionary indices: offsets and data are then the\n"
+             "dictionary's]; for epoch: int64 microseconds in place of the offsets, data b''), the parts\n"
+             "of each field holding its `total` rows one after another.\n"
              "escapes: 256 entries of 8 bytes, [length, replacement...]; length 0 copies the byte.\n"
              "Returns the bytes written, or minus the bytes needed when `data` is too small (then nothing\n"
              "in it is to be used).");

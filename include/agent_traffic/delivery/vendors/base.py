@@ -28,6 +28,10 @@ class Vendor(ABC):
     columns: tuple[str, ...]
     #: staged columns `ineligible` reads besides those
     reads: tuple[str, ...] = ()
+    #: of `columns`, those the planner reads as Arrow dictionaries (few distinct values per staged
+    #: file, such as user agents: decoding each row's string cost more than the rest of reading
+    #: them); `fields` must take them so (`json_columns.text` and `obj` do)
+    dictionary_columns: tuple[str, ...] = ()
     #: chunks per delivery task, as a multiple of `delivery.chunks_per_group`: small requests
     #: make small chunks, and a task should still carry a task's worth of work
     group_scale: int = 1

@@ -12,6 +12,10 @@ as `Epoch` (int64 microseconds), which `obj` writes as Unix seconds.
 
 `obj` runs compiled (`_jsonobj.c`: each row written once, from the columns' buffers) where the
 extension is built, else with Arrow kernels; the two give the same bytes.
+
+A text column the planner read as an Arrow dictionary (`Vendor.dictionary_columns`: few distinct
+values, such as user agents) stays one: the extension writes each row from the dictionary, whose
+entries are escaped and quoted once, not once per row.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pyarrow.compute as pc
 
 from agent_traffic.arrow_values import BOOL, args, from_numpy, scalar, strings, to_numpy
 
-ABI = 5  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
+ABI = 6  # the extension's objects() arguments: a stale build (before `make setup` rebuilt it) is not used
 try:
     from agent_traffic.delivery.vendors import _jsonobj
 except ImportError:  # built by `pip install -e .` where a C compiler is; else Arrow kernels serialize
@@ -49,7 +53,8 @@ class Text:
     def escaped(self) -> pa.Array:
         """The values with JSON's escapes applied (only the rows that need one are rewritten)."""
         values = self.values
-        return _escape(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        return _escape(pc.cast(values, STRING) if pa.types.is_dictionary(values.type) else values)
 
     def take(self, rows: pa.Array) -> Text:
         return Text(self.values.take(rows), self.required)
@@ -96,11 +101,14 @@ STRING = pa.string()
 
 def column(table: pa.Table, name: str, type_: pa.DataType = STRING) -> Value:
     """A column of `type_`, in the table's chunks (the compiled `obj` reads them where they are);
-    all null when the table does not have it."""
+    all null when the table does not have it. A dictionary of `type_` values (read so by the
+    planner: `Vendor.dictionary_columns`) is returned as it is, for `text` and `obj`."""
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type_)
     col = table[name]
-    return col if col.type == type_ else pc.cast(col, type_)
+    if col.type == type_ or (pa.types.is_dictionary(col.type) and col.type.value_type == type_):
+        return col
+    return pc.cast(col, type_)
 
 
 def present(values: Value) -> pa.Array:
@@ -257,18 +265,22 @@ class _Compiled:
                 self.value_bytes += n * (len(prefix) + 1 + EPOCH_TEXT_BYTES)
                 continue
             col = values.values if isinstance(values, Text) else values.fragments() if isinstance(values, Epoch) else values
+            chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+            kind = int(isinstance(values, Text))
+            required = int(isinstance(values, Text) and values.required)
+            if kind and all(pa.types.is_dictionary(a.type) for a in chunks) and not (required and col.null_count):
+                kind = 0  # its entries escaped and quoted here, once each: a null leaves the key out
             parts = []
-            for arr in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
-                arr = arr if arr.type == STRING else pc.cast(arr, STRING)
-                validity, offsets, data = arr.buffers()
-                parts.append((validity if arr.null_count else None, offsets, data if data is not None else b"",
-                              arr.offset, len(arr)))
-                ends = np.frombuffer(offsets, np.int32, len(arr) + 1, 4 * arr.offset)
-                self.value_bytes += int(ends[-1] - ends[0])
+            for arr in chunks:
+                if pa.types.is_dictionary(arr.type):
+                    part, size = _dictionary_part(arr, quoted=not kind)
+                else:
+                    part, size = _string_part(arr if arr.type == STRING else pc.cast(arr, STRING))
+                parts.append(part)
+                self.value_bytes += size
             key = prefix.encode()
             self.value_bytes += n * (len(key) + 7)
-            self.fields.append((key, int(isinstance(values, Text)), int(isinstance(values, Text) and values.required),
-                                parts))
+            self.fields.append((key, kind, required, parts))
 
     def __call__(self, rows: np.ndarray | None) -> pa.Array:
         out_rows = self.n if rows is None else len(rows)
@@ -303,6 +315,36 @@ def _int64_parts(values: Value) -> list[tuple]:
         validity, data = arr.buffers()
         parts.append((validity if arr.null_count else None, data if data is not None else b"", b"", arr.offset, len(arr)))
     return parts
+
+
+def _string_part(arr: pa.Array) -> tuple[tuple, int]:
+    """A string array as the extension's part, and its values' bytes."""
+    validity, offsets, data = arr.buffers()
+    ends = np.frombuffer(offsets, np.int32, len(arr) + 1, 4 * arr.offset)
+    part = (validity if arr.null_count else None, offsets, data if data is not None else b"", arr.offset, len(arr))
+    return part, int(ends[-1] - ends[0])
+
+
+def _dictionary_part(arr: pa.DictionaryArray, *, quoted: bool) -> tuple[tuple, int]:
+    """A dictionary array of strings as the extension's part: its int32 indices and its entries,
+    escaped and quoted when `quoted` (written then as they are); and about the bytes its rows take."""
+    entries = arr.dictionary if arr.dictionary.type == STRING else pc.cast(arr.dictionary, STRING)
+    if quoted:
+        entries = join('"', _escape(entries), '"')
+    indices = arr.indices if arr.indices.type == pa.int32() else pc.cast(arr.indices, pa.int32())
+    validity, index_data = indices.buffers()[:2]
+    _, offsets, data = entries.buffers()
+    ends = np.frombuffer(offsets, np.int32, len(entries) + 1, 4 * entries.offset)
+    if entries.offset:  # the extension reads a dictionary's offsets from its first entry
+        entries = pa.concat_arrays([entries])  # a copy starting at offset 0
+        _, offsets, data = entries.buffers()
+        ends = np.frombuffer(offsets, np.int32, len(entries) + 1)
+    picked = np.frombuffer(index_data, np.int32, len(indices), 4 * indices.offset) if len(indices) else np.zeros(0, np.int32)
+    lengths = np.diff(ends)
+    size = int(lengths[np.clip(picked, 0, max(len(lengths) - 1, 0))].sum()) if len(lengths) else 0
+    part = (validity if arr.null_count else None, offsets, data if data is not None else b"", indices.offset,
+            len(indices), index_data)
+    return part, size
 
 
 def _may_be_missing(values: Value | Deferred) -> bool:

@@ -28,6 +28,7 @@ def epoch_seconds(ts_us: int) -> int | float:
 class Scrunch(Vendor):
     success = frozenset({200, 201, 202})
     columns = ("user_agent", "url", "path", "method", "status", "duration_ms", "client_ip")
+    dictionary_columns = ("user_agent", "method")
 
     def fields(self, table: pa.Table, site: Site, dest: Destination) -> list[Field]:
         n, col = table.num_rows, partial(jc.column, table)
