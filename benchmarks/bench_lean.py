@@ -36,7 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import DATA, ROOT, python_child, run_child
+from benchmarks.harness import DATA, ROOT, TASK_EXIT, python_child, run_child
 
 DAY = date(2026, 11, 21)
 REFERENCE = Path(os.environ.get("BENCH_REFERENCE") or ROOT.parent / "shared" / "reference" / "apache_access_combined.log")
@@ -54,14 +54,7 @@ cfg, path, oid = sys.argv[1:4]
 rt = Runtime.load(cfg, "bench")
 res = process_object(rt, ObjectRef(oid, "file://" + path, os.path.getsize(path), None, None, "web", %(day)r))
 assert res.status == "staged" and res.stats["balanced"], (res.status, res.reason)
-# A task process ends as Airflow 3's does (airflow.sdk.execution_time.supervisor._fork_main):
-# its exit handlers, then os._exit, without the interpreter's teardown (0.15 s here).
-import atexit
-atexit._run_exitfuncs()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
-"""
+""" + TASK_EXIT
 
 #: The parse path cut after one step: CPU seconds of that much of the work (imports excluded).
 STEPS = r"""
