@@ -57,7 +57,7 @@ OURS = """
 import json, os, sys, time
 from agent_traffic.delivery.deliver import deliver_group
 from agent_traffic.delivery.ledger import ROOT as LEDGER
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.delivery.plan import plan_deliveries
 from agent_traffic.secrets import Secret
 config, dest, day = sys.argv[1:4]
@@ -197,7 +197,8 @@ def _prepare(name: str, lines: int, files: int) -> tuple[Path, Path, int]:
 
 def _stage(work: str, lines: int, files: int) -> None:
     from agent_traffic.devtools.samples import write_day
-    from agent_traffic.run.steps import Runtime, discover_objects, process_object
+    from agent_traffic.run.runtime import Runtime
+    from agent_traffic.run.steps import discover_objects, process_object
 
     root = Path(work)
     write_day(root / "logs", DAY, lines=lines, files=files, seed=3)

@@ -48,7 +48,8 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(ROOT), os.envir
 #: One parse-and-stage task, as a worker runs it: a fresh interpreter, the pipeline's own call.
 TASK = r"""
 import os, sys
-from agent_traffic.run.steps import Runtime, process_object
+from agent_traffic.run.steps import process_object
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.ingest.discover import ObjectRef
 cfg, path, oid = sys.argv[1:4]
 rt = Runtime.load(cfg, "bench")
@@ -59,7 +60,8 @@ assert res.status == "staged" and res.stats["balanced"], (res.status, res.reason
 #: The parse path cut after one step: CPU seconds of that much of the work (imports excluded).
 STEPS = r"""
 import json, sys, time
-from agent_traffic.run.steps import Runtime, classify_table
+from agent_traffic.run.steps import classify_table
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.ingest.decompress import decompressed_blocks
 from agent_traffic.ingest.parse import ParseContext, parse_blocks, cut_blocks, by_lines, _framed, in_background
 from agent_traffic.staging.stage import ObjectStager

@@ -27,7 +27,8 @@ import json, os, sys, time
 sys.path.insert(0, %(root)r + "/include")
 path, cfg_path, out = sys.argv[1:4]
 from agent_traffic.ingest.discover import ObjectRef
-from agent_traffic.run.steps import Runtime, process_object
+from agent_traffic.run.steps import process_object
+from agent_traffic.run.runtime import Runtime
 rt = Runtime.load(cfg_path, "bench")
 t0 = time.perf_counter()
 res = process_object(rt, ObjectRef("b" * 16, "file://" + path, os.path.getsize(path), None, None, "web", "2026-11-21"))

@@ -42,7 +42,8 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, %(root)r)
 mode, fid, path, cfg_path, out = sys.argv[1:6]
-from agent_traffic.run.steps import Runtime, process_object
+from agent_traffic.run.steps import process_object
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.ingest.discover import ObjectRef
 from agent_traffic.ingest.decompress import decompressed_blocks
 from agent_traffic.ingest.parse import ParseContext, ParseStats, parse_blocks

@@ -156,7 +156,7 @@ def agent_traffic_nightly():
             from agent_traffic.delivery.deliver import deliver_group
             from agent_traffic.delivery.leases import LeaseOwner
             from agent_traffic.delivery.plan import ChunkGroup
-            from agent_traffic.run.steps import outbox_store
+            from agent_traffic.run.runtime import outbox_store
 
             ctx = get_current_context()
             ctx["group_label"] = f"{group['destination']} {group['site']} {group['date']}"

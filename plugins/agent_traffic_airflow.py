@@ -68,7 +68,7 @@ def store_options(cfg):
 def runtime():
     """The pipeline runtime for this task: config, object-store credentials, run id."""
     from agent_traffic.config import load_config
-    from agent_traffic.run.steps import Runtime
+    from agent_traffic.run.runtime import Runtime
 
     path = config_path()
     cfg = load_config(path)

@@ -1,10 +1,12 @@
-"""A delivery-only process never imports pandas.
+"""A delivery-only process never imports pandas, nor the parser, the classifier or DuckDB.
 
 Delivery builds its JSON with Arrow kernels and needs no pandas, but pyarrow imports pandas the
 first time it is handed a Python value it must convert (`pa.scalar("x")`, `pa.array([...])`, a
 string literal passed to a compute function): about 0.35 s of CPU and 40 MB per delivery process,
 which was a quarter of the sender's own CPU for 400,000 events (`benchmarks/bench_deliver.py`).
 Planning and sending every vendor's events, in a fresh interpreter, must leave it unimported.
+The stages a delivery task does not run stay unimported too (DuckDB, the parser and the
+classifier were 0.05 s of CPU per task): what it imports is what the DAG's deliver task imports.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 from pathlib import Path
 
 from agent_traffic.devtools.sandbox import Sandbox
-from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from agent_traffic.run.runtime import Runtime
+from agent_traffic.run.steps import discover_objects, process_object
 from tests.conftest import REPO
 from tests.vendor_fixtures import DAY, FRESH, fast_hitkeep, keys, three_vendor_config
 
@@ -25,14 +28,18 @@ import json, sys
 from datetime import datetime
 from agent_traffic.delivery.deliver import deliver_group
 from agent_traffic.delivery.plan import plan_deliveries
-from agent_traffic.run.steps import Runtime
+from agent_traffic.delivery.leases import LeaseOwner
+from agent_traffic.delivery.plan import ChunkGroup
+from agent_traffic.run.runtime import Runtime, outbox_store
 from agent_traffic.secrets import Secret
 config, day, now, keys = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3]), json.loads(sys.argv[4])
 rt = Runtime.load(config, "lean")
 plan = plan_deliveries(rt.cfg, rt.store, [day], now=now)  # receive-time vendors: an age cutoff too
 delivered = {g.destination: deliver_group(rt.cfg, rt.store, g, Secret(keys[g.destination]), run_id="lean",
                                           now=now).delivered_events for g in plan.groups}
-print(json.dumps({"delivered": delivered, "pandas": "pandas" in sys.modules}))
+unused = ("duckdb", "great_expectations", "agent_traffic.ingest.parse", "agent_traffic.annotate.annotator")
+print(json.dumps({"delivered": delivered, "pandas": "pandas" in sys.modules,
+                  "unused": [m for m in unused if m in sys.modules]}))
 """
 
 
@@ -52,6 +59,7 @@ def test_planning_and_sending_every_vendor_leaves_pandas_unimported(tmp_path: Pa
         res = json.loads(out.stdout.strip().splitlines()[-1])
         assert set(res["delivered"]) == set(dest_keys) and all(res["delivered"].values())
         assert res["pandas"] is False, "a delivery-only process imported pandas (pyarrow's Python-value probe)"
+        assert res["unused"] == [], "a delivery-only process imported stages it does not run"
 
 
 def test_numpy_imported_after_the_package_starts_no_blas_threads() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from agent_traffic.devtools.sandbox import Sandbox
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.run.summary import render
 from agent_traffic.secrets import env_resolver
 from tests.vendor_fixtures import (

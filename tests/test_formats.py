@@ -368,3 +368,13 @@ def test_quote_split_pieces() -> None:
     assert not split.open_tail and split.literal(1) is None
     alb = quote_split(FORMATS["alb"].regex or "")
     assert alb is not None and alb.open_tail and alb.quoted[2] is None and alb.literal(1) == " "
+
+
+def test_every_packaged_format_passes_the_full_check() -> None:
+    """The packaged formats are loaded without compiling their patterns in every process (a
+    delivery task needs no DuckDB); here they are, as a user's are when the config is read."""
+    from agent_traffic.formats import _build, _packaged, _packaged_definitions
+
+    checked = {d["id"]: _build(d, "formats.yaml") for d in _packaged_definitions()}
+    assert checked == _packaged()
+    assert any(f.kind == "regex" for f in checked.values()) and any(f.detect for f in checked.values())

@@ -16,7 +16,7 @@ from agent_traffic.config import load_config
 from agent_traffic.devtools.samples import combined_lines, gzip_log
 from agent_traffic.errors import ConfigError
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.secrets import env_resolver
 from tests.data.formats import samples
 

@@ -23,7 +23,8 @@ from agent_traffic.delivery.plan import ChunkGroup, plan_deliveries
 from agent_traffic.devtools.samples import write_day
 from agent_traffic.ingest.storage import Store
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from agent_traffic.run.runtime import Runtime
+from agent_traffic.run.steps import discover_objects, process_object
 from agent_traffic.secrets import Secret, env_resolver
 from tests.conftest import write_config
 

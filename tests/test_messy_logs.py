@@ -14,7 +14,7 @@ import yaml
 from agent_traffic.config import load_config
 from agent_traffic.errors import ConfigError
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.secrets import env_resolver
 
 DAY = date(2026, 11, 21)

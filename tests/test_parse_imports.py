@@ -33,7 +33,8 @@ class NoPandas(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoPandas())
-from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from agent_traffic.run.steps import discover_objects, process_object
+from agent_traffic.run.runtime import Runtime
 
 rt = Runtime.load(sys.argv[1], "imports")
 found = discover_objects(rt, [__import__("datetime").date(2026, 11, 21)])

@@ -16,7 +16,7 @@ import pytest
 from agent_traffic.devtools.samples import combined_lines, gzip_log, write_day
 from agent_traffic.ingest.storage import Store
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.secrets import env_resolver
 from tests.conftest import write_config
 

@@ -29,7 +29,7 @@ from agent_traffic.devtools import samples
 from agent_traffic.devtools.sandbox import Sandbox
 from agent_traffic.ingest.storage import Store, StoreOptions
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.run.summary import ledger_status
 from agent_traffic.secrets import env_resolver
 from agent_traffic.team.query import OPTIONAL_EVENT_FIELDS, TABLES, connect

@@ -10,7 +10,7 @@ from pathlib import Path
 from agent_traffic.delivery.ratelimit import TokenBucket, limiter_for
 from agent_traffic.devtools.samples import write_day
 from agent_traffic.run.runner import run
-from agent_traffic.run.steps import Runtime
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.secrets import env_resolver
 from tests.conftest import write_config
 from tests.vendor_fixtures import DAY, HK_SITE, SEQ

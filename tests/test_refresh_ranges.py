@@ -219,7 +219,8 @@ def test_refresh_dag_imports_and_runs_against_loopback(
 def test_the_pipeline_verifies_with_the_newest_stored_snapshot(tmp_path: Path) -> None:
     from agent_traffic.config import parse_config
     from agent_traffic.ingest.storage import StoreOptions
-    from agent_traffic.run.steps import Runtime, classify_table
+    from agent_traffic.run.runtime import Runtime
+    from agent_traffic.run.steps import classify_table
     from tests.test_enrich import events_table
     from tests.test_verify import GPTBOT_UA
 

@@ -142,7 +142,8 @@ def test_control_characters_from_the_logs_are_escaped_when_printed(tmp_path: Pat
 
 
 def test_hosts_that_are_not_hostnames_are_quarantined_with_the_reason(tmp_path: Path) -> None:
-    from agent_traffic.run.steps import Runtime, discover_objects, process_object
+    from agent_traffic.run.runtime import Runtime
+    from agent_traffic.run.steps import discover_objects, process_object
 
     hosts = {"bad-slash": "a/b.example.com", "nul": "ex\x00ample.com", "newline": "www.example.com\nX-Injected: 1",
              "long": "a" * 5000, "markup": "example.com<img src=x>", "ok": "www.example.com",

@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from agent_traffic.devtools.samples import combined_lines, gzip_log
-from agent_traffic.run.steps import Runtime, discover_objects, process_object
+from agent_traffic.run.runtime import Runtime
+from agent_traffic.run.steps import discover_objects, process_object
 from agent_traffic.staging.holds import held_partitions, source_holds
 from agent_traffic.staging.validate import (
     FAIL,

@@ -29,7 +29,7 @@ def _date(s: str) -> date:
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent_traffic.ingest.storage import Store
     from agent_traffic.run.runner import Progress, new_run_id, run
-    from agent_traffic.run.steps import Runtime
+    from agent_traffic.run.runtime import Runtime
     from agent_traffic.run.summary import render
 
     rt = Runtime.load(args.config, new_run_id())

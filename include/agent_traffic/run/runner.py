@@ -17,8 +17,8 @@ from agent_traffic.errors import SecretMissing
 from agent_traffic.ingest.discover import STAGED, Discovery, ObjectRef
 from agent_traffic.ingest.storage import Store
 from agent_traffic.redact import printable, redact_url, scrub
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.run.steps import (
-    Runtime,
     days_between,
     discover_days,
     finish_run,

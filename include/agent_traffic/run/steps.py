@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -23,10 +22,9 @@ import pyarrow.compute as pc
 
 from agent_traffic import layout
 from agent_traffic.annotate.annotator import Annotator
-from agent_traffic.annotate.ranges import range_store
-from agent_traffic.config import Config, OtherHostSite, Source, load_config
+from agent_traffic.config import Config, OtherHostSite, Source
 from agent_traffic.errors import AgentTrafficError, ConfigError
-from agent_traffic.formats import LogFormat, detect_format, load_formats
+from agent_traffic.formats import LogFormat, detect_format
 from agent_traffic.ingest.decompress import SNIFF_BYTES, decompressed_blocks, peek
 from agent_traffic.ingest.discover import (
     FAILED,
@@ -49,56 +47,18 @@ from agent_traffic.ingest.parse import (
     sample_lines,
     sample_match,
 )
-from agent_traffic.ingest.storage import Store, StoreOptions, filesystem
+from agent_traffic.ingest.storage import Store, filesystem
 from agent_traffic.redact import redact_url
+from agent_traffic.run.runtime import Runtime
 from agent_traffic.staging.holds import source_holds
 from agent_traffic.staging.identity import unchanged_lines
 from agent_traffic.staging.stage import ObjectStager
 
 if TYPE_CHECKING:
     from agent_traffic.delivery.plan import PlanResult
-    from agent_traffic.staging.validate import Validator
 
 
 log = logging.getLogger("agent_traffic")
-
-
-@dataclass
-class Runtime:
-    """Everything a task needs, built from the config file path (cheap, per task)."""
-
-    cfg: Config
-    options: StoreOptions
-    run_id: str
-    config_path: str | None = None  # named in the commands the summary tells the user to run
-
-    @cached_property
-    def store(self) -> Store:
-        return Store(self.cfg.staging, self.options)
-
-    @cached_property
-    def formats(self) -> dict[str, LogFormat]:
-        return load_formats(self.cfg.formats)
-
-    @cached_property
-    def annotator(self) -> Annotator:
-        """Classifier, IP verifier (newest range snapshots) and enrichment, built once per task."""
-        return Annotator.build(self.cfg.catalog_files, range_store=range_store(self.cfg, self.options),
-                               max_age_days=self.cfg.ip_ranges.max_age_days)
-
-    @cached_property
-    def validator(self) -> Validator:
-        """The Great Expectations suites, built once per task (a backfill validates day by day)."""
-        from agent_traffic.staging.validate import (
-            Validator,  # GX is slow to import: only where it runs
-        )
-
-        return Validator(self.cfg)
-
-    @classmethod
-    def load(cls, config_path: str, run_id: str, options: StoreOptions | None = None) -> Runtime:
-        cfg = load_config(config_path)
-        return cls(cfg, options or StoreOptions.from_config(cfg.object_store), run_id, config_path)
 
 
 def days_between(first: date, last: date) -> list[date]:
@@ -389,11 +349,6 @@ def plan_lines(result: PlanResult) -> list[str]:
     lines = [f"{dest} {site} {day}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n)
              for (dest, site, day), c in sorted(per.items())]
     return [*lines, f"{len(result.groups)} group(s), {sum(g.events for g in result.groups)} events to send"]
-
-
-def outbox_store(rt: Runtime) -> Store:
-    """Where a dry run writes its request bodies when no outbox is named: beside the staging."""
-    return Store(rt.store.url(layout.OUTBOX), rt.options)
 
 
 def finish_run(

@@ -35,6 +35,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -585,8 +586,6 @@ def _concerns(cfg: Config, f: Finding, site: str) -> bool:
 
 
 def _partition_counts(store: Store, day: str, sites: Sequence[str]) -> list[dict[str, Any]]:
-    import duckdb  # here: a delivery process imports this module for its verdicts, never for this
-
     rows = []
     con = duckdb.connect(":memory:")
     if not store.is_local:
