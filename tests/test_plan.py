@@ -228,3 +228,24 @@ def test_row_groups_a_destination_selects_nothing_of_are_counted_not_read(tmp_pa
     plan = plan_object(store, SITE, dest(select="ai"), {**manifest, "object_id": "obj2", "files": {only_humans: n}})
     assert plan.events_total == n and plan.selected == 0 and plan.not_selected == {"not an AI agent": n}
     assert plan.balanced and plan.pack is None
+
+
+def test_dictionary_columns_are_read_as_dictionaries_where_a_file_has_them(tmp_path) -> None:
+    """The vendor's few-values columns come as Arrow dictionaries; a staged file of an older
+    schema without one of them is read too (its rows null there), not refused."""
+    import pyarrow.parquet as pq
+
+    from agent_traffic.delivery.plan import read_object_events
+    from agent_traffic.ingest.storage import Store
+
+    store = Store(str(tmp_path / "staging"))
+    keys = [f"events/site=example.com/provider={p}/date=2026-11-21/part-obj1.parquet" for p in ("x", "y")]
+    for key, table in zip(keys, (events(5), events(3, start_line=6).drop_columns(["method"])), strict=True):
+        (tmp_path / "staging" / key).parent.mkdir(parents=True)
+        pq.write_table(table, tmp_path / "staging" / key)
+    t = read_object_events(store, keys, columns=["line_number", "user_agent", "method"],
+                           dictionary=("user_agent", "method"))
+    assert pa.types.is_dictionary(t.schema.field("user_agent").type)
+    assert pa.types.is_dictionary(t.schema.field("method").type)
+    assert t.num_rows == 8 and t["method"].null_count == 3
+    assert t["user_agent"].cast(pa.string()).to_pylist() == events(5)["user_agent"].to_pylist() + events(3)["user_agent"].to_pylist()

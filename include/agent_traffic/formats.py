@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 import yaml
 
-if TYPE_CHECKING:
-    import duckdb
-
 from agent_traffic.arrow_values import strings
 from agent_traffic.errors import ConfigError
+
+if TYPE_CHECKING:
+    import duckdb
 
 RAW_FIELDS = (
     "client_ip", "time", "request", "method", "target", "path", "query", "url", "scheme", "status",

@@ -147,8 +147,9 @@ def read_object_events(store: Store, keys: Sequence[str],
     tables = []
     for k in keys:
         with store.fs.open(store.path(k), "rb") as f:
-            pf = pq.ParquetFile(f, read_dictionary=dictionary or None)
-            present = set(pf.schema_arrow.names)
+            meta = pq.read_metadata(f)  # a file of an older schema may lack a dictionary column
+            present = set(meta.schema.names)
+            pf = pq.ParquetFile(f, metadata=meta, read_dictionary=[c for c in dictionary if c in present] or None)
             groups = list(range(pf.num_row_groups))
             if selection is not None and skipped is not None:
                 paths = {pf.metadata.schema.column(i).path: i for i in range(pf.metadata.num_columns)}

@@ -197,6 +197,12 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
     return 0;
 }
 
+/* `obj`'s buffer into `buf`, unless it is None; `*held` says whether it was taken. */
+static int optional_buffer(PyObject *obj, Py_buffer *buf, int *held) {
+    *held = obj != Py_None && PyObject_GetBuffer(obj, buf, PyBUF_SIMPLE) == 0;
+    return obj != Py_None && !*held ? -1 : 0;
+}
+
 /* One part: (validity or None, int32 offsets, data, array offset, length), its buffers holding
  * its rows; a dictionary part adds its int32 indices (offset and validity apply to them; offsets
  * and data are the dictionary's); an epoch part is (validity or None, int64 values, b"", array
@@ -205,20 +211,13 @@ static int parse_part(PyObject *item, Part *p, int kind) {
     PyObject *valid, *indices = Py_None;
     if (!PyArg_ParseTuple(item, "Oy*y*nn|O", &valid, &p->offsets, &p->data, &p->offset, &p->length, &indices))
         return -1;
-    p->has_valid = valid != Py_None;
-    if (p->has_valid && PyObject_GetBuffer(valid, &p->valid, PyBUF_SIMPLE) < 0) {
-        p->has_valid = 0;
-        release_part(p);
-        return -1;
-    }
     if (indices != Py_None && kind == KIND_EPOCH) {
         PyErr_SetString(PyExc_ValueError, "objects: an epoch part has no dictionary");
         release_part(p);
         return -1;
     }
-    p->has_indices = indices != Py_None;
-    if (p->has_indices && PyObject_GetBuffer(indices, &p->indices, PyBUF_SIMPLE) < 0) {
-        p->has_indices = 0;
+    if (optional_buffer(valid, &p->valid, &p->has_valid) < 0 ||
+        optional_buffer(indices, &p->indices, &p->has_indices) < 0) {
         release_part(p);
         return -1;
     }
