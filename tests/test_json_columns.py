@@ -401,3 +401,25 @@ def test_dictionary_text_is_written_as_plain_text_would_be() -> None:
         assert jc.writer(fields, len(values), "\n")(rows).to_pylist() == [want[i] for i in rows]
     sliced = encoded.chunk(0).slice(2)
     assert jc.obj([("ua", jc.text(sliced))], 3).to_pylist() == jc.obj([("ua", jc.text(plain.chunk(0).slice(2)))], 3).to_pylist()
+
+
+def test_a_null_in_a_dictionary_column_is_written_whatever_its_slot_holds() -> None:
+    """A column of a file whose every user agent is null comes as a dictionary with no entries, and
+    a null's index is not an entry's: the row is JSON null where the key is required, else the
+    key is left out, never an error or another row's value."""
+    import numpy as np
+
+    from agent_traffic.delivery.vendors import json_columns as jc
+
+    empty = pa.DictionaryArray.from_arrays(pa.array([None, None], pa.int32()), pa.array([], pa.string()))
+    odd_slot = pa.DictionaryArray.from_buffers(  # row 0 null, its slot pointing past the entries
+        pa.dictionary(pa.int32(), pa.string()), 2,
+        [pa.py_buffer(bytes([0b10])), pa.py_buffer(np.array([99, 0], np.int32).tobytes())], pa.array(["x"]),
+        null_count=1)
+    n = pa.array(["1", "2"])
+    for values, present in ((empty, [None, None]), (odd_slot, [None, "x"])):
+        required = jc.obj([("ua", jc.required(jc.text(values))), ("n", n)], 2).to_pylist()
+        optional = jc.obj([("ua", jc.text(values)), ("n", n)], 2).to_pylist()
+        assert required == [orjson.dumps({"ua": v, "n": i + 1}).decode() for i, v in enumerate(present)]
+        assert optional == [orjson.dumps({**({"ua": v} if v is not None else {}), "n": i + 1}).decode()
+                            for i, v in enumerate(present)]

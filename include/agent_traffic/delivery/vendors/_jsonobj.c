@@ -159,6 +159,10 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
             if (!first) put_byte(o, ',');
             first = 0;
             put(o, f->key.buf, f->key.len);
+            if (is_null) { /* a required text field: its slot's offsets or index may be anything */
+                put(o, "null", 4);
+                continue;
+            }
             if (f->kind == KIND_EPOCH) {
                 if (put_epoch(o, ((const int64_t *)p->offsets.buf)[row]) < 0) return -1;
                 continue;
@@ -175,8 +179,6 @@ static int write_rows(const Field *fields, Py_ssize_t nf, Py_ssize_t n, Py_ssize
             Py_ssize_t len = off[at_value + 1] - off[at_value];
             if (f->kind == KIND_RAW) {
                 put(o, v, len);
-            } else if (is_null) {
-                put(o, "null", 4);
             } else {
                 put_byte(o, '"');
                 Py_ssize_t from = 0; /* runs without escapes are copied whole */

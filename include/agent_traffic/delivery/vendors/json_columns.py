@@ -333,15 +333,12 @@ def _dictionary_part(arr: pa.DictionaryArray, *, quoted: bool) -> tuple[tuple, i
         entries = join('"', _escape(entries), '"')
     indices = arr.indices if arr.indices.type == pa.int32() else pc.cast(arr.indices, pa.int32())
     validity, index_data = indices.buffers()[:2]
-    _, offsets, data = entries.buffers()
-    ends = np.frombuffer(offsets, np.int32, len(entries) + 1, 4 * entries.offset)
     if entries.offset:  # the extension reads a dictionary's offsets from its first entry
         entries = pa.concat_arrays([entries])  # a copy starting at offset 0
-        _, offsets, data = entries.buffers()
-        ends = np.frombuffer(offsets, np.int32, len(entries) + 1)
+    _, offsets, data = entries.buffers()
+    lengths = np.diff(np.frombuffer(offsets, np.int32, len(entries) + 1))
     picked = np.frombuffer(index_data, np.int32, len(indices), 4 * indices.offset) if len(indices) else np.zeros(0, np.int32)
-    lengths = np.diff(ends)
-    size = int(lengths[np.clip(picked, 0, max(len(lengths) - 1, 0))].sum()) if len(lengths) else 0
+    size = int(lengths[np.clip(picked, 0, len(lengths) - 1)].sum()) if len(lengths) else 0  # a null's index: any
     part = (validity if arr.null_count else None, offsets, data if data is not None else b"", indices.offset,
             len(indices), index_data)
     return part, size
