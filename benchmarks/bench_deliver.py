@@ -284,8 +284,8 @@ def run(repeat: int, quick: bool) -> dict:
                     ratios[(size, receiver)] = rows[-1]["x reference events/s"]
                     cpu_ratios[(size, receiver)] = (rows[-1]["CPU/event ÷ reference"],
                                                     rows[-1]["work CPU/event ÷ reference"])
-    rounds = _interleaved_rounds(*_prepare("large", per_object * sizes["large"], sizes["large"]), env, endpoint, key,
-                      rounds=1 if quick else 7)
+    rounds = _interleaved_rounds(*_prepare("large", per_object * sizes["large"], sizes["large"]), env, endpoint,
+                                 key, rounds=1 if quick else 7)
     # HitKeep sends one event per request: measured on its own, smaller input, with the limit
     # lifted on both sides (the cost of the protocol) and at its real default limit.
     cfg, _csv, _n = _prepare("hitkeep", hitkeep_lines, 1)
@@ -359,14 +359,14 @@ def run(repeat: int, quick: bool) -> dict:
 
 
 def _interleaved_rounds(cfg: Path, csv_path: Path, events: int, env: dict[str, str], endpoint: str, key: str,
-                rounds: int) -> dict:
+                        rounds: int) -> dict:
     """Sender CPU per event and events/s, agent-traffic's over the script's, in interleaved rounds
     on the large input and the fast receiver, the order swapped every round.
 
     On this machine (a VM) a process that touches memory the host has taken back pays for it in
     its own CPU time (writing 160 MB into the page cache: 30 ms, or 290-480 ms), at random from
-    one run to the next; whichever runs first after a pause pays most. Swapping the order spreads
-    that over both senders, and the per-round ratios show the spread.
+    one run to the next; with a fixed order, one sender took the slow runs in every round.
+    Swapping the order spreads them over both senders, and the per-round ratios show the spread.
     """
     per_round: list[dict] = []
     ref_argv = python_child(REF) + [str(REFERENCE), str(csv_path), endpoint]
