@@ -18,7 +18,8 @@
  * dictionary array: its int32 indices pick each row's value from the dictionary's strings (a
  * column Parquet decoded as a dictionary, whose values json_columns escaped once per entry). Every offset is checked
  * against its buffer before a byte is read, so a malformed array makes a ValueError, never a read
- * outside its buffers. The loop runs without the GIL: the planner runs two objects side by side.
+ * outside its buffers. The loop runs without the GIL: planning from an object store runs two
+ * objects side by side.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -264,7 +264,7 @@ class _Compiled:
                 self.fields.append((prefix.encode(), _EPOCH, 0, _int64_parts(values.us)))
                 self.value_bytes += n * (len(prefix) + 1 + EPOCH_TEXT_BYTES)
                 continue
-            col = values.values if isinstance(values, Text) else values.fragments() if isinstance(values, Epoch) else values
+            col = values.values if isinstance(values, Text) else _fragments(values)
             chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
             kind = int(isinstance(values, Text))
             required = int(isinstance(values, Text) and values.required)
